@@ -1,0 +1,82 @@
+"""Layer 0: the vocabulary every other layer speaks.
+
+Identifiers (shards, entity and runner addresses, snowflake ids), the one error
+tree, serialization of typed payloads, configuration and the clock. Nothing here
+does I/O.
+"""
+
+from covey.core._clock import Clock, SystemClock, TestClock
+from covey.core._config import DEFAULT_DATABASE_URL, CoveyConfig, StorageOptions
+from covey.core._errors import (
+    AlreadyProcessed,
+    ClusterError,
+    ConfigError,
+    FencedOut,
+    MessageNotFound,
+    MigrationError,
+    Reason,
+    SerializationError,
+    ShardCountMismatch,
+    StorageError,
+    VersionConflict,
+)
+from covey.core._ids import (
+    DEFAULT_GROUP,
+    EntityAddress,
+    RunnerAddress,
+    ShardId,
+    shard_for,
+    stable_hash,
+)
+from covey.core._serialization import (
+    Codec,
+    JsonCodec,
+    MsgpackCodec,
+    codec_for,
+    to_plain,
+    validate,
+)
+from covey.core._snowflake import (
+    EPOCH_MS,
+    MAX_MACHINE_ID,
+    SnowflakeGenerator,
+    SnowflakeParts,
+    parse_snowflake,
+)
+
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "DEFAULT_GROUP",
+    "EPOCH_MS",
+    "MAX_MACHINE_ID",
+    "AlreadyProcessed",
+    "Clock",
+    "ClusterError",
+    "Codec",
+    "ConfigError",
+    "CoveyConfig",
+    "EntityAddress",
+    "FencedOut",
+    "JsonCodec",
+    "MessageNotFound",
+    "MigrationError",
+    "MsgpackCodec",
+    "Reason",
+    "RunnerAddress",
+    "SerializationError",
+    "ShardCountMismatch",
+    "ShardId",
+    "SnowflakeGenerator",
+    "SnowflakeParts",
+    "StorageError",
+    "StorageOptions",
+    "SystemClock",
+    "TestClock",
+    "VersionConflict",
+    "codec_for",
+    "parse_snowflake",
+    "shard_for",
+    "stable_hash",
+    "to_plain",
+    "validate",
+]

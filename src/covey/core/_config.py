@@ -1,0 +1,154 @@
+"""Configuration: frozen dataclasses with safe defaults and an environment form.
+
+Every setting has a default and a ``COVEY_*`` variable. Top-level fields map to
+``COVEY_<FIELD>`` (``COVEY_DATABASE_URL``, ``COVEY_SHARDS``); fields of a nested
+option group map to ``COVEY_<GROUP>_<FIELD>`` (``COVEY_STORAGE_BATCH_MAX_SIZE``).
+Durations are seconds (floats allowed). A malformed value is a
+:class:`ConfigError` naming the variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from covey.core._errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///covey.db"
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How covey talks to its database.
+
+    Attributes:
+        schema: PostgreSQL schema holding covey's tables; two clusters can share
+            one database by using two schemas (advisory-lock keys derive from it).
+        pool_size: connections in the PostgreSQL pool (the shard-lock connection
+            comes on top).
+        batch_max_size: the most writes one group-commit transaction takes.
+        batch_max_wait: how long a flush waits for more writes to join it. 0 batches
+            only what queued while the previous transaction ran (no added latency).
+        batch_flushers: group-commit transactions in flight at once.
+        lock_timeout: the bound on each shard-lock operation; a lock connection that
+            takes longer is treated as lost.
+        shard_lease: how long a SQLite/memory shard lease lasts without refresh.
+        message_lease: how long a message read from storage is reserved for the
+            reader before another read may hand it out again.
+        retention: how long processed messages are kept before purge.
+        connect_timeout: the bound on opening a database connection.
+    """
+
+    schema: str = "covey"
+    pool_size: int = 10
+    batch_max_size: int = 512
+    batch_max_wait: float = 0.0
+    batch_flushers: int = 3
+    lock_timeout: float = 5.0
+    shard_lease: float = 30.0
+    message_lease: float = 30.0
+    retention: float = 7 * 24 * 3600.0
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class CoveyConfig:
+    """Settings of one covey process.
+
+    Attributes:
+        database_url: ``sqlite:///path.db``, ``postgresql://…`` or ``memory://``.
+        shards: shards per shard group; recorded on first start and checked after.
+        runner_host: the address peers use to reach this runner (the pod IP in
+            Kubernetes).
+        runner_port: the transport port; 0 picks a free one.
+        cluster_secret: shared secret authenticating runner-to-runner connections.
+        storage: database options.
+    """
+
+    database_url: str = DEFAULT_DATABASE_URL
+    shards: int = 300
+    runner_host: str = "127.0.0.1"
+    runner_port: int = 0
+    cluster_secret: str | None = None
+    storage: StorageOptions = field(default_factory=StorageOptions)
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ConfigError(f"shards must be at least 1, got {self.shards}", setting="shards")
+        if not 0 <= self.runner_port < 65536:
+            raise ConfigError(f"runner_port out of range: {self.runner_port}",
+                              setting="runner_port")
+        if self.storage.batch_max_size < 1 or self.storage.batch_flushers < 1:
+            raise ConfigError("storage batch_max_size and batch_flushers must be >= 1",
+                              setting="storage")
+        if not self.storage.schema.isidentifier():
+            raise ConfigError(f"storage schema must be an identifier: {self.storage.schema!r}",
+                              setting="storage.schema")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CoveyConfig:
+        """Build a configuration from ``COVEY_*`` variables; ``overrides`` win."""
+        env = os.environ if environ is None else environ
+        values = _read(cls, "COVEY_", env)
+        values.update(overrides)
+        return cls(**values)
+
+    @staticmethod
+    def variables() -> dict[str, str]:
+        """Every environment variable covey reads, with its default (for docs)."""
+        out: dict[str, str] = {}
+        _describe(CoveyConfig, "COVEY_", out)
+        return out
+
+
+def _read(cls: type[Any], prefix: str, env: Mapping[str, str]) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            values[f.name] = tp(**_read(tp, f"{prefix}{f.name.upper()}_", env))
+            continue
+        name = f"{prefix}{f.name.upper()}"
+        if name in env:
+            values[f.name] = _convert(name, env[name], tp)
+    return values
+
+
+def _describe(cls: type[Any], prefix: str, out: dict[str, str]) -> None:
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            _describe(tp, f"{prefix}{f.name.upper()}_", out)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            out[f"{prefix}{f.name.upper()}"] = "" if default is None else str(default)
+
+
+def _convert(name: str, raw: str, tp: Any) -> Any:
+    optional = get_origin(tp) in (Union, types.UnionType) and type(None) in get_args(tp)
+    if optional:
+        if raw == "":
+            return None
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    try:
+        if tp is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a valid {tp.__name__}: {exc}",
+                          setting=name) from exc

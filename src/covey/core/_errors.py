@@ -1,0 +1,133 @@
+"""The one error tree of covey.
+
+Every error covey raises is a :class:`ClusterError`. Callers match on
+``error.reason`` (a :class:`Reason`), never on the message text. The subclasses
+exist so ``except`` clauses can be narrow where that reads better::
+
+    ClusterError                     reason
+    ├── ConfigError                  config_invalid
+    ├── SerializationError           payload_invalid, payload_unknown_type
+    ├── StorageError                 storage_unavailable, storage_corrupt
+    │   ├── ShardCountMismatch       shard_count_mismatch
+    │   ├── MigrationError           migration_failed
+    │   ├── FencedOut                fenced
+    │   ├── MessageNotFound          message_not_found
+    │   ├── AlreadyProcessed         already_processed
+    │   └── VersionConflict          version_conflict
+    └── (later layers add entity, routing and transport errors here)
+
+``retryable`` tells a caller whether trying the same call again later may succeed.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class Reason(StrEnum):
+    """Why a :class:`ClusterError` was raised. Stable: callers match on it."""
+
+    CONFIG_INVALID = "config_invalid"
+    PAYLOAD_INVALID = "payload_invalid"
+    PAYLOAD_UNKNOWN_TYPE = "payload_unknown_type"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    STORAGE_CORRUPT = "storage_corrupt"
+    SHARD_COUNT_MISMATCH = "shard_count_mismatch"
+    MIGRATION_FAILED = "migration_failed"
+    FENCED = "fenced"
+    MESSAGE_NOT_FOUND = "message_not_found"
+    ALREADY_PROCESSED = "already_processed"
+    VERSION_CONFLICT = "version_conflict"
+    INVALID_ARGUMENT = "invalid_argument"
+
+
+_RETRYABLE = frozenset({Reason.STORAGE_UNAVAILABLE, Reason.VERSION_CONFLICT})
+
+
+class ClusterError(Exception):
+    """Base of every error covey raises.
+
+    Attributes:
+        reason: the machine-readable cause; match on this.
+        details: extra structured facts (field names, ids, expected values).
+    """
+
+    default_reason: Reason = Reason.INVALID_ARGUMENT
+
+    def __init__(
+        self, message: str, *, reason: Reason | None = None, **details: Any
+    ) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason if reason is not None else self.default_reason
+        self.details: dict[str, Any] = details
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same call may succeed if tried again later."""
+        return self.reason in _RETRYABLE
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, reason={self.reason.value!r})"
+
+
+class ConfigError(ClusterError):
+    """A setting is missing, malformed or contradicts another one."""
+
+    default_reason = Reason.CONFIG_INVALID
+
+
+class SerializationError(ClusterError):
+    """A payload could not be encoded or decoded into its declared type.
+
+    ``details["fields"]`` lists the offending field paths (``"items.0.amount"``)
+    when the payload was structurally valid but failed validation.
+    """
+
+    default_reason = Reason.PAYLOAD_INVALID
+
+
+class StorageError(ClusterError):
+    """The storage backend failed or refused an operation."""
+
+    default_reason = Reason.STORAGE_UNAVAILABLE
+
+
+class ShardCountMismatch(StorageError):
+    """The configured shard count differs from the one recorded in storage."""
+
+    default_reason = Reason.SHARD_COUNT_MISMATCH
+
+
+class MigrationError(StorageError):
+    """A schema migration could not be applied."""
+
+    default_reason = Reason.MIGRATION_FAILED
+
+
+class FencedOut(StorageError):
+    """A completion write carried a shard epoch that is no longer current.
+
+    The shard was acquired by another runner (or re-acquired) since; the writer
+    must stop serving the shard. Nothing was written.
+    """
+
+    default_reason = Reason.FENCED
+
+
+class MessageNotFound(StorageError):
+    """No stored message has the given id."""
+
+    default_reason = Reason.MESSAGE_NOT_FOUND
+
+
+class AlreadyProcessed(StorageError):
+    """The message already has a reply; a second one is refused."""
+
+    default_reason = Reason.ALREADY_PROCESSED
+
+
+class VersionConflict(StorageError):
+    """A compare-and-set found another version than the one expected."""
+
+    default_reason = Reason.VERSION_CONFLICT

@@ -1,0 +1,81 @@
+"""Layer 1: where covey keeps its state.
+
+The contracts (:class:`RunnerStorage`, :class:`MessageStorage`,
+:class:`StateStore`, bundled as a :class:`Storage`) and three interchangeable
+backends: ``memory`` (tests, one process), ``sqlite`` (the embedded default; WAL,
+several processes on one host) and ``postgres`` (the distributed engine: advisory
+shard locks, group commit). :func:`open_storage` picks one from a database URL.
+"""
+
+from __future__ import annotations
+
+from covey.core import Clock, ConfigError, CoveyConfig, SystemClock
+from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore, Storage
+from covey.storage._group_commit import GroupCommit
+from covey.storage._model import (
+    MAX_DEDUPE_KEY,
+    Duplicate,
+    Fence,
+    Message,
+    Reply,
+    RunnerInfo,
+    Saved,
+    SaveResult,
+    StorageInfo,
+    Versioned,
+    dedupe_key,
+)
+
+
+def open_storage(config: CoveyConfig, *, clock: Clock | None = None) -> Storage:
+    """The backend named by ``config.database_url`` (not started yet).
+
+    ``memory://`` → in-memory; ``sqlite:///relative.db`` or ``sqlite:////abs.db``
+    → SQLite; ``postgresql://…`` or ``postgres://…`` → PostgreSQL.
+    """
+    url = config.database_url
+    clock = clock or SystemClock()
+    if url.startswith("memory:"):
+        from covey.storage.memory import InMemoryStorage
+
+        return InMemoryStorage(shards=config.shards, options=config.storage, clock=clock)
+    if url.startswith("sqlite:"):
+        from covey.storage.sqlite import SqliteStorage
+
+        path = url.removeprefix("sqlite:").removeprefix("//")
+        if path.startswith("/") and not path.startswith("//"):
+            path = path[1:]  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
+        elif path.startswith("//"):
+            path = path[1:]
+        if not path:
+            raise ConfigError(f"SQLite URL names no file: {url!r}", setting="COVEY_DATABASE_URL")
+        return SqliteStorage(path, shards=config.shards, options=config.storage, clock=clock)
+    if url.startswith(("postgresql:", "postgres:")):
+        from covey.storage.postgres import PostgresStorage
+
+        return PostgresStorage(url, shards=config.shards, options=config.storage, clock=clock)
+    raise ConfigError(
+        f"unsupported database URL {url!r}: use sqlite:///file.db, postgresql://… or memory://",
+        setting="COVEY_DATABASE_URL",
+    )
+
+
+__all__ = [
+    "MAX_DEDUPE_KEY",
+    "Duplicate",
+    "Fence",
+    "GroupCommit",
+    "Message",
+    "MessageStorage",
+    "Reply",
+    "RunnerInfo",
+    "RunnerStorage",
+    "SaveResult",
+    "Saved",
+    "StateStore",
+    "Storage",
+    "StorageInfo",
+    "Versioned",
+    "dedupe_key",
+    "open_storage",
+]

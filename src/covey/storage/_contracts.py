@@ -1,0 +1,196 @@
+"""The storage contracts. Every backend implements all of them.
+
+Times are Unix seconds from the storage's :class:`covey.core.Clock` (pods are
+expected to keep their clocks in sync with NTP; leases are long compared to skew).
+Every method may raise :class:`covey.core.StorageError` with reason
+``storage_unavailable`` when the database cannot be reached; that one is
+retryable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Protocol, Self, runtime_checkable
+
+from covey.core import EntityAddress, RunnerAddress, ShardId
+from covey.storage._model import (
+    Fence,
+    Message,
+    Reply,
+    RunnerInfo,
+    SaveResult,
+    StorageInfo,
+    Versioned,
+)
+
+
+@runtime_checkable
+class RunnerStorage(Protocol):
+    """Runner membership and shard ownership with fencing epochs."""
+
+    async def register(
+        self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
+    ) -> int:
+        """Register (or re-register) a runner; returns its machine id (0..1023).
+
+        Machine ids are unique among live runners, so snowflakes never collide.
+        """
+        ...
+
+    async def heartbeat(self, address: RunnerAddress) -> bool:
+        """Mark the runner alive now. ``False`` if it is not registered (any more)."""
+        ...
+
+    async def live_runners(self, max_age: float) -> list[RunnerInfo]:
+        """Runners whose last heartbeat is at most ``max_age`` seconds old, by address."""
+        ...
+
+    async def unregister(self, address: RunnerAddress) -> None:
+        """Remove the runner; its shards stay locked until released."""
+        ...
+
+    async def acquire(
+        self, address: RunnerAddress, shards: Collection[ShardId]
+    ) -> dict[ShardId, int]:
+        """Try to take ``shards``; returns the ones this runner now holds, with epochs.
+
+        A shard newly taken gets a new epoch (greater than every earlier one); a
+        shard this runner already holds keeps its epoch. A shard held by another
+        live owner is left out. Bounded by the lock timeout.
+        """
+        ...
+
+    async def refresh(
+        self, address: RunnerAddress, shards: Collection[ShardId]
+    ) -> set[ShardId]:
+        """Extend this runner's hold on ``shards``; returns those it still holds.
+
+        A lost lock connection, a lease that expired or a timeout shows as shards
+        missing from the result. Bounded by the lock timeout.
+        """
+        ...
+
+    async def release(self, address: RunnerAddress, shards: Collection[ShardId]) -> None:
+        """Give up ``shards`` so another runner can acquire them at once."""
+        ...
+
+    async def release_all(self, address: RunnerAddress) -> None:
+        """Give up every shard this runner holds (and drop its lock connection)."""
+        ...
+
+
+@runtime_checkable
+class MessageStorage(Protocol):
+    """Persisted requests and their replies."""
+
+    async def save_request(self, message: Message) -> SaveResult:
+        """Store ``message`` unless its dedupe key exists (then :class:`Duplicate`)."""
+        ...
+
+    async def save_requests(self, messages: Sequence[Message]) -> list[SaveResult]:
+        """Store many messages in one transaction; results in the same order."""
+        ...
+
+    async def save_reply(self, reply: Reply, fence: Fence) -> None:
+        """Store the reply and mark the request processed, in one transaction.
+
+        Raises:
+            FencedOut: ``fence.epoch`` is not the shard's current epoch, or the
+                request lives in another shard; nothing was written.
+            MessageNotFound: no request has ``reply.request_id``.
+            AlreadyProcessed: the request has a reply already.
+        """
+        ...
+
+    async def unprocessed(self, shards: Collection[ShardId], *, limit: int) -> list[Message]:
+        """Lease up to ``limit`` due, unprocessed, unleased messages of ``shards``.
+
+        Ordered by priority (highest first), then id. Each returned message is
+        leased for the message lease, so a second read does not return it again
+        until the lease ends or :meth:`reset_shards` clears it; its ``attempts``
+        count is incremented.
+        """
+        ...
+
+    async def get(self, request_id: int) -> Message | None:
+        """The stored request, processed or not."""
+        ...
+
+    async def replies_for(self, request_ids: Collection[int]) -> dict[int, Reply]:
+        """The replies of those requests that have one."""
+        ...
+
+    async def reset_shards(self, shards: Collection[ShardId]) -> None:
+        """Clear the read leases of ``shards``' messages (a new owner takes over)."""
+        ...
+
+    async def reset_request(self, request_id: int) -> None:
+        """Delete the request's reply and mark it unprocessed and unleased again."""
+        ...
+
+    async def clear_address(self, address: EntityAddress) -> int:
+        """Delete the unprocessed messages of one entity; returns how many."""
+        ...
+
+    async def purge(self, before: float) -> int:
+        """Delete processed messages completed before ``before``; returns how many."""
+        ...
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """Small values by key with versioned compare-and-set."""
+
+    async def get(self, key: str) -> Versioned | None:
+        """The value and its version, or ``None``."""
+        ...
+
+    async def set(
+        self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
+    ) -> int:
+        """Write ``value`` if the stored version is ``expected_version``.
+
+        ``expected_version=None`` means the key must not exist yet. With a
+        ``fence``, the write is also refused unless the fence is current.
+        Returns the new version.
+
+        Raises:
+            VersionConflict: the stored version differs; nothing was written.
+            FencedOut: the fence is stale; nothing was written.
+        """
+        ...
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        """Delete the key (if at ``expected_version`` when given); ``True`` if deleted."""
+        ...
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """One backend: the three stores plus their lifecycle.
+
+    ``start()`` connects, applies pending migrations (safe when several processes
+    start at once) and records or checks the shard count. Use as
+    ``async with storage:``.
+    """
+
+    backend: str
+    runners: RunnerStorage
+    messages: MessageStorage
+    state: StateStore
+
+    async def start(self) -> None:
+        """Connect and migrate. Raises ShardCountMismatch on a shard-count change."""
+        ...
+
+    async def close(self) -> None:
+        """Flush pending writes and disconnect."""
+        ...
+
+    async def info(self) -> StorageInfo:
+        """A summary for humans."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
