@@ -45,19 +45,19 @@ from covey.core._snowflake import (
 )
 
 __all__ = [
-    "DEFAULT_DATABASE_URL",
-    "DEFAULT_GROUP",
-    "EPOCH_MS",
-    "MAX_MACHINE_ID",
     "AlreadyProcessed",
     "Clock",
     "ClusterError",
     "Codec",
     "ConfigError",
     "CoveyConfig",
+    "DEFAULT_DATABASE_URL",
+    "DEFAULT_GROUP",
+    "EPOCH_MS",
     "EntityAddress",
     "FencedOut",
     "JsonCodec",
+    "MAX_MACHINE_ID",
     "MessageNotFound",
     "MigrationError",
     "MsgpackCodec",

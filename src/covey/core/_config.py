@@ -110,7 +110,7 @@ def _read(cls: type[Any], prefix: str, env: Mapping[str, str]) -> dict[str, Any]
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             values[f.name] = tp(**_read(tp, f"{prefix}{f.name.upper()}_", env))
             continue
         name = f"{prefix}{f.name.upper()}"
@@ -123,7 +123,7 @@ def _describe(cls: type[Any], prefix: str, out: dict[str, str]) -> None:
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             _describe(tp, f"{prefix}{f.name.upper()}_", out)
         else:
             default = f.default if f.default is not dataclasses.MISSING else None

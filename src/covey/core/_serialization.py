@@ -59,7 +59,7 @@ def to_plain(value: Any) -> Any:
 def validate(data: Any, tp: type[T] | Any) -> T:
     """Validate already-decoded data as ``tp``."""
     try:
-        return cast(T, _adapter(tp).validate_python(data))
+        return cast(T, _adapter(cast(Any, tp)).validate_python(data))
     except pydantic.ValidationError as exc:
         raise _invalid(tp, exc) from exc
 
@@ -102,7 +102,8 @@ class MsgpackCodec:
                 reason=Reason.PAYLOAD_INVALID,
                 fields=[],
             ) from exc
-        return validate(raw, tp)
+        result: T = validate(raw, tp)
+        return result
 
 
 class JsonCodec:
@@ -115,7 +116,7 @@ class JsonCodec:
 
     def decode(self, data: bytes, tp: type[T] | Any) -> T:
         try:
-            return cast(T, _adapter(tp).validate_json(data))
+            return cast(T, _adapter(cast(Any, tp)).validate_json(data))
         except pydantic.ValidationError as exc:
             if any(e["type"] == "json_invalid" for e in exc.errors()):
                 raise SerializationError(

@@ -61,10 +61,10 @@ def open_storage(config: CoveyConfig, *, clock: Clock | None = None) -> Storage:
 
 
 __all__ = [
-    "MAX_DEDUPE_KEY",
     "Duplicate",
     "Fence",
     "GroupCommit",
+    "MAX_DEDUPE_KEY",
     "Message",
     "MessageStorage",
     "Reply",

@@ -174,10 +174,25 @@ class Storage(Protocol):
     ``async with storage:``.
     """
 
-    backend: str
-    runners: RunnerStorage
-    messages: MessageStorage
-    state: StateStore
+    @property
+    def backend(self) -> str:
+        """``"memory"``, ``"sqlite"`` or ``"postgres"``."""
+        ...
+
+    @property
+    def runners(self) -> RunnerStorage:
+        """Runner membership and shard ownership."""
+        ...
+
+    @property
+    def messages(self) -> MessageStorage:
+        """Persisted requests and replies."""
+        ...
+
+    @property
+    def state(self) -> StateStore:
+        """Versioned values."""
+        ...
 
     async def start(self) -> None:
         """Connect and migrate. Raises ShardCountMismatch on a shard-count change."""

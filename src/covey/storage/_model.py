@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from covey.core import EntityAddress, RunnerAddress, ShardId
+from covey.core import ClusterError, EntityAddress, Reason, RunnerAddress, ShardId, StorageError
 
 #: The longest dedupe key stored as is; longer keys are stored as their SHA-256.
 MAX_DEDUPE_KEY = 255
@@ -122,3 +123,97 @@ class StorageInfo:
     runners: int
     messages_total: int
     messages_unprocessed: int
+
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _bad(what: str, value: object) -> ClusterError:
+    return ClusterError(
+        f"invalid {what}: {value!r} ({type(value).__name__})",
+        reason=Reason.INVALID_ARGUMENT,
+        field=what,
+    )
+
+
+def check_message(message: Message) -> None:
+    """Refuse a message with wrong field types before it reaches the database.
+
+    Raises:
+        ClusterError: reason ``invalid_argument``; ``details["field"]`` names it.
+    """
+    if not isinstance(message, Message):
+        raise _bad("message", message)
+    if not isinstance(message.id, int) or isinstance(message.id, bool) or not (
+        0 < message.id <= _INT64_MAX
+    ):
+        raise _bad("id", message.id)
+    address = message.address
+    if not isinstance(address, EntityAddress):
+        raise _bad("address", address)
+    if not isinstance(address.entity_type, str) or not address.entity_type:
+        raise _bad("address.entity_type", address.entity_type)
+    if not isinstance(address.entity_id, str):
+        raise _bad("address.entity_id", address.entity_id)
+    if not isinstance(address.shard, ShardId) or address.shard.id < 1:
+        raise _bad("address.shard", address.shard)
+    if not isinstance(message.tag, str) or not message.tag:
+        raise _bad("tag", message.tag)
+    if not isinstance(message.payload, bytes):
+        raise _bad("payload", message.payload)
+    if not isinstance(message.headers, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in message.headers.items()
+    ):
+        raise _bad("headers", message.headers)
+    if message.primary_key is not None and not isinstance(message.primary_key, str):
+        raise _bad("primary_key", message.primary_key)
+    if message.deliver_at is not None and (
+        not isinstance(message.deliver_at, int | float) or isinstance(message.deliver_at, bool)
+    ):
+        raise _bad("deliver_at", message.deliver_at)
+    if not isinstance(message.priority, int) or isinstance(message.priority, bool) or not (
+        -32768 <= message.priority <= 32767
+    ):
+        raise _bad("priority", message.priority)
+
+
+def check_reply(reply: Reply, fence: Fence) -> None:
+    """Refuse a reply or fence with wrong field types."""
+    if not isinstance(reply, Reply):
+        raise _bad("reply", reply)
+    if not isinstance(reply.request_id, int) or isinstance(reply.request_id, bool):
+        raise _bad("request_id", reply.request_id)
+    if not isinstance(reply.payload, bytes):
+        raise _bad("reply.payload", reply.payload)
+    if not isinstance(fence, Fence) or not isinstance(fence.shard, ShardId):
+        raise _bad("fence", fence)
+    if not isinstance(fence.epoch, int) or isinstance(fence.epoch, bool):
+        raise _bad("fence.epoch", fence.epoch)
+
+
+def encode_headers(headers: Mapping[str, str]) -> str:
+    """Headers as stored: a JSON object."""
+    return json.dumps(dict(headers), separators=(",", ":"), sort_keys=True)
+
+
+def decode_headers(raw: str | None, message_id: int) -> dict[str, str]:
+    """Stored headers back into a dict; corrupt ones are a ``storage_corrupt`` error."""
+    if raw is None or raw == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise StorageError(
+            f"stored headers of message {message_id} are not valid JSON",
+            reason=Reason.STORAGE_CORRUPT,
+            message_id=message_id,
+        ) from exc
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise StorageError(
+            f"stored headers of message {message_id} are not a string map",
+            reason=Reason.STORAGE_CORRUPT,
+            message_id=message_id,
+        )
+    return value

@@ -1,0 +1,9 @@
+"""The ``covey`` command line: operate a cluster's storage from a shell.
+
+Every command reads the same ``COVEY_*`` settings as the runtime
+(``COVEY_DATABASE_URL`` first), so it points at the same database as the pods.
+"""
+
+from covey.cli._main import main
+
+__all__ = ["main"]

@@ -1,0 +1,365 @@
+"""The in-memory backend: one process, no I/O, the reference semantics.
+
+Used by ``covey.testing`` and unit tests. Everything happens inside one event
+loop without awaiting, so each method is atomic by construction. Shard ownership
+is a lease (like SQLite), so two in-process runners can race for a shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+
+from covey.core import (
+    AlreadyProcessed,
+    Clock,
+    ClusterError,
+    EntityAddress,
+    FencedOut,
+    MessageNotFound,
+    Reason,
+    RunnerAddress,
+    ShardId,
+    StorageError,
+    StorageOptions,
+    SystemClock,
+    VersionConflict,
+)
+from covey.storage._base import StorageLifecycle, check_shards
+from covey.storage._model import (
+    Duplicate,
+    Fence,
+    Message,
+    Reply,
+    RunnerInfo,
+    Saved,
+    SaveResult,
+    StorageInfo,
+    Versioned,
+    check_message,
+    check_reply,
+)
+
+_STALE_RUNNER = 300.0  # seconds; a row older than this frees its machine id
+
+
+@dataclass
+class _Lease:
+    epoch: int = 0
+    owner: RunnerAddress | None = None
+    until: float = 0.0
+
+
+@dataclass
+class _Row:
+    message: Message
+    created_at: float
+    lease_until: float | None = None
+    reply: Reply | None = None
+    processed_at: float | None = None
+
+
+class InMemoryRunnerStorage:
+    """Runner rows and shard leases in dictionaries."""
+
+    def __init__(self, clock: Clock, options: StorageOptions) -> None:
+        self._clock = clock
+        self._options = options
+        self._runners: dict[RunnerAddress, RunnerInfo] = {}
+        self.leases: dict[ShardId, _Lease] = {}
+
+    async def register(
+        self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
+    ) -> int:
+        now = self._clock.now()
+        for other, info in list(self._runners.items()):
+            if other != address and info.last_heartbeat < now - _STALE_RUNNER:
+                del self._runners[other]
+        existing = self._runners.get(address)
+        if existing is not None:
+            machine_id = existing.machine_id
+        else:
+            used = {info.machine_id for info in self._runners.values()}
+            free = next((i for i in range(1024) if i not in used), None)
+            if free is None:
+                raise StorageError("all 1024 machine ids are in use by registered runners")
+            machine_id = free
+        self._runners[address] = RunnerInfo(address, machine_id, tuple(groups), weight, now)
+        return machine_id
+
+    async def heartbeat(self, address: RunnerAddress) -> bool:
+        info = self._runners.get(address)
+        if info is None:
+            return False
+        self._runners[address] = replace(info, last_heartbeat=self._clock.now())
+        return True
+
+    async def live_runners(self, max_age: float) -> list[RunnerInfo]:
+        cutoff = self._clock.now() - max_age
+        return sorted(
+            (i for i in self._runners.values() if i.last_heartbeat >= cutoff),
+            key=lambda i: i.address,
+        )
+
+    async def unregister(self, address: RunnerAddress) -> None:
+        self._runners.pop(address, None)
+
+    async def acquire(
+        self, address: RunnerAddress, shards: Collection[ShardId]
+    ) -> dict[ShardId, int]:
+        now = self._clock.now()
+        held: dict[ShardId, int] = {}
+        for shard in shards:
+            lease = self.leases.setdefault(shard, _Lease())
+            if lease.owner == address and lease.until > now:
+                lease.until = now + self._options.shard_lease
+            elif lease.owner is None or lease.until <= now:
+                lease.epoch += 1
+                lease.owner = address
+                lease.until = now + self._options.shard_lease
+            else:
+                continue
+            held[shard] = lease.epoch
+        return held
+
+    async def refresh(
+        self, address: RunnerAddress, shards: Collection[ShardId]
+    ) -> set[ShardId]:
+        now = self._clock.now()
+        kept: set[ShardId] = set()
+        for shard in shards:
+            lease = self.leases.get(shard)
+            if lease is not None and lease.owner == address and lease.until > now:
+                lease.until = now + self._options.shard_lease
+                kept.add(shard)
+        return kept
+
+    async def release(self, address: RunnerAddress, shards: Collection[ShardId]) -> None:
+        for shard in shards:
+            lease = self.leases.get(shard)
+            if lease is not None and lease.owner == address:
+                lease.owner = None
+                lease.until = 0.0
+
+    async def release_all(self, address: RunnerAddress) -> None:
+        await self.release(address, list(self.leases))
+
+    def current_epoch(self, shard: ShardId) -> int:
+        lease = self.leases.get(shard)
+        return lease.epoch if lease is not None else 0
+
+
+class InMemoryMessageStorage:
+    """Messages and replies in a dictionary keyed by id."""
+
+    def __init__(self, clock: Clock, options: StorageOptions, runners: InMemoryRunnerStorage):
+        self._clock = clock
+        self._options = options
+        self._runners = runners
+        self.rows: dict[int, _Row] = {}
+        self._by_key: dict[str, int] = {}
+
+    def _save(self, message: Message, staged: dict[int, _Row], keys: dict[str, int]) -> SaveResult:
+        key = message.dedupe_key
+        if key is not None:
+            original = keys.get(key, self._by_key.get(key))
+            if original is not None:
+                row = staged.get(original) or self.rows.get(original)
+                return Duplicate(original, row.reply if row else None)
+        if message.id in self.rows or message.id in staged:
+            raise StorageError(f"message id {message.id} is already stored",
+                               message_id=message.id)
+        staged[message.id] = _Row(replace(message, attempts=0), self._clock.now())
+        if key is not None:
+            keys[key] = message.id
+        return Saved(message.id)
+
+    async def save_request(self, message: Message) -> SaveResult:
+        return (await self.save_requests([message]))[0]
+
+    async def save_requests(self, messages: Sequence[Message]) -> list[SaveResult]:
+        for message in messages:
+            check_message(message)
+        staged: dict[int, _Row] = {}
+        keys: dict[str, int] = {}
+        results = [self._save(m, staged, keys) for m in messages]  # raises before commit
+        self.rows.update(staged)
+        self._by_key.update(keys)
+        return results
+
+    async def save_reply(self, reply: Reply, fence: Fence) -> None:
+        check_reply(reply, fence)
+        row = self.rows.get(reply.request_id)
+        if row is None:
+            raise MessageNotFound(f"no message with id {reply.request_id}",
+                                  message_id=reply.request_id)
+        if row.message.address.shard != fence.shard or (
+            self._runners.current_epoch(fence.shard) != fence.epoch
+        ):
+            raise FencedOut(
+                f"epoch {fence.epoch} of shard {fence.shard} is no longer current",
+                shard=str(fence.shard), epoch=fence.epoch,
+            )
+        if row.reply is not None:
+            raise AlreadyProcessed(f"message {reply.request_id} already has a reply",
+                                   message_id=reply.request_id)
+        row.reply = reply
+        row.processed_at = self._clock.now()
+        row.lease_until = None
+
+    async def unprocessed(self, shards: Collection[ShardId], *, limit: int) -> list[Message]:
+        now = self._clock.now()
+        wanted = set(shards)
+        due = [
+            row for row in self.rows.values()
+            if row.reply is None
+            and row.message.address.shard in wanted
+            and (row.message.deliver_at is None or row.message.deliver_at <= now)
+            and (row.lease_until is None or row.lease_until <= now)
+        ]
+        due.sort(key=lambda r: (-r.message.priority, r.message.id))
+        out: list[Message] = []
+        for row in due[: max(limit, 0)]:
+            row.lease_until = now + self._options.message_lease
+            row.message = replace(row.message, attempts=row.message.attempts + 1)
+            out.append(row.message)
+        return out
+
+    async def get(self, request_id: int) -> Message | None:
+        row = self.rows.get(request_id)
+        return row.message if row else None
+
+    async def replies_for(self, request_ids: Collection[int]) -> dict[int, Reply]:
+        out: dict[int, Reply] = {}
+        for request_id in request_ids:
+            row = self.rows.get(request_id)
+            if row is not None and row.reply is not None:
+                out[request_id] = row.reply
+        return out
+
+    async def reset_shards(self, shards: Collection[ShardId]) -> None:
+        wanted = set(shards)
+        for row in self.rows.values():
+            if row.message.address.shard in wanted:
+                row.lease_until = None
+
+    async def reset_request(self, request_id: int) -> None:
+        row = self.rows.get(request_id)
+        if row is not None:
+            row.reply = None
+            row.processed_at = None
+            row.lease_until = None
+
+    async def clear_address(self, address: EntityAddress) -> int:
+        doomed = [
+            i for i, row in self.rows.items()
+            if row.reply is None
+            and row.message.address.entity_type == address.entity_type
+            and row.message.address.entity_id == address.entity_id
+        ]
+        for i in doomed:
+            self._drop(i)
+        return len(doomed)
+
+    async def purge(self, before: float) -> int:
+        doomed = [
+            i for i, row in self.rows.items()
+            if row.processed_at is not None and row.processed_at < before
+        ]
+        for i in doomed:
+            self._drop(i)
+        return len(doomed)
+
+    def _drop(self, message_id: int) -> None:
+        row = self.rows.pop(message_id)
+        key = row.message.dedupe_key
+        if key is not None and self._by_key.get(key) == message_id:
+            del self._by_key[key]
+
+
+class InMemoryStateStore:
+    """Versioned values in a dictionary."""
+
+    def __init__(self, runners: InMemoryRunnerStorage) -> None:
+        self._runners = runners
+        self._values: dict[str, Versioned] = {}
+
+    async def get(self, key: str) -> Versioned | None:
+        return self._values.get(key)
+
+    async def set(
+        self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
+    ) -> int:
+        if not isinstance(key, str) or not isinstance(value, bytes):
+            raise ClusterError(
+                "state keys are str and values bytes", reason=Reason.INVALID_ARGUMENT
+            )
+        if fence is not None and self._runners.current_epoch(fence.shard) != fence.epoch:
+            raise FencedOut(f"epoch {fence.epoch} of shard {fence.shard} is no longer current",
+                            shard=str(fence.shard), epoch=fence.epoch)
+        current = self._values.get(key)
+        found = current.version if current else None
+        if found != expected_version:
+            raise VersionConflict(
+                f"state {key!r} is at version {found}, expected {expected_version}",
+                key=key, found=found, expected=expected_version,
+            )
+        version = (found or 0) + 1
+        self._values[key] = Versioned(value, version)
+        return version
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        current = self._values.get(key)
+        if current is None:
+            return False
+        if expected_version is not None and current.version != expected_version:
+            return False
+        del self._values[key]
+        return True
+
+
+class InMemoryStorage(StorageLifecycle):
+    """All three stores in memory. ``start``/``close`` only check the shard count.
+
+    Args:
+        shards: shards per group (recorded on first start, like the SQL backends).
+        options: storage options (leases).
+        clock: time source; a TestClock makes leases and ``deliver_at`` testable.
+    """
+
+    backend = "memory"
+
+    def __init__(
+        self,
+        *,
+        shards: int = 300,
+        options: StorageOptions | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        options = options or StorageOptions()
+        clock = clock or SystemClock()
+        self.shards = shards
+        self._recorded_shards: int | None = None
+        self.runners = InMemoryRunnerStorage(clock, options)
+        self.messages = InMemoryMessageStorage(clock, options, self.runners)
+        self.state = InMemoryStateStore(self.runners)
+
+    async def start(self) -> None:
+        if self._recorded_shards is None:
+            self._recorded_shards = self.shards
+        check_shards(self._recorded_shards, self.shards, "this in-memory store")
+
+    async def close(self) -> None:
+        return None
+
+    async def info(self) -> StorageInfo:
+        rows = self.messages.rows.values()
+        return StorageInfo(
+            backend="memory",
+            location="memory://",
+            schema_version=0,
+            shards=self.shards,
+            runners=len(await self.runners.live_runners(max_age=float("inf"))),
+            messages_total=len(rows),
+            messages_unprocessed=sum(1 for r in rows if r.reply is None),
+        )

@@ -1,0 +1,99 @@
+"""Shared fixtures: the PostgreSQL test server and per-test databases.
+
+The server comes from ``COVEY_TEST_DATABASE_URL`` (default: the local trust-auth
+server). Tests that need it are skipped with a loud reason when it is down,
+except under ``CI=true``, where a missing server fails the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+DEFAULT_TEST_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def pg_server_url() -> str:
+    return os.environ.get("COVEY_TEST_DATABASE_URL", DEFAULT_TEST_URL)
+
+
+def _with_database(url: str, database: str) -> str:
+    base, _, rest = url.rpartition("/")
+    query = ""
+    if "?" in rest:
+        query = "?" + rest.split("?", 1)[1]
+    return f"{base}/{database}{query}"
+
+
+async def _probe(url: str) -> str | None:
+    try:
+        conn = await asyncpg.connect(url, timeout=5)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
+
+
+_probe_result: list[str | None] = []
+
+
+def require_postgres() -> str:
+    """The server URL, or skip (fail under CI=true) when it cannot be reached."""
+    url = pg_server_url()
+    if not _probe_result:
+        _probe_result.append(asyncio.run(_probe(url)))
+    problem = _probe_result[0]
+    if problem is not None:
+        message = (
+            f"PostgreSQL at {url} is not reachable ({problem}); set COVEY_TEST_DATABASE_URL "
+            "or start the server"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true and " + message, pytrace=False)
+        pytest.skip("SKIPPING POSTGRES TESTS: " + message)
+    return url
+
+
+async def _create_db(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_db(url: str, name: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database created for this test session and dropped after it; its URL."""
+    server = require_postgres()
+    name = f"covey_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create_db(server, name))
+    try:
+        yield _with_database(server, name)
+    finally:
+        asyncio.run(_drop_db(server, name))
+
+
+@pytest.fixture
+def fresh_pg_database() -> Iterator[str]:
+    """A database of its own for one test (multi-process tests); dropped after."""
+    server = require_postgres()
+    name = f"covey_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_create_db(server, name))
+    try:
+        yield _with_database(server, name)
+    finally:
+        asyncio.run(_drop_db(server, name))
