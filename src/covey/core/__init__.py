@@ -6,11 +6,17 @@ does I/O.
 """
 
 from covey.core._clock import Clock, SystemClock, TestClock
-from covey.core._config import DEFAULT_DATABASE_URL, CoveyConfig, StorageOptions
+from covey.core._config import (
+    DEFAULT_DATABASE_URL,
+    CoveyConfig,
+    StorageOptions,
+    TransportOptions,
+)
 from covey.core._errors import (
     AlreadyProcessed,
     ClusterError,
     ConfigError,
+    EntityError,
     FencedOut,
     MessageNotFound,
     MigrationError,
@@ -18,6 +24,7 @@ from covey.core._errors import (
     SerializationError,
     ShardCountMismatch,
     StorageError,
+    TransportError,
     VersionConflict,
 )
 from covey.core._ids import (
@@ -55,6 +62,7 @@ __all__ = [
     "DEFAULT_GROUP",
     "EPOCH_MS",
     "EntityAddress",
+    "EntityError",
     "FencedOut",
     "JsonCodec",
     "MAX_MACHINE_ID",
@@ -72,6 +80,8 @@ __all__ = [
     "StorageOptions",
     "SystemClock",
     "TestClock",
+    "TransportError",
+    "TransportOptions",
     "VersionConflict",
     "codec_for",
     "parse_snowflake",

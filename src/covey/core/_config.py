@@ -56,6 +56,33 @@ class StorageOptions:
 
 
 @dataclass(frozen=True)
+class TransportOptions:
+    """The runner-to-runner transport.
+
+    Attributes:
+        max_frame_bytes: the largest frame accepted or sent; a bigger one is
+            refused with ``frame_too_large``.
+        heartbeat_interval: an idle connection is pinged this often.
+        heartbeat_timeout: a connection with no answer to a ping for this long
+            is dropped and its peer reported lost.
+        connect_timeout: the bound on connecting and authenticating.
+        reconnect_backoff_max: the longest wait between reconnect attempts.
+        tls_cert: PEM certificate (with ``tls_key``) to serve TLS; empty: plain TCP.
+        tls_key: PEM private key for ``tls_cert``.
+        tls_ca: PEM CA bundle to verify peers with; required with TLS.
+    """
+
+    max_frame_bytes: int = 16 * 1024 * 1024
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 15.0
+    connect_timeout: float = 5.0
+    reconnect_backoff_max: float = 2.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+
+@dataclass(frozen=True)
 class CoveyConfig:
     """Settings of one covey process.
 
@@ -67,6 +94,7 @@ class CoveyConfig:
         runner_port: the transport port; 0 picks a free one.
         cluster_secret: shared secret authenticating runner-to-runner connections.
         storage: database options.
+        transport: runner-to-runner transport options.
     """
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -75,6 +103,7 @@ class CoveyConfig:
     runner_port: int = 0
     cluster_secret: str | None = None
     storage: StorageOptions = field(default_factory=StorageOptions)
+    transport: TransportOptions = field(default_factory=TransportOptions)
 
     def __post_init__(self) -> None:
         if self.shards < 1:

@@ -14,7 +14,11 @@ exist so ``except`` clauses can be narrow where that reads better::
     │   ├── MessageNotFound          message_not_found
     │   ├── AlreadyProcessed         already_processed
     │   └── VersionConflict          version_conflict
-    └── (later layers add entity, routing and transport errors here)
+    ├── TransportError               peer_unavailable, timeout, frame_too_large,
+    │                                auth_failed, remote_failure
+    └── EntityError                  unknown_entity_type, unknown_rpc, not_owner,
+                                     mailbox_full, handler_failed, shutting_down,
+                                     timeout
 
 ``retryable`` tells a caller whether trying the same call again later may succeed.
 """
@@ -40,9 +44,28 @@ class Reason(StrEnum):
     ALREADY_PROCESSED = "already_processed"
     VERSION_CONFLICT = "version_conflict"
     INVALID_ARGUMENT = "invalid_argument"
+    PEER_UNAVAILABLE = "peer_unavailable"
+    TIMEOUT = "timeout"
+    FRAME_TOO_LARGE = "frame_too_large"
+    AUTH_FAILED = "auth_failed"
+    REMOTE_FAILURE = "remote_failure"
+    UNKNOWN_ENTITY_TYPE = "unknown_entity_type"
+    UNKNOWN_RPC = "unknown_rpc"
+    NOT_OWNER = "not_owner"
+    MAILBOX_FULL = "mailbox_full"
+    HANDLER_FAILED = "handler_failed"
+    SHUTTING_DOWN = "shutting_down"
 
 
-_RETRYABLE = frozenset({Reason.STORAGE_UNAVAILABLE, Reason.VERSION_CONFLICT})
+_RETRYABLE = frozenset({
+    Reason.STORAGE_UNAVAILABLE,
+    Reason.VERSION_CONFLICT,
+    Reason.PEER_UNAVAILABLE,
+    Reason.TIMEOUT,
+    Reason.NOT_OWNER,
+    Reason.MAILBOX_FULL,
+    Reason.SHUTTING_DOWN,
+})
 
 
 class ClusterError(Exception):
@@ -131,3 +154,25 @@ class VersionConflict(StorageError):
     """A compare-and-set found another version than the one expected."""
 
     default_reason = Reason.VERSION_CONFLICT
+
+
+class TransportError(ClusterError):
+    """A runner-to-runner call failed below the application level.
+
+    ``peer_unavailable`` (connection refused or lost; retryable), ``timeout``,
+    ``frame_too_large`` (the frame exceeds the configured limit), ``auth_failed``
+    (the peer's cluster secret differs), ``remote_failure`` (the peer's handler
+    crashed while answering).
+    """
+
+    default_reason = Reason.PEER_UNAVAILABLE
+
+
+class EntityError(ClusterError):
+    """An entity call failed.
+
+    ``details`` carries ``entity_type``, ``entity_id`` and, for a handler that
+    raised, ``error_type`` (the remote exception's class name) and the message.
+    """
+
+    default_reason = Reason.HANDLER_FAILED
