@@ -269,6 +269,18 @@ async def test_save_requests_is_one_atomic_batch(storage: Storage) -> None:
     assert len(await storage.messages.unprocessed([S1], limit=10)) == 2
 
 
+async def test_saving_the_same_id_again_is_a_duplicate(storage: Storage) -> None:
+    m = msg()
+    assert await storage.messages.save_request(m) == Saved(m.id)
+    assert await storage.messages.save_request(m) == Duplicate(m.id, None)
+    assert len(await storage.messages.unprocessed([S1], limit=10)) == 1
+
+
+async def test_reset_request_of_unknown_id(storage: Storage) -> None:
+    with pytest.raises(MessageNotFound):
+        await storage.messages.reset_request(next_id())
+
+
 async def test_reset_request_makes_it_unprocessed_again(storage: Storage) -> None:
     fences = await _own(storage, S1)
     m = msg(primary_key="run")

@@ -84,7 +84,11 @@ class MessageStorage(Protocol):
     """Persisted requests and their replies."""
 
     async def save_request(self, message: Message) -> SaveResult:
-        """Store ``message`` unless its dedupe key exists (then :class:`Duplicate`)."""
+        """Store ``message`` unless its dedupe key exists (then :class:`Duplicate`).
+
+        Saving a message whose ``id`` is stored already (a retried save) is also a
+        :class:`Duplicate` of that id.
+        """
         ...
 
     async def save_requests(self, messages: Sequence[Message]) -> list[SaveResult]:
@@ -125,7 +129,11 @@ class MessageStorage(Protocol):
         ...
 
     async def reset_request(self, request_id: int) -> None:
-        """Delete the request's reply and mark it unprocessed and unleased again."""
+        """Delete the request's reply and mark it unprocessed and unleased again.
+
+        Raises:
+            MessageNotFound: no request has that id.
+        """
         ...
 
     async def clear_address(self, address: EntityAddress) -> int:

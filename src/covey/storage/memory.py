@@ -166,9 +166,9 @@ class InMemoryMessageStorage:
             if original is not None:
                 row = staged.get(original) or self.rows.get(original)
                 return Duplicate(original, row.reply if row else None)
-        if message.id in self.rows or message.id in staged:
-            raise StorageError(f"message id {message.id} is already stored",
-                               message_id=message.id)
+        if message.id in self.rows or message.id in staged:  # a retried save of one message
+            row = staged.get(message.id) or self.rows[message.id]
+            return Duplicate(message.id, row.reply)
         staged[message.id] = _Row(replace(message, attempts=0), self._clock.now())
         if key is not None:
             keys[key] = message.id
@@ -245,10 +245,11 @@ class InMemoryMessageStorage:
 
     async def reset_request(self, request_id: int) -> None:
         row = self.rows.get(request_id)
-        if row is not None:
-            row.reply = None
-            row.processed_at = None
-            row.lease_until = None
+        if row is None:
+            raise MessageNotFound(f"no message with id {request_id}", message_id=request_id)
+        row.reply = None
+        row.processed_at = None
+        row.lease_until = None
 
     async def clear_address(self, address: EntityAddress) -> int:
         doomed = [

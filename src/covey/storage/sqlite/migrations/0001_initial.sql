@@ -1,0 +1,63 @@
+-- covey on SQLite, version 1: settings, runners, shard leases and messages.
+-- Times are Unix seconds (REAL) from covey's clock, never SQLite's own.
+
+CREATE TABLE covey_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+CREATE TABLE covey_runners (
+    address        TEXT PRIMARY KEY,
+    machine_id     INTEGER NOT NULL UNIQUE,
+    groups         TEXT NOT NULL,
+    weight         INTEGER NOT NULL,
+    registered_at  REAL NOT NULL,
+    last_heartbeat REAL NOT NULL
+);
+
+-- One row per shard: the lease, its holder and the fencing epoch.
+CREATE TABLE covey_shards (
+    shard_group TEXT NOT NULL,
+    shard       INTEGER NOT NULL,
+    epoch       INTEGER NOT NULL DEFAULT 0,
+    owner       TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (shard_group, shard)
+);
+
+CREATE TABLE covey_messages (
+    id             INTEGER PRIMARY KEY,
+    entity_type    TEXT NOT NULL,
+    entity_id      TEXT NOT NULL,
+    shard_group    TEXT NOT NULL,
+    shard          INTEGER NOT NULL,
+    tag            TEXT NOT NULL,
+    payload        BLOB NOT NULL,
+    headers        TEXT NOT NULL DEFAULT '{}',
+    primary_key    TEXT,
+    dedupe_key     TEXT UNIQUE,
+    deliver_at     REAL,
+    priority       INTEGER NOT NULL DEFAULT 0,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    lease_until    REAL,
+    created_at     REAL NOT NULL,
+    processed      INTEGER NOT NULL DEFAULT 0,
+    processed_at   REAL,
+    reply          BLOB,
+    reply_is_error INTEGER NOT NULL DEFAULT 0
+);
+
+-- The delivery scan: unprocessed messages of a shard, highest priority first.
+CREATE INDEX covey_messages_unprocessed
+    ON covey_messages (shard_group, shard, priority DESC, id)
+    WHERE processed = 0;
+
+-- clear_address: the unprocessed messages of one entity.
+CREATE INDEX covey_messages_entity
+    ON covey_messages (entity_type, entity_id)
+    WHERE processed = 0;
+
+-- purge: processed messages by completion time.
+CREATE INDEX covey_messages_processed_at
+    ON covey_messages (processed_at)
+    WHERE processed = 1;
