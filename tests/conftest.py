@@ -8,14 +8,29 @@ except under ``CI=true``, where a missing server fails the run.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import asyncpg
 import pytest
 
 DEFAULT_TEST_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a loop of its own, in a thread of its own.
+
+    Session fixtures may be first requested from inside a running test loop
+    (``request.getfixturevalue`` in an async fixture), where ``asyncio.run`` is
+    not allowed; a separate thread always works.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def pg_server_url() -> str:
@@ -46,7 +61,7 @@ def require_postgres() -> str:
     """The server URL, or skip (fail under CI=true) when it cannot be reached."""
     url = pg_server_url()
     if not _probe_result:
-        _probe_result.append(asyncio.run(_probe(url)))
+        _probe_result.append(run_sync(_probe(url)))
     problem = _probe_result[0]
     if problem is not None:
         message = (
@@ -80,11 +95,11 @@ def pg_database() -> Iterator[str]:
     """A database created for this test session and dropped after it; its URL."""
     server = require_postgres()
     name = f"covey_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_create_db(server, name))
+    run_sync(_create_db(server, name))
     try:
         yield _with_database(server, name)
     finally:
-        asyncio.run(_drop_db(server, name))
+        run_sync(_drop_db(server, name))
 
 
 @pytest.fixture
@@ -92,8 +107,8 @@ def fresh_pg_database() -> Iterator[str]:
     """A database of its own for one test (multi-process tests); dropped after."""
     server = require_postgres()
     name = f"covey_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_create_db(server, name))
+    run_sync(_create_db(server, name))
     try:
         yield _with_database(server, name)
     finally:
-        asyncio.run(_drop_db(server, name))
+        run_sync(_drop_db(server, name))

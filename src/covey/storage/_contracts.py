@@ -49,6 +49,16 @@ class RunnerStorage(Protocol):
         """Remove the runner; its shards stay locked until released."""
         ...
 
+    async def expire(self, address: RunnerAddress) -> None:
+        """Remove a runner the caller found dead (heartbeat older than its TTL).
+
+        Frees the shards it holds by lease (SQLite, memory) so they can be taken at
+        once; advisory locks (PostgreSQL) are left to the dead session. Fencing
+        makes this safe if the runner was only paused: its later completion writes
+        are refused.
+        """
+        ...
+
     async def acquire(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> dict[ShardId, int]:

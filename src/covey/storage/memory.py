@@ -104,6 +104,10 @@ class InMemoryRunnerStorage:
     async def unregister(self, address: RunnerAddress) -> None:
         self._runners.pop(address, None)
 
+    async def expire(self, address: RunnerAddress) -> None:
+        self._runners.pop(address, None)
+        await self.release_all(address)
+
     async def acquire(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> dict[ShardId, int]:

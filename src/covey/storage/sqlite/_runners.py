@@ -261,3 +261,14 @@ class SqliteRunnerStorage:
             )
 
         await self._db.write(run)
+
+    async def expire(self, address: RunnerAddress) -> None:
+        async def run(conn: aiosqlite.Connection) -> None:
+            await execute(conn, "DELETE FROM covey_runners WHERE address = ?", (str(address),))
+            await execute(
+                conn,
+                "UPDATE covey_shards SET owner = NULL, lease_until = 0 WHERE owner = ?",
+                (str(address),),
+            )
+
+        await self._db.write(run)

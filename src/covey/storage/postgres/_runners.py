@@ -1,0 +1,335 @@
+"""Runner membership and advisory-lock shard ownership on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+
+from covey.core import (
+    Clock,
+    ClusterError,
+    Reason,
+    RunnerAddress,
+    ShardId,
+    StorageError,
+    StorageOptions,
+    stable_hash,
+)
+from covey.storage._model import RunnerInfo
+from covey.storage.postgres._errors import CONNECTION_ERRORS, translate, translated
+
+T = TypeVar("T")
+
+#: Registrations whose heartbeat is older than this free their machine id.
+STALE_REGISTRATION = 300.0
+
+
+def int32(value: int) -> int:
+    """The low 32 bits of ``value`` as a signed int (an advisory-lock key half)."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= (1 << 31) else value
+
+
+def int64(value: int) -> int:
+    """The low 64 bits of ``value`` as a signed bigint."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+@dataclass
+class _LockSession:
+    """One runner's dedicated lock connection and the shards locked on it."""
+
+    conn: Any = None
+    held: dict[ShardId, int] = field(default_factory=dict)
+    mutex: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class PostgresRunnerStorage:
+    """:class:`covey.storage.RunnerStorage` on PostgreSQL.
+
+    Shards are session advisory locks on one dedicated connection per runner: a
+    dead pod's locks vanish with its connection. TCP keepalives on that
+    connection let the server notice a vanished host within seconds. Every lock
+    operation is bounded by ``options.lock_timeout``; a connection that fails or
+    hangs is terminated and everything it held counts as lost.
+
+    Args:
+        pool: the asyncpg pool (membership rows).
+        url: the database URL (lock connections are opened outside the pool).
+        schema: the unquoted schema name (namespaces the lock keys).
+        options: storage options.
+        clock: the source of heartbeat times.
+    """
+
+    def __init__(
+        self, pool: Any, url: str, schema: str, options: StorageOptions, clock: Clock
+    ) -> None:
+        self._pool = pool
+        self._url = url
+        self._schema = schema
+        self._options = options
+        self._clock = clock
+        self._sessions: dict[RunnerAddress, _LockSession] = {}
+        self._keys: dict[str, int] = {}
+        s = '"' + schema.replace('"', '""') + '"'
+        self._register_lock = int64(stable_hash(f"covey:{schema}:register"))
+        self._sql_stale = f"DELETE FROM {s}.runners WHERE last_heartbeat < $1"
+        self._sql_own_id = f"SELECT machine_id FROM {s}.runners WHERE address = $1"
+        self._sql_free_id = (
+            "SELECT min(i) FROM generate_series(0, 1023) AS i"
+            f" WHERE i NOT IN (SELECT machine_id FROM {s}.runners)"
+        )
+        self._sql_upsert = (
+            f"INSERT INTO {s}.runners (address, machine_id, groups, weight, last_heartbeat)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (address) DO UPDATE SET"
+            " groups = EXCLUDED.groups, weight = EXCLUDED.weight,"
+            " last_heartbeat = EXCLUDED.last_heartbeat"
+        )
+        self._sql_heartbeat = f"UPDATE {s}.runners SET last_heartbeat = $2 WHERE address = $1"
+        self._sql_live = (
+            f"SELECT address, machine_id, groups, weight, last_heartbeat FROM {s}.runners"
+            " WHERE last_heartbeat >= $1"
+        )
+        self._sql_unregister = f"DELETE FROM {s}.runners WHERE address = $1"
+        self._sql_try_lock = (
+            "SELECT i FROM unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS t(k, n, i)"
+            " WHERE pg_try_advisory_lock(k, n)"
+        )
+        # The row lock of this upsert waits for completions holding FOR SHARE on
+        # the shard, so none of them can commit under the old epoch afterwards.
+        self._sql_bump = (
+            f"INSERT INTO {s}.shards AS sh (shard_group, shard, epoch, owner)"
+            " SELECT g, n, 1, $3 FROM unnest($1::text[], $2::int4[]) AS t(g, n)"
+            " ON CONFLICT (shard_group, shard) DO UPDATE SET epoch = sh.epoch + 1,"
+            " owner = EXCLUDED.owner RETURNING shard_group, shard, epoch"
+        )
+        self._sql_locks = (
+            "SELECT classid::int8, objid::int8 FROM pg_locks WHERE locktype = 'advisory'"
+            " AND objsubid = 2 AND granted AND pid = pg_backend_pid()"
+        )
+        self._sql_unlock = (
+            "SELECT pg_advisory_unlock(k, n) FROM unnest($1::int4[], $2::int4[]) AS t(k, n)"
+        )
+
+    # -- membership -----------------------------------------------------------
+
+    async def register(
+        self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
+    ) -> int:
+        _check_address(address)
+        now = self._clock.now()
+        with translated("registering a runner"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Serializes registrations so two runners never pick the same id.
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._register_lock)
+                await conn.execute(self._sql_stale, now - STALE_REGISTRATION)
+                machine_id = await conn.fetchval(self._sql_own_id, str(address))
+                if machine_id is None:
+                    machine_id = await conn.fetchval(self._sql_free_id)
+                if machine_id is None:
+                    raise StorageError("all 1024 machine ids are taken by live runners")
+                await conn.execute(
+                    self._sql_upsert, str(address), machine_id, list(groups), weight, now
+                )
+        return int(machine_id)
+
+    async def heartbeat(self, address: RunnerAddress) -> bool:
+        with translated("heartbeat"):
+            status = await self._pool.execute(
+                self._sql_heartbeat, str(address), self._clock.now()
+            )
+        return bool(status != "UPDATE 0")
+
+    async def live_runners(self, max_age: float) -> list[RunnerInfo]:
+        with translated("listing runners"):
+            rows = await self._pool.fetch(self._sql_live, self._clock.now() - max_age)
+        runners = [
+            RunnerInfo(
+                address=RunnerAddress.parse(r["address"]),
+                machine_id=int(r["machine_id"]),
+                groups=tuple(r["groups"]),
+                weight=int(r["weight"]),
+                last_heartbeat=float(r["last_heartbeat"]),
+            )
+            for r in rows
+        ]
+        runners.sort(key=lambda r: r.address)
+        return runners
+
+    async def unregister(self, address: RunnerAddress) -> None:
+        with translated("unregistering a runner"):
+            await self._pool.execute(self._sql_unregister, str(address))
+
+    async def expire(self, address: RunnerAddress) -> None:
+        # Only the membership row: an advisory lock ends with its session, so a
+        # dead runner's shards free up when the server drops its connection
+        # (keepalives), and fencing refuses its writes if it was only paused.
+        with translated("expiring a runner"):
+            await self._pool.execute(self._sql_unregister, str(address))
+
+    # -- shard locks ----------------------------------------------------------
+
+    def _key(self, group: str) -> int:
+        key = self._keys.get(group)
+        if key is None:
+            key = self._keys[group] = int32(stable_hash(f"covey:{self._schema}:{group}"))
+        return key
+
+    async def _connection(self, session: _LockSession, address: RunnerAddress) -> Any:
+        if session.conn is not None and not session.conn.is_closed():
+            return session.conn
+        session.held.clear()  # a new connection holds nothing
+        conn = await asyncpg.connect(
+            self._url,
+            timeout=self._options.connect_timeout,
+            statement_cache_size=16,
+            server_settings={
+                "tcp_keepalives_idle": "5",
+                "tcp_keepalives_interval": "2",
+                "tcp_keepalives_count": "3",
+                "tcp_user_timeout": "10000",
+                "application_name": f"covey-lock:{address}"[:63],
+            },
+        )
+        transport = getattr(conn, "_transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # The client side needs keepalives too: a half-open connection to a
+            # vanished server must fail rather than hang.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        session.conn = conn
+        return conn
+
+    def _drop(self, session: _LockSession) -> None:
+        if session.conn is not None:
+            session.conn.terminate()
+        session.conn = None
+        session.held.clear()
+
+    async def _bounded(
+        self, session: _LockSession, what: str, op: Callable[[], Awaitable[T]], lost: T
+    ) -> T:
+        """Run ``op`` under the lock timeout; a hung or broken connection is lost."""
+        try:
+            return await asyncio.wait_for(op(), self._options.lock_timeout)
+        except CONNECTION_ERRORS:
+            self._drop(session)
+            return lost
+        except BaseException as exc:
+            # Unknown state (cancelled mid-statement, SQL error): locks may be held
+            # that the held set does not know about; only closing is safe.
+            self._drop(session)
+            raise translate(exc, what) from exc
+
+    async def acquire(
+        self, address: RunnerAddress, shards: Collection[ShardId]
+    ) -> dict[ShardId, int]:
+        wanted = set(shards)
+        for shard in wanted:
+            _check_shard(shard)
+        session = self._sessions.setdefault(address, _LockSession())
+
+        async def op() -> dict[ShardId, int]:
+            conn = await self._connection(session, address)
+            new = sorted(s for s in wanted if s not in session.held)
+            if new:
+                rows = await conn.fetch(
+                    self._sql_try_lock, [self._key(s.group) for s in new], [s.id for s in new]
+                )
+                got = [new[r[0] - 1] for r in rows]
+                if got:
+                    bumped = await conn.fetch(
+                        self._sql_bump, [s.group for s in got], [s.id for s in got], str(address)
+                    )
+                    for r in bumped:
+                        session.held[ShardId(r[0], r[1])] = int(r[2])
+            return {s: session.held[s] for s in wanted if s in session.held}
+
+        async with session.mutex:
+            return await self._bounded(session, "acquiring shards", op, {})
+
+    async def refresh(
+        self, address: RunnerAddress, shards: Collection[ShardId]
+    ) -> set[ShardId]:
+        session = self._sessions.get(address)
+        if session is None:
+            return set()
+
+        async def op() -> set[ShardId]:
+            conn = session.conn
+            if conn is None or conn.is_closed():
+                self._drop(session)
+                return set()
+            locked = {(r[0], r[1]) for r in await conn.fetch(self._sql_locks)}
+            for shard in list(session.held):
+                if (self._key(shard.group) & 0xFFFFFFFF, shard.id) not in locked:
+                    del session.held[shard]
+            return {s for s in shards if s in session.held}
+
+        async with session.mutex:
+            return await self._bounded(session, "refreshing shards", op, set())
+
+    async def release(self, address: RunnerAddress, shards: Collection[ShardId]) -> None:
+        session = self._sessions.get(address)
+        if session is None:
+            return
+
+        async def op() -> None:
+            mine = sorted(s for s in set(shards) if s in session.held)
+            if not mine or session.conn is None:
+                return
+            await session.conn.fetch(
+                self._sql_unlock, [self._key(s.group) for s in mine], [s.id for s in mine]
+            )
+            for s in mine:
+                del session.held[s]
+
+        async with session.mutex:
+            await self._bounded(session, "releasing shards", op, None)
+
+    async def release_all(self, address: RunnerAddress) -> None:
+        session = self._sessions.pop(address, None)
+        if session is None:
+            return
+        async with session.mutex:
+            await self._close_session(session)
+
+    async def _close_session(self, session: _LockSession) -> None:
+        conn, session.conn = session.conn, None
+        session.held.clear()
+        if conn is None:
+            return
+        try:
+            await asyncio.wait_for(conn.close(), self._options.lock_timeout)
+        except asyncio.CancelledError:
+            conn.terminate()
+            raise
+        except Exception:
+            conn.terminate()  # closing is best effort: the locks go with the socket
+
+    async def close(self) -> None:
+        """Drop every lock connection (their locks vanish with them)."""
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for session in sessions:
+            await self._close_session(session)
+
+
+def _check_address(address: RunnerAddress) -> None:
+    if not isinstance(address, RunnerAddress):
+        raise ClusterError(
+            f"invalid runner address: {address!r}", reason=Reason.INVALID_ARGUMENT
+        )
+
+
+def _check_shard(shard: ShardId) -> None:
+    if not isinstance(shard, ShardId) or not isinstance(shard.id, int) or shard.id < 1:
+        raise ClusterError(f"invalid shard: {shard!r}", reason=Reason.INVALID_ARGUMENT)

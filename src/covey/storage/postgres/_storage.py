@@ -1,0 +1,265 @@
+"""PostgresStorage: the pool, migrations, the shard-count check and info."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from covey.core import Clock, MigrationError, StorageError, StorageOptions, stable_hash
+from covey.storage._base import StorageLifecycle, check_shards, migrations
+from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore
+from covey.storage._group_commit import GroupCommit
+from covey.storage._model import StorageInfo
+from covey.storage.postgres._errors import is_unavailable, translated
+from covey.storage.postgres._messages import PostgresMessageStorage
+from covey.storage.postgres._runners import PostgresRunnerStorage, int64
+from covey.storage.postgres._state import PostgresStateStore
+from covey.storage.postgres._writer import Op, Writer
+
+_PACKAGE = "covey.storage.postgres"
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+class PostgresStorage(StorageLifecycle):
+    """The PostgreSQL backend: advisory-lock shard ownership and group commit.
+
+    Args:
+        url: a ``postgresql://`` URL.
+        shards: shards per group; recorded on first start, checked afterwards.
+        options: storage options (schema, pool size, batching, timeouts).
+        clock: the source of every time written (the database's ``now()`` is
+            never used, so every runner and test agrees on time).
+        install_from: on an empty schema, apply ``schema.sql`` (``"schema"``) or
+            replay every migration (``"migrations"``); both give the same schema.
+
+    Attributes:
+        runners: membership and shard locks.
+        messages: persisted requests and replies.
+        state: the versioned key-value store.
+    """
+
+    backend = "postgres"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        shards: int,
+        options: StorageOptions,
+        clock: Clock,
+        install_from: Literal["schema", "migrations"] = "schema",
+    ) -> None:
+        if not options.schema.isidentifier():
+            raise StorageError(f"invalid schema name {options.schema!r}")
+        self._url = url
+        self._shards = shards
+        self._options = options
+        self._clock = clock
+        self._install_from = install_from
+        self._schema = quote_ident(options.schema)
+        self._pool: Any = None
+        self._started = False
+        self._version = 0
+        self._writer: Writer | None = None
+        self.batcher: GroupCommit[Op, object] | None = None
+        # Declared as the contract types: Storage's attributes are mutable, so a
+        # protocol match needs exactly these types.
+        self.runners: RunnerStorage
+        self.messages: MessageStorage
+        self.state: StateStore
+        self._runners: PostgresRunnerStorage
+        self._build(_NotStarted())
+
+    def _build(self, pool: Any) -> None:
+        s = self._schema
+        self._writer = Writer(pool, s, self._clock)
+        self.batcher = GroupCommit(
+            self._writer.flush,
+            max_size=self._options.batch_max_size,
+            max_wait=self._options.batch_max_wait,
+            flushers=self._options.batch_flushers,
+            is_fatal=is_unavailable,
+        )
+        self._runners = PostgresRunnerStorage(
+            pool, self._url, self._options.schema, self._options, self._clock
+        )
+        self.runners = self._runners
+        self.messages = PostgresMessageStorage(
+            pool, s, self._options, self._clock, self.batcher
+        )
+        self.state = PostgresStateStore(pool, s, self.batcher)
+        if isinstance(pool, _NotStarted):
+            # Flushers only run between start() and close(); a write before
+            # start() must fail at once instead of queueing forever.
+            self.batcher._closed = True
+
+    @property
+    def location(self) -> str:
+        """The server, database and schema, without credentials."""
+        parts = urlsplit(self._url)
+        host = parts.hostname or "localhost"
+        port = f":{parts.port}" if parts.port else ""
+        return f"postgresql://{host}{port}{parts.path} (schema {self._options.schema})"
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        with translated("connecting"):
+            self._pool = await asyncpg.create_pool(
+                self._url,
+                min_size=1,
+                max_size=max(1, self._options.pool_size),
+                timeout=self._options.connect_timeout,
+                reset=_no_reset,
+            )
+        try:
+            await self._migrate()
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+        self._build(self._pool)
+        assert self.batcher is not None
+        self.batcher.start()
+        self._started = True
+
+    async def _migrate(self) -> None:
+        s = self._schema
+        pending = migrations(_PACKAGE)
+        with translated("migrating"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Several processes may start at once: one migrates, the others
+                # wait here and then find the versions recorded.
+                key = int64(stable_hash(f"covey:migrate:{self._options.schema}"))
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {s}.covey_migrations ("
+                    " version integer PRIMARY KEY, name text NOT NULL,"
+                    " applied_at double precision NOT NULL)"
+                )
+                current = await conn.fetchval(
+                    f"SELECT coalesce(max(version), 0) FROM {s}.covey_migrations"
+                )
+                latest = pending[-1][0] if pending else 0
+                if current > latest:
+                    raise MigrationError(
+                        f"schema {self._options.schema} is at version {current}, newer than "
+                        f"this covey ({latest}); upgrade covey"
+                    )
+                await conn.execute(f"SET LOCAL search_path TO {s}")
+                todo = [m for m in pending if m[0] > current]
+                if current == 0 and self._install_from == "schema" and todo:
+                    sql = resources.files(_PACKAGE).joinpath("schema.sql").read_text("utf-8")
+                    await self._apply(conn, "schema.sql", sql)
+                else:
+                    for _, name, sql in todo:
+                        await self._apply(conn, name, sql)
+                for version, name, _ in todo:
+                    await conn.execute(
+                        f"INSERT INTO {s}.covey_migrations (version, name, applied_at)"
+                        " VALUES ($1, $2, $3)",
+                        version,
+                        name,
+                        self._clock.now(),
+                    )
+                await conn.execute(
+                    f"INSERT INTO {s}.meta (key, value) VALUES ('shards', $1)"
+                    " ON CONFLICT (key) DO NOTHING",
+                    str(self._shards),
+                )
+                recorded = await conn.fetchval(f"SELECT value FROM {s}.meta WHERE key = 'shards'")
+                self._version = max(current, latest)
+        check_shards(int(recorded), self._shards, self.location)
+
+    @staticmethod
+    async def _apply(conn: Any, name: str, sql: str) -> None:
+        try:
+            await conn.execute(sql)
+        except asyncpg.PostgresError as exc:
+            if is_unavailable(exc):
+                raise
+            raise MigrationError(f"migration {name} failed: {exc}", migration=name) from exc
+
+    async def close(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        try:
+            if self.batcher is not None:
+                await self.batcher.close()
+            await self._runners.close()
+        finally:
+            pool, self._pool = self._pool, None
+            try:
+                await pool.close()
+            except Exception:
+                pool.terminate()
+
+    async def info(self) -> StorageInfo:
+        s = self._schema
+        with translated("reading info"):
+            row = await self._require_pool().fetchrow(
+                f"SELECT (SELECT count(*) FROM {s}.runners) AS runners,"
+                f" (SELECT count(*) FROM {s}.messages) AS total,"
+                f" (SELECT count(*) FROM {s}.messages WHERE NOT processed) AS unprocessed"
+            )
+        return StorageInfo(
+            backend=self.backend,
+            location=self.location,
+            schema_version=self._version,
+            shards=self._shards,
+            runners=int(row["runners"]),
+            messages_total=int(row["total"]),
+            messages_unprocessed=int(row["unprocessed"]),
+        )
+
+    async def schema_fingerprint(self) -> str:
+        """A sorted, normalized text of the schema's tables, columns, indexes and
+        constraints; equal for a fresh install and a fully migrated schema."""
+        name = self._options.schema
+        with translated("reading the schema"):
+            rows = await self._require_pool().fetch(
+                "SELECT 'table ' || table_name FROM information_schema.tables"
+                " WHERE table_schema = $1"
+                " UNION ALL SELECT 'column ' || table_name || '.' || column_name || ' '"
+                " || data_type || coalesce('/' || udt_name, '') || ' null=' || is_nullable"
+                " || ' default=' || coalesce(column_default, '')"
+                " FROM information_schema.columns WHERE table_schema = $1"
+                " UNION ALL SELECT 'index ' || tablename || ' ' || indexname || ' '"
+                " || replace(indexdef, $2, '') FROM pg_indexes WHERE schemaname = $1"
+                " UNION ALL SELECT 'constraint ' || c.relname || ' ' || k.conname || ' '"
+                " || k.contype::text || ' ' || pg_get_constraintdef(k.oid)"
+                " FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid"
+                " JOIN pg_namespace AS n ON n.oid = k.connamespace WHERE n.nspname = $1",
+                name,
+                f"{quote_ident(name)}.",
+            )
+        lines = sorted(str(r[0]).replace(f"{name}.", "") for r in rows)
+        return "\n".join(lines) + "\n"
+
+    def _require_pool(self) -> Any:
+        if self._pool is None:
+            raise StorageError("the storage is not started")
+        return self._pool
+
+
+async def _no_reset(conn: Any) -> None:
+    """Skip asyncpg's reset query on release (a round trip per use): pooled
+    connections never carry session state here (only ``SET LOCAL`` and
+    transaction-scoped advisory locks), and the pool already rolls back an open
+    transaction before calling this."""
+
+
+class _NotStarted:
+    """Stands in for the pool before ``start()``: every use is a clear error."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise StorageError(f"the storage is not started (used {name})")

@@ -1,0 +1,55 @@
+-- covey PostgreSQL schema, version 1: runners, shard epochs and messages.
+-- Runs with search_path set to the configured schema; names are unqualified.
+
+CREATE TABLE meta (
+    key text PRIMARY KEY,
+    value text NOT NULL
+);
+
+CREATE TABLE runners (
+    address text PRIMARY KEY,
+    machine_id integer NOT NULL UNIQUE CHECK (machine_id BETWEEN 0 AND 1023),
+    groups text[] NOT NULL,
+    weight integer NOT NULL,
+    last_heartbeat double precision NOT NULL
+);
+
+-- One row per shard ever acquired; epoch grows by one on every acquisition and
+-- fences completion writes of earlier owners.
+CREATE TABLE shards (
+    shard_group text NOT NULL,
+    shard integer NOT NULL,
+    epoch bigint NOT NULL,
+    owner text NOT NULL,
+    PRIMARY KEY (shard_group, shard)
+);
+
+CREATE TABLE messages (
+    id bigint PRIMARY KEY,
+    entity_type text NOT NULL,
+    entity_id text NOT NULL,
+    shard_group text NOT NULL,
+    shard integer NOT NULL,
+    tag text NOT NULL,
+    payload bytea NOT NULL,
+    headers text NOT NULL DEFAULT '{}',
+    primary_key text,
+    dedupe_key text UNIQUE,
+    deliver_at double precision,
+    priority smallint NOT NULL DEFAULT 0,
+    attempts integer NOT NULL DEFAULT 0,
+    lease_until double precision,
+    created_at double precision NOT NULL,
+    processed boolean NOT NULL DEFAULT false,
+    processed_at double precision,
+    reply bytea,
+    reply_is_error boolean NOT NULL DEFAULT false
+);
+
+-- The runner's read: unprocessed messages of its shards, by priority then id.
+CREATE INDEX messages_unprocessed
+    ON messages (shard_group, shard, priority DESC, id) WHERE NOT processed;
+-- purge(before): processed rows by completion time.
+CREATE INDEX messages_purge ON messages (processed_at) WHERE processed;
+-- clear_address(): unprocessed rows of one entity.
+CREATE INDEX messages_address ON messages (entity_type, entity_id) WHERE NOT processed;
