@@ -2,14 +2,16 @@
 
 The top-level namespace re-exports what an application needs on the common path;
 everything else lives in the layer subpackages (``covey.core``,
-``covey.storage``, …). See ``docs/`` for the guide.
+``covey.storage``, ``covey.sharding``, ``covey.entities``, …). See ``docs/``.
 """
 
+from covey.cluster import Cluster
 from covey.core import (
     ClusterError,
     ConfigError,
     CoveyConfig,
     EntityAddress,
+    EntityError,
     Reason,
     RunnerAddress,
     SerializationError,
@@ -17,16 +19,22 @@ from covey.core import (
     SnowflakeGenerator,
     StorageError,
     StorageOptions,
+    TransportError,
 )
+from covey.entities import Entity, EntityContext, current_request, rpc
 from covey.storage import open_storage
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cluster",
     "ClusterError",
     "ConfigError",
     "CoveyConfig",
+    "Entity",
     "EntityAddress",
+    "EntityContext",
+    "EntityError",
     "Reason",
     "RunnerAddress",
     "SerializationError",
@@ -34,6 +42,9 @@ __all__ = [
     "SnowflakeGenerator",
     "StorageError",
     "StorageOptions",
+    "TransportError",
     "__version__",
+    "current_request",
     "open_storage",
+    "rpc",
 ]

@@ -129,3 +129,19 @@ async def test_many_shards_race_split_without_overlap(make_storage: MakeStorage)
     owned = [set(r) for r in results]
     assert set().union(*owned) == set(shards)
     assert sum(len(o) for o in owned) == len(shards)
+
+
+async def test_expire_removes_a_dead_runner_and_frees_its_leases(
+    make_storage: MakeStorage, backend: str
+) -> None:
+    first, second = await make_storage(), await make_storage()
+    await first.runners.register(RUNNER_A)
+    held = await first.runners.acquire(RUNNER_A, [S1])
+    await second.runners.expire(RUNNER_A)
+    assert await second.runners.live_runners(max_age=60) == []
+    if backend == "postgres":
+        # an advisory lock ends only with its session: still held by the "dead" runner
+        assert await second.runners.acquire(RUNNER_B, [S1]) == {}
+        await first.runners.release_all(RUNNER_A)
+    taken = await second.runners.acquire(RUNNER_B, [S1])
+    assert taken[S1] > held[S1]

@@ -8,9 +8,10 @@ import covey.storage
 from covey.core import ClusterError, Reason
 
 EXPECTED_TOP = [
-    "ClusterError", "ConfigError", "CoveyConfig", "EntityAddress", "Reason",
-    "RunnerAddress", "SerializationError", "ShardId", "SnowflakeGenerator",
-    "StorageError", "StorageOptions", "__version__", "open_storage",
+    "Cluster", "ClusterError", "ConfigError", "CoveyConfig", "Entity", "EntityAddress",
+    "EntityContext", "EntityError", "Reason", "RunnerAddress", "SerializationError",
+    "ShardId", "SnowflakeGenerator", "StorageError", "StorageOptions", "TransportError",
+    "__version__", "current_request", "open_storage", "rpc",
 ]
 
 EXPECTED_STORAGE = [

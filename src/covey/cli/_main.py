@@ -1,8 +1,11 @@
-"""``covey status`` / ``covey migrate``: storage-level operations."""
+"""``covey run`` / ``covey status`` / ``covey migrate``."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
+import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -11,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from covey.cluster import Cluster
 from covey.core import ClusterError, CoveyConfig
 from covey.storage import StorageInfo, open_storage
 
@@ -43,6 +47,52 @@ def main() -> None:
 def status() -> None:
     """Connect, apply pending migrations and show what the store holds."""
     _run(_info, show=True)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--log-level", default="INFO", show_default=True,
+              help="Python logging level for covey's loggers.")
+def run(target: str, log_level: str) -> None:
+    """Run a runner: TARGET is 'module:attribute', a covey.Cluster or a function making one.
+
+    Serves until SIGTERM or SIGINT, then leaves gracefully (deregisters first, lets
+    in-flight handlers finish, releases its shards).
+    """
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cluster = _load_cluster(target)
+    try:
+        asyncio.run(_serve(cluster))
+    except ClusterError as exc:
+        Console(stderr=True).print(f"[red]error[/red] ({exc.reason.value}): {exc}")
+        sys.exit(2)
+
+
+async def _serve(cluster: Cluster) -> None:
+    def announce(ready: Cluster) -> None:
+        click.echo(f"covey runner {ready.address or 'client-only'} ready")
+        sys.stdout.flush()
+
+    await cluster.serve(on_ready=announce)
+
+
+def _load_cluster(target: str) -> Cluster:
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise click.BadParameter("expected 'module:attribute'", param_hint="TARGET")
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}",
+                                 param_hint="TARGET") from exc
+    value = getattr(module, attribute, None)
+    if callable(value) and not isinstance(value, Cluster):
+        value = value()
+    if not isinstance(value, Cluster):
+        raise click.BadParameter(f"{target} is not a covey.Cluster", param_hint="TARGET")
+    return value
 
 
 @main.command()

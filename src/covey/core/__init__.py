@@ -9,6 +9,7 @@ from covey.core._clock import Clock, SystemClock, TestClock
 from covey.core._config import (
     DEFAULT_DATABASE_URL,
     CoveyConfig,
+    ShardingOptions,
     StorageOptions,
     TransportOptions,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "SerializationError",
     "ShardCountMismatch",
     "ShardId",
+    "ShardingOptions",
     "SnowflakeGenerator",
     "SnowflakeParts",
     "StorageError",

@@ -83,6 +83,40 @@ class TransportOptions:
 
 
 @dataclass(frozen=True)
+class ShardingOptions:
+    """How runners find each other, share shards and deliver messages.
+
+    Attributes:
+        heartbeat_interval: how often a runner records that it is alive.
+        runner_ttl: a runner silent this long is considered gone.
+        membership_interval: how often the live runner set is re-read (a dead
+            PostgreSQL lock session shows there at once, so this bounds failover).
+        lock_refresh_interval: how often held shards are re-verified.
+        acquire_retry_interval: how often a runner retries shards assigned to it
+            that another runner still holds.
+        poll_interval: the storage safety poll for persisted messages whose
+            wake-up was lost.
+        poll_batch: the most messages one storage read takes.
+        shutdown_grace: how long in-flight handlers get to finish when shards
+            move or the runner stops.
+        call_timeout: the default deadline of an entity call.
+        processed_cache: how many recently completed message ids a runner
+            remembers to answer repeated deliveries without storage.
+    """
+
+    heartbeat_interval: float = 1.0
+    runner_ttl: float = 6.0
+    membership_interval: float = 0.25
+    lock_refresh_interval: float = 2.0
+    acquire_retry_interval: float = 0.1
+    poll_interval: float = 5.0
+    poll_batch: int = 512
+    shutdown_grace: float = 15.0
+    call_timeout: float = 30.0
+    processed_cache: int = 100_000
+
+
+@dataclass(frozen=True)
 class CoveyConfig:
     """Settings of one covey process.
 
@@ -95,6 +129,7 @@ class CoveyConfig:
         cluster_secret: shared secret authenticating runner-to-runner connections.
         storage: database options.
         transport: runner-to-runner transport options.
+        sharding: membership, ownership and delivery options.
     """
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -104,6 +139,7 @@ class CoveyConfig:
     cluster_secret: str | None = None
     storage: StorageOptions = field(default_factory=StorageOptions)
     transport: TransportOptions = field(default_factory=TransportOptions)
+    sharding: ShardingOptions = field(default_factory=ShardingOptions)
 
     def __post_init__(self) -> None:
         if self.shards < 1:

@@ -79,7 +79,7 @@ class ClusterError(Exception):
     default_reason: Reason = Reason.INVALID_ARGUMENT
 
     def __init__(
-        self, message: str, *, reason: Reason | None = None, **details: Any
+        self, message: str, /, *, reason: Reason | None = None, **details: Any
     ) -> None:
         super().__init__(message)
         self.reason: Reason = reason if reason is not None else self.default_reason

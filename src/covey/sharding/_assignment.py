@@ -3,7 +3,7 @@
 Every runner computes the assignment from the same inputs (the live runners as
 storage lists them) with the same deterministic function, so they agree without
 a coordinator. The function is consistent hashing with bounded load: each runner
-puts ``VNODES × weight`` points on a ring; a shard goes to the first runner
+puts ``VNODES * weight`` points on a ring; a shard goes to the first runner
 clockwise from the shard's own point that still has room, where room is the
 runner's weighted share of the group's shards, rounded up. Adding or removing a
 runner moves only about its share of shards; no runner gets more than its share.

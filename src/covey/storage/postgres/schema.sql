@@ -44,7 +44,7 @@ CREATE TABLE messages (
     processed_at double precision,
     reply bytea,
     reply_is_error boolean NOT NULL DEFAULT false
-);
+) WITH (fillfactor = 50);
 
 -- The runner's read: unprocessed messages of its shards, by priority then id.
 CREATE INDEX messages_unprocessed

@@ -1,0 +1,273 @@
+"""The Cluster facade: what an application holds.
+
+``async with cluster:`` joins the cluster (storage, transport, membership, shard
+ownership, delivery, reaper) and leaves it gracefully on exit: deregister first,
+refuse new work with a retryable "not here", let in-flight handlers finish within
+the grace period, release the shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any, Self, TypeVar, cast
+
+from covey.core import (
+    Clock,
+    ClusterError,
+    CoveyConfig,
+    EntityAddress,
+    MsgpackCodec,
+    Reason,
+    RunnerAddress,
+    SystemClock,
+    shard_for,
+)
+from covey.entities import Entity, EntityClient, EntityRuntime
+from covey.sharding import (
+    Envelope,
+    Messenger,
+    RunnerTransport,
+    Sharding,
+    TcpTransport,
+    raise_error_reply,
+)
+from covey.storage import Message, Storage, open_storage
+
+log = logging.getLogger("covey.cluster")
+
+E = TypeVar("E", bound=Entity)
+
+
+class Cluster:
+    """One process's membership in a covey cluster.
+
+    Args:
+        config: settings; ``CoveyConfig.from_env()`` when omitted.
+        client_only: route calls but host nothing (no shards, no listening port).
+        groups: the shard groups this runner serves.
+        weight: this runner's share of shards relative to the others.
+        storage: a storage to use instead of the one ``config`` names (tests).
+        transport: a transport to use instead of TCP (tests).
+        clock: a clock to use instead of the system clock (tests).
+    """
+
+    def __init__(
+        self,
+        config: CoveyConfig | None = None,
+        *,
+        client_only: bool = False,
+        groups: tuple[str, ...] = ("default",),
+        weight: int = 1,
+        storage: Storage | None = None,
+        transport: RunnerTransport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config or CoveyConfig.from_env()
+        self.client_only = client_only
+        self._groups = groups
+        self._weight = weight
+        self._clock = clock or SystemClock()
+        self.storage = storage or open_storage(self.config, clock=self._clock)
+        self.transport: RunnerTransport = transport or TcpTransport(
+            self.config.runner_host, self.config.runner_port,
+            secret=self.config.cluster_secret, options=self.config.transport,
+        )
+        self.runtime = EntityRuntime(self._clock, None)
+        self.runtime.grace = self.config.sharding.shutdown_grace
+        self._sharding: Sharding | None = None
+        self._messenger: Messenger | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._started = False
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Cluster:
+        """A cluster configured from ``COVEY_*`` variables."""
+        return cls(CoveyConfig.from_env(), **kwargs)
+
+    # ---- declaring -------------------------------------------------------
+
+    def register(self, *entity_types: type[Entity]) -> None:
+        """Host these entity types on this runner (every runner registers the same)."""
+        for entity_type in entity_types:
+            self.runtime.register(entity_type)
+
+    # ---- calling ---------------------------------------------------------
+
+    def client(
+        self, entity_type: type[E], entity_id: str, *,
+        timeout: float | None = None, discard: bool = False,
+    ) -> E:
+        """A typed proxy to one entity; its methods are the entity's RPCs.
+
+        Args:
+            timeout: the deadline of each call (default ``COVEY_SHARDING_CALL_TIMEOUT``).
+            discard: fire-and-forget: calls return ``None`` once the message is
+                sent (stored, for persisted RPCs).
+        """
+        client = EntityClient(
+            self.messenger, self.sharding.snowflake, entity_type, entity_id,
+            shards=self.config.shards,
+            timeout=timeout if timeout is not None else self.config.sharding.call_timeout,
+            discard=discard,
+        )
+        return cast(E, client)
+
+    async def send_raw(
+        self, entity_type: str, entity_id: str, tag: str, payload: bytes, *,
+        persisted: bool = False, group: str = "default", timeout: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Send a pre-encoded request to any entity type (tools, tests, bridges).
+
+        Returns the decoded reply as plain data; errors raise like typed calls.
+        """
+        message = Message(
+            id=self.sharding.snowflake.next_id(),
+            address=EntityAddress(entity_type, entity_id, shard_for(entity_id,
+                                                                    self.config.shards, group)),
+            tag=tag, payload=payload, headers=dict(headers or {}),
+        )
+        reply = await self.messenger.call(
+            Envelope(message, persisted),
+            timeout=timeout if timeout is not None else self.config.sharding.call_timeout,
+            discard=False,
+        )
+        assert reply is not None
+        if reply.is_error:
+            raise_error_reply(reply, f"{entity_type}.{tag}")
+        return MsgpackCodec().decode(reply.payload, Any)
+
+    def snowflake(self) -> int:
+        """A cluster-wide unique, time-ordered 64-bit id."""
+        return self.sharding.snowflake.next_id()
+
+    # ---- state -----------------------------------------------------------
+
+    @property
+    def sharding(self) -> Sharding:
+        if self._sharding is None:
+            raise ClusterError("the cluster is not started: use 'async with cluster:'",
+                               reason=Reason.INVALID_ARGUMENT)
+        return self._sharding
+
+    @property
+    def messenger(self) -> Messenger:
+        if self._messenger is None:
+            raise ClusterError("the cluster is not started: use 'async with cluster:'",
+                               reason=Reason.INVALID_ARGUMENT)
+        return self._messenger
+
+    @property
+    def address(self) -> RunnerAddress | None:
+        return None if self._sharding is None else self._sharding.address
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Join: connect storage, listen, register, take shards, start delivering."""
+        if self._started:
+            raise ClusterError("cluster already started", reason=Reason.INVALID_ARGUMENT)
+        self._started = True
+        await self.storage.start()
+        address: RunnerAddress | None = None
+        messenger_ref: list[Messenger] = []
+
+        async def on_request(peer: RunnerAddress | None, body: dict[str, Any]) -> dict[str, Any]:
+            return await messenger_ref[0].handle_request(peer, body)
+
+        async def on_notify(peer: RunnerAddress | None, body: dict[str, Any]) -> None:
+            await messenger_ref[0].handle_notify(peer, body)
+
+        if not self.client_only:
+            address = await self.transport.start(on_request, on_notify)
+        self.runtime = _rebind(self.runtime, self._clock, address)
+        self._sharding = Sharding(self.config, self.storage, self._clock, address=address,
+                                  groups=self._groups, weight=self._weight)
+        self._messenger = Messenger(self.config, self.storage, self.transport,
+                                    self._sharding, self._clock)
+        messenger_ref.append(self._messenger)
+        if not self.client_only:
+            self._messenger.deliverer = self.runtime
+        self.transport.on_peer_lost(lambda peer: self.sharding.wake())
+        await self._sharding.join()
+        ready = asyncio.Event()
+        self._supervisor = asyncio.create_task(self._supervise(ready), name="covey-runner")
+        await ready.wait()
+        log.info("runner %s joined (machine id %d, %d shards owned)",
+                 address or "client-only", self._sharding.machine_id, len(self._sharding.owned))
+
+    async def _supervise(self, ready: asyncio.Event) -> None:
+        """Own every background loop: they live and die with this task."""
+        assert self._sharding is not None and self._messenger is not None
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._sharding.start_loops(tasks)
+                self._messenger.start(tasks)
+                if not self.client_only:
+                    tasks.create_task(self.runtime.reaper_loop(), name="covey-reaper")
+                ready.set()
+                await asyncio.Event().wait()  # until cancelled by stop()
+        except Exception:
+            log.critical("a covey background loop crashed; the runner stops serving",
+                         exc_info=True)
+            ready.set()
+            self._stop.set()
+            raise
+
+    async def stop(self) -> None:
+        """Leave gracefully (see the module docstring)."""
+        if self._sharding is None or self._supervisor is None:
+            return
+        sharding = self._sharding
+        peers = [r.address for r in sharding.live if r.address != sharding.address]
+        await sharding.leave()
+        for peer in peers:  # let them rebalance now instead of at their next membership read
+            with contextlib.suppress(ClusterError, OSError):
+                await self.transport.notify(peer, {"k": "leaving"})
+        await self.runtime.stop_all(graceful=True)
+        if self._messenger is not None:
+            await self._messenger.close()
+        self._supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._supervisor
+        self._supervisor = None
+        await self.transport.close()
+        await self.storage.close()
+        log.info("runner %s left", sharding.address or "client-only")
+
+    async def serve(self, on_ready: Callable[[Cluster], None] | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or :meth:`request_stop`), then leave gracefully.
+
+        ``on_ready`` is called once the runner has joined and serves.
+        """
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        async with self:
+            if on_ready is not None:
+                on_ready(self)
+            await self._stop.wait()
+
+    def request_stop(self) -> None:
+        """Make :meth:`serve` return (gracefully)."""
+        self._stop.set()
+
+
+def _rebind(runtime: EntityRuntime, clock: Clock, address: RunnerAddress | None) -> EntityRuntime:
+    fresh = EntityRuntime(clock, address)
+    fresh.types = runtime.types
+    fresh.grace = runtime.grace
+    return fresh

@@ -1,0 +1,41 @@
+"""Every metric covey exports, in one place (Prometheus, via prometheus-client).
+
+Names start with ``covey_``. Later layers add theirs here too, so operators find
+the whole list in one file.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ENTITIES_ACTIVE = Gauge(
+    "covey_entities_active", "Live entity instances on this runner", ["entity_type"]
+)
+SHARDS_OWNED = Gauge("covey_shards_owned", "Shards this runner holds")
+RUNNERS_LIVE = Gauge("covey_runners_live", "Runners this process sees as live")
+MESSAGES_HANDLED = Counter(
+    "covey_messages_handled_total", "Entity requests handled on this runner",
+    ["entity_type", "kind"],
+)
+MESSAGES_FAILED = Counter(
+    "covey_messages_failed_total", "Entity requests whose handler raised",
+    ["entity_type", "kind"],
+)
+HANDLER_SECONDS = Histogram(
+    "covey_handler_seconds", "Entity handler run time",
+    ["entity_type"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+FENCED_TOTAL = Counter(
+    "covey_fenced_total", "Shards dropped because a lock was lost or a write was fenced out"
+)
+
+__all__ = [
+    "ENTITIES_ACTIVE",
+    "FENCED_TOTAL",
+    "HANDLER_SECONDS",
+    "MESSAGES_FAILED",
+    "MESSAGES_HANDLED",
+    "RUNNERS_LIVE",
+    "SHARDS_OWNED",
+]

@@ -1,0 +1,236 @@
+"""EntityRuntime: the live entity instances of one runner.
+
+One instance per address, created on its first message (``on_start``), dropped
+after ``max_idle`` without requests unless ``keep_alive`` (``on_stop``). Each
+instance runs at most ``concurrency`` handlers at once and holds at most
+``mailbox_capacity`` requests (running + waiting). A handler that raises fails
+that request only: the caller gets a typed error carrying the exception's type
+and message, and the instance keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from covey.core import (
+    Clock,
+    ClusterError,
+    EntityAddress,
+    EntityError,
+    MsgpackCodec,
+    Reason,
+    RunnerAddress,
+    ShardId,
+    metrics,
+)
+from covey.entities._definition import Entity, EntityContext, RpcSpec
+from covey.sharding import Envelope, error_payload
+from covey.storage import Reply
+
+log = logging.getLogger("covey.entities")
+
+#: The context of the request a handler is serving (headers travel with it).
+current_request: contextvars.ContextVar[EntityContext | None] = contextvars.ContextVar(
+    "covey_current_request", default=None
+)
+
+
+@dataclass
+class _Instance:
+    entity: Entity
+    semaphore: asyncio.Semaphore
+    pending: int = 0
+    last_active: float = 0.0
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class EntityRuntime:
+    """Hosts the registered entity types on one runner (the Messenger's Deliverer)."""
+
+    def __init__(self, clock: Clock, runner: RunnerAddress | None) -> None:
+        self._clock = clock
+        self._runner = runner
+        self._codec = MsgpackCodec()
+        self.types: dict[str, type[Entity]] = {}
+        self.instances: dict[EntityAddress, _Instance] = {}
+        self._stopping: set[ShardId] = set()
+        self.metrics_hook: Any = None
+
+    def register(self, entity_type: type[Entity]) -> None:
+        name = entity_type.__covey_type__
+        if not name:
+            raise ClusterError(f"{entity_type!r} is not a covey.Entity subclass",
+                               reason=Reason.INVALID_ARGUMENT)
+        existing = self.types.get(name)
+        if existing is not None and existing is not entity_type:
+            raise ClusterError(f"entity type {name!r} is registered twice",
+                               reason=Reason.INVALID_ARGUMENT)
+        self.types[name] = entity_type
+
+    def active_by_type(self) -> dict[str, int]:
+        counts: dict[str, int] = dict.fromkeys(self.types, 0)
+        for address in self.instances:
+            counts[address.entity_type] = counts.get(address.entity_type, 0) + 1
+        return counts
+
+    # ---- delivery --------------------------------------------------------
+
+    async def deliver(self, envelope: Envelope) -> Reply:
+        message = envelope.message
+        address = message.address
+        entity_type = self.types.get(address.entity_type)
+        if entity_type is None:
+            raise EntityError(f"unknown entity type {address.entity_type!r}",
+                              reason=Reason.UNKNOWN_ENTITY_TYPE,
+                              entity_type=address.entity_type)
+        spec = entity_type.__covey_rpcs__.get(message.tag)
+        if spec is None:
+            raise EntityError(f"{address.entity_type} has no rpc {message.tag!r}",
+                              reason=Reason.UNKNOWN_RPC, entity_type=address.entity_type,
+                              rpc=message.tag)
+        if address.shard in self._stopping:
+            raise EntityError(f"shard {address.shard} is stopping", reason=Reason.NOT_OWNER)
+        try:
+            argument = (
+                self._codec.decode(message.payload, spec.request_type)
+                if spec.takes_argument else None
+            )
+        except ClusterError as exc:
+            return Reply(message.id, error_payload(exc), is_error=True)
+        instance = await self._instance(entity_type, address)
+        options = entity_type.__covey_options__
+        if instance.pending >= options.mailbox_capacity:
+            raise EntityError(f"mailbox of {address} is full ({options.mailbox_capacity})",
+                              reason=Reason.MAILBOX_FULL, entity_type=address.entity_type)
+        instance.pending += 1
+        try:
+            return await self._run(instance, spec, envelope, argument)
+        finally:
+            instance.pending -= 1
+            instance.last_active = self._clock.monotonic()
+
+    async def _run(
+        self, instance: _Instance, spec: RpcSpec, envelope: Envelope, argument: Any
+    ) -> Reply:
+        message = envelope.message
+        async with instance.semaphore:
+            context = EntityContext(message.address, self._runner, dict(message.headers))
+            token = current_request.set(context)
+            try:
+                call = spec.fn(instance.entity, argument) if spec.takes_argument else spec.fn(
+                    instance.entity
+                )
+                task = asyncio.ensure_future(call)
+            finally:
+                current_request.reset(token)
+            instance.tasks.add(task)
+            kind = "persisted" if envelope.persisted else "volatile"
+            entity_type = message.address.entity_type
+            started = self._clock.monotonic()
+            try:
+                result = await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.cancelled() and not _being_cancelled():
+                    # the shard was taken away while the handler ran: not completed here
+                    raise EntityError(f"{message.address} stopped: its shard moved",
+                                      reason=Reason.NOT_OWNER) from None
+                task.cancel()
+                raise
+            except Exception as exc:  # a handler failure is the caller's, not ours
+                log.info("handler %s.%s failed: %r", entity_type, spec.name, exc)
+                metrics.MESSAGES_FAILED.labels(entity_type, kind).inc()
+                return Reply(message.id, error_payload(exc), is_error=True)
+            finally:
+                instance.tasks.discard(task)
+                metrics.HANDLER_SECONDS.labels(entity_type).observe(
+                    self._clock.monotonic() - started
+                )
+                metrics.MESSAGES_HANDLED.labels(entity_type, kind).inc()
+        try:
+            return Reply(message.id, self._codec.encode(result))
+        except ClusterError as exc:
+            return Reply(message.id, error_payload(exc), is_error=True)
+
+    async def _instance(self, entity_type: type[Entity], address: EntityAddress) -> _Instance:
+        instance = self.instances.get(address)
+        if instance is None:
+            entity = entity_type()
+            entity.ctx = EntityContext(address, self._runner)
+            options = entity_type.__covey_options__
+            instance = _Instance(entity, asyncio.Semaphore(options.concurrency),
+                                 last_active=self._clock.monotonic())
+            self.instances[address] = instance
+            metrics.ENTITIES_ACTIVE.labels(address.entity_type).inc()
+            try:
+                await entity.on_start()
+            except Exception:
+                del self.instances[address]
+                metrics.ENTITIES_ACTIVE.labels(address.entity_type).dec()
+                instance.started.set()
+                raise
+            instance.started.set()
+        else:
+            await instance.started.wait()
+        return instance
+
+    # ---- stopping --------------------------------------------------------
+
+    async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:
+        """Stop the instances of ``shards``; graceful waits for handlers, up to the grace."""
+        self._stopping |= shards
+        try:
+            doomed = [(a, i) for a, i in self.instances.items() if a.shard in shards]
+            await self._stop(doomed, graceful=graceful, grace=self.grace)
+        finally:
+            self._stopping -= shards
+
+    grace: float = 15.0
+
+    async def stop_all(self, *, graceful: bool) -> None:
+        await self._stop(list(self.instances.items()), graceful=graceful, grace=self.grace)
+
+    async def _stop(
+        self, doomed: list[tuple[EntityAddress, _Instance]], *, graceful: bool, grace: float
+    ) -> None:
+        tasks = {t for _, inst in doomed for t in inst.tasks}
+        if tasks and graceful:
+            await asyncio.wait(tasks, timeout=grace)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        for address, instance in doomed:
+            if self.instances.get(address) is instance:
+                del self.instances[address]
+                metrics.ENTITIES_ACTIVE.labels(address.entity_type).dec()
+            with contextlib.suppress(Exception):
+                await instance.entity.on_stop()
+
+    async def reap(self) -> int:
+        """Drop instances idle past their ``max_idle``; returns how many."""
+        now = self._clock.monotonic()
+        idle = [
+            (address, instance) for address, instance in self.instances.items()
+            if instance.pending == 0
+            and not type(instance.entity).__covey_options__.keep_alive
+            and now - instance.last_active >= type(instance.entity).__covey_options__.max_idle
+        ]
+        await self._stop(idle, graceful=False, grace=0)
+        return len(idle)
+
+    async def reaper_loop(self) -> None:
+        while True:
+            idle_times = [t.__covey_options__.max_idle for t in self.types.values()] or [60.0]
+            await self._clock.sleep(min(max(min(idle_times) / 2, 1.0), 30.0))
+            await self.reap()
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

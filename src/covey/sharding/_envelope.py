@@ -1,0 +1,124 @@
+"""Envelopes: a message on its way to an entity, and how it crosses the wire."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from covey.core import (
+    ClusterError,
+    EntityAddress,
+    EntityError,
+    MsgpackCodec,
+    Reason,
+    SerializationError,
+    ShardId,
+)
+from covey.storage import Message, Reply
+
+_codec = MsgpackCodec()
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A request to an entity; ``persisted`` ones are stored before delivery."""
+
+    message: Message
+    persisted: bool
+
+    @property
+    def shard(self) -> ShardId:
+        return self.message.address.shard
+
+    def to_wire(self) -> dict[str, Any]:
+        m = self.message
+        return {
+            "i": m.id, "t": m.address.entity_type, "e": m.address.entity_id,
+            "g": m.address.shard.group, "s": m.address.shard.id, "n": m.tag,
+            "p": m.payload, "h": dict(m.headers), "k": m.primary_key,
+            "d": m.deliver_at, "r": m.priority, "P": self.persisted,
+        }
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Envelope:
+        """Rebuild an envelope; anything malformed is a ``payload_invalid`` error."""
+        try:
+            message = Message(
+                id=_int(body["i"]),
+                address=EntityAddress(
+                    _str(body["t"]), _str(body["e"]), ShardId(_str(body["g"]), _int(body["s"]))
+                ),
+                tag=_str(body["n"]),
+                payload=_bytes(body["p"]),
+                headers={_str(k): _str(v) for k, v in dict(body["h"]).items()},
+                primary_key=None if body["k"] is None else _str(body["k"]),
+                deliver_at=None if body["d"] is None else float(body["d"]),
+                priority=_int(body["r"]),
+            )
+            return cls(message, bool(body["P"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SerializationError(f"malformed envelope: {exc!r}",
+                                     reason=Reason.PAYLOAD_INVALID) from exc
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes):
+        raise TypeError(f"expected bytes, got {type(value).__name__}")
+    return value
+
+
+# ---- errors as data ------------------------------------------------------
+
+def error_payload(exc: BaseException) -> bytes:
+    """Encode an exception so the caller can raise a typed error from it."""
+    if isinstance(exc, ClusterError):
+        reason, details = exc.reason.value, _plain(exc.details)
+    else:
+        reason, details = Reason.HANDLER_FAILED.value, {}
+    details.setdefault("error_type", type(exc).__name__)
+    details.setdefault("message", str(exc))
+    return _codec.encode({"reason": reason, "message": str(exc), "details": details})
+
+
+def raise_error_reply(reply: Reply, context: str) -> None:
+    """Raise the typed error an error reply describes."""
+    try:
+        data: dict[str, Any] = _codec.decode(reply.payload, dict[str, Any])
+        reason = Reason(data.get("reason", Reason.HANDLER_FAILED.value))
+        details = dict(data.get("details") or {})
+        message = str(data.get("message", ""))
+    except (ClusterError, ValueError):
+        reason, details, message = Reason.HANDLER_FAILED, {}, "undecodable error reply"
+    raise error_for(reason, f"{context}: {details.get('error_type', reason.value)}: {message}",
+                    details)
+
+
+def error_for(reason: Reason, message: str, details: dict[str, Any]) -> ClusterError:
+    """The ClusterError subclass that goes with ``reason``."""
+    if reason in (Reason.PAYLOAD_INVALID, Reason.PAYLOAD_UNKNOWN_TYPE):
+        return SerializationError(message, reason=reason, **details)
+    return EntityError(message, reason=reason, **details)
+
+
+def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in details.items():
+        if isinstance(value, str | int | float | bool) or value is None:
+            out[key] = value
+        elif isinstance(value, list | tuple) and all(isinstance(v, str | int) for v in value):
+            out[key] = list(value)
+        else:
+            out[key] = str(value)
+    return out

@@ -1,0 +1,317 @@
+"""Sharding: membership, assignment and shard ownership of one runner.
+
+A runner registers, heartbeats, reads the live runner set, computes the shard
+assignment (the same on every runner), releases shards it should no longer
+hold and acquires the ones it should. It never serves a shard it has not
+acquired: the epoch returned by the acquisition fences every completion write.
+
+Failure handling:
+- a lock refresh that shows a shard gone, or a completion write that is fenced
+  out, drops the shard at once (no grace: someone else may own it now);
+- runners whose heartbeat is older than ``runner_ttl`` are expired by whoever
+  notices first, which frees their leases; on PostgreSQL a dead runner's
+  advisory locks vanish with its session and its row stops counting as live at
+  once, so failover takes about one membership interval;
+- a transport connection to a peer dropping triggers an immediate membership
+  check.
+
+Graceful stop: deregister first (peers rebalance at once), refuse new work
+("not here"), let in-flight handlers finish within the grace period, release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from covey.core import (
+    Clock,
+    CoveyConfig,
+    RunnerAddress,
+    ShardId,
+    SnowflakeGenerator,
+    StorageError,
+    metrics,
+)
+from covey.sharding._assignment import assign
+from covey.storage import RunnerInfo, Storage
+
+log = logging.getLogger("covey.sharding")
+
+
+class ShardListener(Protocol):
+    """What the layer above does when ownership changes."""
+
+    async def shards_acquired(self, shards: dict[ShardId, int]) -> None:
+        """``shards`` (with their epochs) are now ours; start serving them."""
+        ...
+
+    async def shards_lost(self, shards: set[ShardId], *, graceful: bool) -> None:
+        """Stop serving ``shards``; with ``graceful`` let in-flight work finish."""
+        ...
+
+
+class Sharding:
+    """Membership and shard ownership for one runner (or a client-only process).
+
+    Args:
+        config: settings (shard count, sharding options).
+        storage: a started storage.
+        clock: time source.
+        address: this runner's transport address; ``None`` for a client-only
+            process that routes calls but owns nothing.
+        groups: the shard groups this runner serves.
+        weight: this runner's share relative to others.
+    """
+
+    def __init__(
+        self,
+        config: CoveyConfig,
+        storage: Storage,
+        clock: Clock,
+        *,
+        address: RunnerAddress | None,
+        groups: Sequence[str] = ("default",),
+        weight: int = 1,
+    ) -> None:
+        self._config = config
+        self._options = config.sharding
+        self._storage = storage
+        self._clock = clock
+        self.address = address
+        self.groups = tuple(groups)
+        self.weight = weight
+        self.machine_id = 0
+        self.snowflake = SnowflakeGenerator(0)
+        self.live: list[RunnerInfo] = []
+        self.assignment: dict[ShardId, RunnerAddress] = {}
+        self.owned: dict[ShardId, int] = {}
+        self.shutting_down = False
+        self.listener: ShardListener | None = None
+        self._membership_wake = asyncio.Event()
+        self._rebalance_wake = asyncio.Event()
+        self._assignment_changed = asyncio.Condition()
+        self._pending: set[ShardId] = set()
+        self._rebalance_lock = asyncio.Lock()
+        self._on_change: list[Callable[[], None]] = []
+
+    @property
+    def is_client_only(self) -> bool:
+        return self.address is None
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def join(self) -> None:
+        """Register, read membership and take this runner's shards."""
+        if self.address is not None:
+            self.machine_id = await self._storage.runners.register(
+                self.address, groups=self.groups, weight=self.weight
+            )
+            self.snowflake.machine_id = self.machine_id
+        await self.refresh_membership()
+        await self.rebalance()
+
+    def start_loops(self, tasks: asyncio.TaskGroup) -> None:
+        """Start heartbeats, membership, rebalancing and lock refresh in ``tasks``."""
+        tasks.create_task(self._membership_loop(), name="covey-membership")
+        if self.address is not None:
+            tasks.create_task(self._heartbeat_loop(), name="covey-heartbeat")
+            tasks.create_task(self._rebalance_loop(), name="covey-rebalance")
+            tasks.create_task(self._lock_refresh_loop(), name="covey-lock-refresh")
+
+    async def leave(self) -> None:
+        """Graceful stop: deregister, hand shards over, release everything."""
+        self.shutting_down = True
+        if self.address is None:
+            return
+        with contextlib.suppress(StorageError):
+            await self._storage.runners.unregister(self.address)
+        async with self._rebalance_lock:
+            owned = set(self.owned)
+            if owned and self.listener is not None:
+                await self.listener.shards_lost(owned, graceful=True)
+            self.owned.clear()
+            with contextlib.suppress(StorageError):
+                await self._storage.runners.release_all(self.address)
+
+    # ---- queries ---------------------------------------------------------
+
+    def owner_of(self, shard: ShardId) -> RunnerAddress | None:
+        """The runner the assignment gives ``shard`` to (it may not hold it yet)."""
+        return self.assignment.get(shard)
+
+    def epoch_of(self, shard: ShardId) -> int | None:
+        """Our epoch for ``shard`` if we hold it and are not stopping."""
+        if self.shutting_down:
+            return None
+        return self.owned.get(shard)
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever membership or ownership changes."""
+        self._on_change.append(callback)
+
+    def wake(self) -> None:
+        """Re-read membership now (a peer's connection dropped, a peer is leaving)."""
+        self._membership_wake.set()
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Wait until the assignment or ownership changes, at most ``timeout``."""
+        async with self._assignment_changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._assignment_changed.wait(), timeout)
+
+    # ---- fencing ---------------------------------------------------------
+
+    async def fenced(self, shards: Iterable[ShardId]) -> None:
+        """A completion write for these shards was refused: stop serving them now."""
+        lost = {s for s in shards if s in self.owned}
+        if not lost:
+            return
+        log.warning("fenced out of shards %s; stopping their entities",
+                    ", ".join(sorted(map(str, lost))))
+        metrics.FENCED_TOTAL.inc(len(lost))
+        for shard in lost:
+            self.owned.pop(shard, None)
+        if self.listener is not None:
+            await self.listener.shards_lost(lost, graceful=False)
+        await self._changed()
+        self._rebalance_wake.set()
+
+    # ---- membership ------------------------------------------------------
+
+    async def refresh_membership(self) -> None:
+        """Read the runner set, expire the dead, recompute the assignment."""
+        ttl = self._options.runner_ttl
+        runners = await self._storage.runners.live_runners(max_age=ttl * 20)
+        now = self._clock.now()
+        live = [r for r in runners if r.last_heartbeat >= now - ttl]
+        for stale in runners:
+            if stale.last_heartbeat < now - ttl and stale.address != self.address:
+                log.warning("runner %s missed heartbeats for %.1f s; expiring it",
+                            stale.address, now - stale.last_heartbeat)
+                await self._storage.runners.expire(stale.address)
+        if self.shutting_down and self.address is not None:
+            live = [r for r in live if r.address != self.address]
+        if [(r.address, r.groups, r.weight) for r in live] != [
+            (r.address, r.groups, r.weight) for r in self.live
+        ]:
+            self.live = live
+            groups = sorted({g for r in live for g in r.groups})
+            shards = [ShardId(g, i) for g in groups for i in range(1, self._config.shards + 1)]
+            self.assignment = assign(shards, live)
+            log.info("membership: %d live runners %s", len(live),
+                     ", ".join(str(r.address) for r in live))
+            self._rebalance_wake.set()
+            await self._changed()
+
+    async def _membership_loop(self) -> None:
+        while True:
+            await self._sleep_or_wake(self._membership_wake, self._options.membership_interval)
+            try:
+                await self.refresh_membership()
+            except StorageError as exc:
+                log.warning("membership refresh failed: %s", exc)
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.address is not None
+        while True:
+            await self._clock.sleep(self._options.heartbeat_interval)
+            if self.shutting_down:
+                continue
+            try:
+                if not await self._storage.runners.heartbeat(self.address):
+                    log.warning("runner %s was expired by a peer; registering again",
+                                self.address)
+                    self.machine_id = await self._storage.runners.register(
+                        self.address, groups=self.groups, weight=self.weight
+                    )
+                    self.snowflake.machine_id = self.machine_id
+                    self._membership_wake.set()
+            except StorageError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    # ---- ownership -------------------------------------------------------
+
+    async def rebalance(self) -> None:
+        """Release what is no longer ours, acquire what is (retrying held ones)."""
+        if self.address is None or self.shutting_down:
+            return
+        async with self._rebalance_lock:
+            if self.shutting_down:
+                return
+            mine = {s for s, owner in self.assignment.items() if owner == self.address}
+            lost = set(self.owned) - mine
+            if lost:
+                if self.listener is not None:
+                    await self.listener.shards_lost(lost, graceful=True)
+                for shard in lost:
+                    self.owned.pop(shard, None)
+                await self._storage.runners.release(self.address, lost)
+                log.info("released %d shards", len(lost))
+            wanted = mine - set(self.owned)
+            if wanted:
+                held = await self._storage.runners.acquire(self.address, wanted)
+                new = {s: e for s, e in held.items() if s not in self.owned}
+                if new:
+                    await self._storage.messages.reset_shards(list(new))
+                    self.owned.update(new)
+                    log.info("acquired %d shards (%d owned)", len(new), len(self.owned))
+                    if self.listener is not None:
+                        await self.listener.shards_acquired(new)
+                self._pending = wanted - set(held)
+            else:
+                self._pending = set()
+            if lost or wanted:
+                await self._changed()
+
+    async def _rebalance_loop(self) -> None:
+        while True:
+            interval = (
+                self._options.acquire_retry_interval if self._pending
+                else self._options.lock_refresh_interval
+            )
+            await self._sleep_or_wake(self._rebalance_wake, interval)
+            try:
+                await self.rebalance()
+            except StorageError as exc:
+                log.warning("rebalance failed: %s", exc)
+
+    async def _lock_refresh_loop(self) -> None:
+        assert self.address is not None
+        while True:
+            await self._clock.sleep(self._options.lock_refresh_interval)
+            owned = set(self.owned)
+            if not owned or self.shutting_down:
+                continue
+            try:
+                held = await self._storage.runners.refresh(self.address, owned)
+            except StorageError as exc:
+                log.warning("lock refresh failed: %s", exc)
+                continue
+            lost = {s for s in owned - held if s in self.owned}
+            if lost:
+                log.warning("lost the locks of %d shards; stopping them", len(lost))
+                await self.fenced(lost)
+
+    # ---- helpers ---------------------------------------------------------
+
+    async def _changed(self) -> None:
+        metrics.SHARDS_OWNED.set(len(self.owned))
+        metrics.RUNNERS_LIVE.set(len(self.live))
+        async with self._assignment_changed:
+            self._assignment_changed.notify_all()
+        for callback in self._on_change:
+            callback()
+
+    async def _sleep_or_wake(self, event: asyncio.Event, seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        waiter = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+            event.clear()

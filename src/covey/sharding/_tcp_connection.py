@@ -1,0 +1,360 @@
+"""One runner-to-runner TCP connection: framing, handshake, heartbeats, matching.
+
+Every cross-runner call crosses :meth:`Connection.data_received` twice, so this is
+an :class:`asyncio.Protocol` (no stream reader/writer), parses frames straight out
+of a byte buffer, matches answers to waiting futures by request id, and spends no
+task or timer on a request beyond the one timeout handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from covey.core import Reason, RunnerAddress, TransportError
+from covey.sharding._frames import (
+    CHALLENGE,
+    DENIED,
+    ERR,
+    HEADER_SIZE,
+    HELLO,
+    NOTE,
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    REQ,
+    RES,
+    WELCOME,
+    FrameDecoder,
+    FrameEncoder,
+    FrameError,
+    IncomingFrameTooLarge,
+)
+from covey.sharding._transport import (
+    Body,
+    error_from_frame,
+    logger,
+    peer_unavailable,
+    timed_out,
+)
+
+if TYPE_CHECKING:
+    from covey.sharding._tcp_transport import TcpTransport
+
+# Until a client has proven the secret it may only send frames this small, so an
+# unauthenticated connection cannot make us buffer max_frame_bytes.
+_HANDSHAKE_FRAME_BYTES = 4096
+_PING_FRAME = FrameEncoder(64).encode({"t": PING})
+_PONG_FRAME = FrameEncoder(64).encode({"t": PONG})
+
+
+class Connection(asyncio.Protocol):
+    """One TCP connection between two runners, in either direction.
+
+    Outgoing connections (we dialled ``peer``) send requests and match answers
+    by id; incoming ones answer. Both answer pings and ping back, so each side
+    notices a silent peer on its own.
+    """
+
+    def __init__(self, owner: TcpTransport, loop: asyncio.AbstractEventLoop, *,
+                 peer: RunnerAddress | None, outgoing: bool) -> None:
+        self._owner = owner
+        self._loop = loop
+        self._options = owner.options
+        self.peer = peer  # dialled address, or the one the client advertised
+        self.outgoing = outgoing
+        self._transport: asyncio.Transport | None = None
+        self._remote = "?"
+        self._decoder = FrameDecoder(min(_HANDSHAKE_FRAME_BYTES, owner.options.max_frame_bytes))
+        self._ready = False
+        self.is_closed = False
+        # The peer's own frame limit, learnt in the handshake: frames it would
+        # refuse fail here with frame_too_large instead of costing the connection.
+        self.peer_limit = owner.options.max_frame_bytes
+        self._nonce = b""
+        self._pending: dict[int, tuple[asyncio.Future[Body], int]] = {}
+        self._paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._last_rx = loop.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._error: TransportError | None = None  # why we closed, for pending callers
+        self.welcomed: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+
+    def describe(self) -> str:
+        """The peer for log lines: advertised address and remote socket address."""
+        return f"{self.peer} ({self._remote})" if self.peer is not None else self._remote
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peername = transport.get_extra_info("peername")
+        if peername:
+            self._remote = f"{peername[0]}:{peername[1]}"
+        _set_nodelay(transport)
+        self._owner.connection_opened(self)
+        if not self.outgoing:
+            self._nonce = os.urandom(16)
+            transport.write(self._owner.encoder.encode({"t": CHALLENGE, "n": self._nonce}))
+        self._timer = self._loop.call_later(self._options.connect_timeout,
+                                            self._handshake_expired)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = self._loop.time()
+        try:
+            frames = self._decoder.feed(data)
+        except IncomingFrameTooLarge as exc:
+            self._refuse_oversized(exc)
+            return
+        except FrameError as exc:
+            self._drop(f"protocol error: {exc}")
+            return
+        pending = self._pending
+        for frame in frames:
+            if self.is_closed:
+                return
+            kind = frame["t"]
+            if not self._ready:
+                self._handshake(kind, frame)
+            elif kind == RES:
+                entry = pending.pop(frame.get("i"), None)  # type: ignore[arg-type]
+                if entry is not None and not entry[0].done():
+                    entry[0].set_result(frame.get("b"))  # type: ignore[arg-type]
+            elif kind == REQ:
+                self._owner.spawn(self._owner.answer(self, frame.get("i"), frame.get("b")))
+            elif kind == ERR:
+                self._on_error_frame(frame)
+            elif kind == NOTE:
+                self._owner.spawn(self._owner.deliver(self, frame.get("b")))
+            elif kind == PING:
+                self._write(_PONG_FRAME)
+            elif kind != PONG:
+                self._drop(f"unexpected {kind!r} frame")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shut(peer_unavailable(self.peer, "connection lost" + (f": {exc}" if exc else "")))
+        self._transport = None
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self._owner.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- sending ----------------------------------------------------------------
+
+    async def request(self, rid: int, data: bytes, limit: float) -> Body:
+        """Send an encoded ``req`` frame with id ``rid`` and wait for its answer."""
+        if self._paused:
+            await self._drain()
+        if self.is_closed:
+            raise self._error or peer_unavailable(self.peer, "connection closed")
+        self.check_size(data)
+        future: asyncio.Future[Body] = self._loop.create_future()
+        self._pending[rid] = (future, len(data))
+        self._write(data)
+        # call_later + a bare future is much cheaper than asyncio.timeout() here.
+        handle = self._loop.call_later(limit, _expire, future, self.peer, limit)
+        try:
+            return await future
+        finally:
+            handle.cancel()
+            self._pending.pop(rid, None)
+
+    async def send(self, data: bytes) -> None:
+        """Write one encoded frame, waiting first if the socket buffer is full."""
+        if self._paused:
+            await self._drain()
+        if self.is_closed:
+            raise self._error or peer_unavailable(self.peer, "connection closed")
+        self.check_size(data)
+        self._write(data)
+
+    def check_size(self, data: bytes) -> None:
+        """Refuse an encoded frame bigger than the peer accepts (``frame_too_large``)."""
+        size = len(data) - HEADER_SIZE
+        if size > self.peer_limit:
+            raise TransportError(
+                f"frame of {size} bytes exceeds runner {self.peer}'s max_frame_bytes="
+                f"{self.peer_limit}", reason=Reason.FRAME_TOO_LARGE, size=size,
+                limit=self.peer_limit, peer=str(self.peer))
+
+    async def _drain(self) -> None:
+        while self._paused and not self.is_closed:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is not None and not self.is_closed:
+            transport.write(data)
+
+    def abort(self, error: TransportError | None) -> None:
+        """Close at once, failing every pending request with ``error``."""
+        self._shut(error or peer_unavailable(self.peer, "connection aborted"))
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- handshake and heartbeats -------------------------------------------------
+
+    def _handshake(self, kind: str, frame: dict[str, Any]) -> None:
+        owner = self._owner
+        if not self.outgoing and kind == HELLO:
+            expected = hmac.new(owner.secret, self._nonce, hashlib.sha256).digest()
+            mac = frame.get("mac")
+            if not isinstance(mac, bytes) or not hmac.compare_digest(mac, expected):
+                logger.warning("refused runner connection from %s: wrong cluster secret",
+                               self._remote)
+                self._write(owner.encoder.encode({"t": DENIED, "m": "wrong cluster secret"}))
+                self._close_gracefully(None)
+                return
+            advertised = frame.get("a")
+            if advertised is not None:
+                if not (isinstance(advertised, list) and len(advertised) == 2
+                        and isinstance(advertised[0], str) and type(advertised[1]) is int):
+                    self._drop(f"malformed advertised address {advertised!r}")
+                    return
+                self.peer = RunnerAddress(advertised[0], advertised[1])
+            self._learn_limit(frame)
+            self._write(owner.encoder.encode({"t": WELCOME, "m": self._options.max_frame_bytes}))
+            self._become_ready()
+        elif self.outgoing and kind == CHALLENGE and isinstance(frame.get("n"), bytes):
+            mac = hmac.new(owner.secret, frame["n"], hashlib.sha256).digest()
+            address = owner.address
+            self._write(owner.encoder.encode({
+                "t": HELLO, "v": PROTOCOL_VERSION, "mac": mac, "m": self._options.max_frame_bytes,
+                "a": [address.host, address.port] if address is not None else None}))
+        elif self.outgoing and kind == WELCOME:
+            self._learn_limit(frame)
+            self._become_ready()
+            if not self.welcomed.done():
+                self.welcomed.set_result(None)
+        elif self.outgoing and kind == DENIED:
+            error = TransportError(f"runner {self.peer} refused our cluster secret",
+                                   reason=Reason.AUTH_FAILED, peer=str(self.peer))
+            if not self.welcomed.done():
+                self.welcomed.set_exception(error)
+            self._close_gracefully(error)
+        else:
+            self._drop(f"unexpected {kind!r} frame during the handshake")
+
+    def _learn_limit(self, frame: dict[str, Any]) -> None:
+        limit = frame.get("m")
+        if type(limit) is int and limit > 0:
+            self.peer_limit = limit
+
+    def _become_ready(self) -> None:
+        self._ready = True
+        self._decoder.max_frame_bytes = self._options.max_frame_bytes
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(self._options.heartbeat_interval, self._heartbeat)
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if not self._ready and not self.is_closed:
+            self._drop(f"no handshake within {self._options.connect_timeout}s")
+
+    def _heartbeat(self) -> None:
+        # A timer, not a task: one per connection, cancelled when it closes, and
+        # it must not cost anything on the request path. Ping every interval, busy
+        # or not, so a healthy peer is never silent for longer than interval + RTT.
+        self._timer = None
+        if self.is_closed:
+            return
+        idle = self._loop.time() - self._last_rx
+        if idle >= self._options.heartbeat_timeout:
+            self._drop(f"no frame for {idle:.1f}s (heartbeat_timeout="
+                       f"{self._options.heartbeat_timeout}s)")
+            return
+        self._write(_PING_FRAME)
+        self._timer = self._loop.call_later(self._options.heartbeat_interval, self._heartbeat)
+
+    # -- failures ---------------------------------------------------------------
+
+    def _on_error_frame(self, frame: dict[str, Any]) -> None:
+        assert self.peer is not None
+        error = error_from_frame(self.peer, frame.get("r"), frame.get("m"), frame.get("x"))
+        rid = frame.get("i")
+        if rid is not None:
+            entry = self._pending.pop(rid, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_exception(error)
+            return
+        # No id: the peer could not read a frame's header past its limit and is
+        # closing. Requests larger than its limit were the culprit.
+        limit = error.details.get("limit")
+        if error.reason is Reason.FRAME_TOO_LARGE and isinstance(limit, int):
+            for rid_, (future, size) in list(self._pending.items()):
+                if size - HEADER_SIZE > limit and not future.done():
+                    del self._pending[rid_]
+                    future.set_exception(error)
+
+    def _refuse_oversized(self, exc: IncomingFrameTooLarge) -> None:
+        logger.warning("closing runner connection from %s: %s", self.describe(), exc)
+        if self._ready:
+            self._write(self._owner.encoder.encode({
+                "t": ERR, "i": None, "r": Reason.FRAME_TOO_LARGE.value, "m": str(exc),
+                "x": {"size": exc.size, "limit": exc.limit}}))
+        self._close_gracefully(None)
+
+    def _drop(self, why: str) -> None:
+        logger.warning("dropping runner connection %s: %s", self.describe(), why)
+        self.abort(peer_unavailable(self.peer, why))
+
+    def _close_gracefully(self, error: TransportError | None) -> None:
+        """Close after flushing what is already written (a final error frame)."""
+        self._shut(error or peer_unavailable(self.peer, "connection closed"))
+        if self._transport is not None:
+            self._transport.close()
+
+    def _shut(self, error: TransportError) -> None:
+        if self.is_closed:
+            return
+        self.is_closed = True
+        self._error = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, {}
+        for future, _size in pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if not self.welcomed.done():
+            self.welcomed.set_exception(error)
+            self.welcomed.exception()  # nobody may be waiting (incoming side); no log
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters = []
+        # Tell the owner now, not when the loop gets round to connection_lost, so
+        # no new request picks this connection and on_peer_lost fires at once.
+        self._owner.connection_lost(self, established=self._ready)
+
+
+def _expire(future: asyncio.Future[Body], peer: RunnerAddress | None, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(timed_out(peer, timeout))
+
+
+def _set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Disable Nagle: small request/response frames must not wait for ACKs."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):  # already closed: connection_lost follows
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
