@@ -18,6 +18,7 @@ from covey.core import (
 )
 from covey.entities import Entity
 from covey.sharding import LocalNetwork, LocalTransport
+from covey.storage import Storage, open_storage
 from covey.storage.memory import InMemoryStorage
 
 E = TypeVar("E", bound=Entity)
@@ -33,6 +34,9 @@ class TestCluster:
         clock: a :class:`covey.core.TestClock` to drive time by hand, or the
             system clock (default).
         sharding: options; defaults are shortened for tests.
+        database_url: ``memory://`` (default, one shared in-memory store) or a
+            ``sqlite:///file.db`` that every runner opens on its own, as separate
+            processes would.
     """
 
     __test__ = False  # not a pytest test class
@@ -44,15 +48,20 @@ class TestCluster:
         shards: int = 30,
         clock: Clock | None = None,
         sharding: ShardingOptions | None = None,
+        database_url: str = "memory://",
     ) -> None:
         self.clock = clock or SystemClock()
         options = sharding or ShardingOptions(
             heartbeat_interval=0.2, runner_ttl=1.0, membership_interval=0.05,
             lock_refresh_interval=0.5, poll_interval=0.5, shutdown_grace=2.0, call_timeout=10.0,
         )
-        self.config = CoveyConfig(database_url="memory://", shards=shards, sharding=options)
-        self.storage = InMemoryStorage(shards=shards, options=self.config.storage,
-                                       clock=self.clock)
+        self.config = CoveyConfig(database_url=database_url, shards=shards, sharding=options)
+        self._shared: Storage | None = None
+        if database_url.startswith("memory:"):
+            self._shared = InMemoryStorage(shards=shards, options=self.config.storage,
+                                           clock=self.clock)
+        # the harness's own view of the store (inspection, expiring killed runners)
+        self.storage: Storage = self._shared or open_storage(self.config, clock=self.clock)
         self.network = LocalNetwork()
         self._entity_types = entity_types
         self._next_port = 1
@@ -63,14 +72,17 @@ class TestCluster:
     def _new_runner(self, *, client_only: bool = False) -> Cluster:
         address = RunnerAddress("runner", self._next_port)
         self._next_port += 1
+        storage = self._shared or open_storage(self.config, clock=self.clock)
         cluster = Cluster(
-            replace(self.config), client_only=client_only, storage=self.storage,
+            replace(self.config), client_only=client_only, storage=storage,
             transport=LocalTransport(self.network, address), clock=self.clock,
         )
         cluster.register(*self._entity_types)
         return cluster
 
     async def __aenter__(self) -> Self:
+        if self._shared is None:
+            await self.storage.start()
         for _ in range(self._initial):
             await self.add_runner(settle=False)
         self._client = self._new_runner(client_only=True)
@@ -83,6 +95,8 @@ class TestCluster:
             await self._client.stop()
         for runner in list(self.runners):
             await runner.stop()
+        if self._shared is None:
+            await self.storage.close()
 
     async def add_runner(self, *, settle: bool = True) -> Cluster:
         """Start one more runner (a scale-up); returns it."""
@@ -148,6 +162,8 @@ class TestCluster:
                 await runner._supervisor
         await runner.runtime.stop_all(graceful=False)
         await self.storage.runners.expire(runner.address)  # its leases would time out
+        if runner.storage is not self._shared:
+            await runner.storage.close()
         await self.settle()
 
     async def stop_runner(self, index: int) -> None:
