@@ -8,11 +8,13 @@ everything else lives in the layer subpackages (``covey.core``,
 from covey.cluster import Cluster
 from covey.core import (
     ClusterError,
+    ClusterPlacement,
     ConfigError,
     CoveyConfig,
     EntityAddress,
     EntityError,
     Reason,
+    RequestContext,
     RunnerAddress,
     SerializationError,
     ShardId,
@@ -20,8 +22,10 @@ from covey.core import (
     StorageError,
     StorageOptions,
     TransportError,
+    current_context,
+    use_context,
 )
-from covey.entities import Entity, EntityContext, current_request, rpc
+from covey.entities import Entity, EntityContext, rpc
 from covey.storage import open_storage
 
 __version__ = "0.1.0"
@@ -29,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cluster",
     "ClusterError",
+    "ClusterPlacement",
     "ConfigError",
     "CoveyConfig",
     "Entity",
@@ -36,6 +41,7 @@ __all__ = [
     "EntityContext",
     "EntityError",
     "Reason",
+    "RequestContext",
     "RunnerAddress",
     "SerializationError",
     "ShardId",
@@ -44,7 +50,8 @@ __all__ = [
     "StorageOptions",
     "TransportError",
     "__version__",
-    "current_request",
+    "current_context",
     "open_storage",
     "rpc",
+    "use_context",
 ]

@@ -7,7 +7,6 @@ import asyncio
 from pydantic import BaseModel
 
 import covey
-from covey.entities import current_request
 
 
 class Deposit(BaseModel):
@@ -44,10 +43,10 @@ class Account(covey.Entity, type="Account"):
 
     @covey.rpc
     async def where(self) -> dict[str, str]:
-        ctx = current_request.get()
-        assert ctx is not None
+        ctx = covey.current_context()
         return {"runner": str(self.ctx.runner), "shard": self.ctx.shard,
-                "entity": ctx.entity_id}
+                "entity": self.ctx.entity_id, "placed": str(ctx.cluster.entity),
+                "tenant": str(ctx.tenant_id)}
 
 
 class Slow(covey.Entity, type="Slow", concurrency=1, mailbox_capacity=2):

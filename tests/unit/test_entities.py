@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import covey
 from covey.core import EntityError, Reason, SerializationError
 from covey.testing import TestCluster as _TestCluster
 
@@ -29,7 +30,7 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None
 _URL: list[str] = []
 
 
-def TestCluster(*types: type[Any], **options: Any) -> _TestCluster:  # noqa: N802 - reads like the class
+def TestCluster(*types: type[Any], **options: Any) -> _TestCluster:
     return _TestCluster(*types, database_url=_URL[-1], **options)
 
 
@@ -37,9 +38,11 @@ async def test_calls_reach_entities_on_every_runner() -> None:
     async with TestCluster(*ALL, runners=3) as tc:
         runners = set()
         for i in range(30):
-            where = await tc.client(Account, f"a{i}").where()
+            with covey.use_context(covey.RequestContext(tenant_id=f"t{i}")):
+                where = await tc.client(Account, f"a{i}").where()
             runners.add(where["runner"])
-            assert where["entity"] == f"a{i}"
+            assert where["entity"] == f"a{i}" and where["placed"] == f"Account/a{i}"
+            assert where["tenant"] == f"t{i}"  # the caller's context reached the handler
         assert len(runners) == 3  # 30 entities spread over the three runners
 
 

@@ -8,10 +8,11 @@ import covey.storage
 from covey.core import ClusterError, Reason
 
 EXPECTED_TOP = [
-    "Cluster", "ClusterError", "ConfigError", "CoveyConfig", "Entity", "EntityAddress",
-    "EntityContext", "EntityError", "Reason", "RunnerAddress", "SerializationError",
-    "ShardId", "SnowflakeGenerator", "StorageError", "StorageOptions", "TransportError",
-    "__version__", "current_request", "open_storage", "rpc",
+    "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "Entity",
+    "EntityAddress", "EntityContext", "EntityError", "Reason", "RequestContext",
+    "RunnerAddress", "SerializationError", "ShardId", "SnowflakeGenerator", "StorageError",
+    "StorageOptions", "TransportError", "__version__", "current_context", "open_storage",
+    "rpc", "use_context",
 ]
 
 EXPECTED_STORAGE = [

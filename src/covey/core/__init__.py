@@ -36,6 +36,12 @@ from covey.core._ids import (
     shard_for,
     stable_hash,
 )
+from covey.core._request import (
+    ClusterPlacement,
+    RequestContext,
+    current_context,
+    use_context,
+)
 from covey.core._serialization import (
     Codec,
     JsonCodec,
@@ -56,6 +62,7 @@ __all__ = [
     "AlreadyProcessed",
     "Clock",
     "ClusterError",
+    "ClusterPlacement",
     "Codec",
     "ConfigError",
     "CoveyConfig",
@@ -71,6 +78,7 @@ __all__ = [
     "MigrationError",
     "MsgpackCodec",
     "Reason",
+    "RequestContext",
     "RunnerAddress",
     "SerializationError",
     "ShardCountMismatch",
@@ -86,9 +94,11 @@ __all__ = [
     "TransportOptions",
     "VersionConflict",
     "codec_for",
+    "current_context",
     "parse_snowflake",
     "shard_for",
     "stable_hash",
     "to_plain",
+    "use_context",
     "validate",
 ]

@@ -6,7 +6,7 @@ live instances on a runner; :class:`EntityClient` calls them from anywhere.
 
 from covey.entities._client import EntityClient
 from covey.entities._definition import Entity, EntityContext, EntityOptions, RpcSpec, rpc
-from covey.entities._runtime import EntityRuntime, current_request
+from covey.entities._runtime import EntityRuntime
 
 __all__ = [
     "Entity",
@@ -15,6 +15,5 @@ __all__ = [
     "EntityOptions",
     "EntityRuntime",
     "RpcSpec",
-    "current_request",
     "rpc",
 ]

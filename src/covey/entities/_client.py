@@ -9,6 +9,7 @@ from covey.core import (
     EntityAddress,
     MsgpackCodec,
     SnowflakeGenerator,
+    current_context,
     shard_for,
     to_plain,
     validate,
@@ -79,7 +80,7 @@ class EntityClient:
             address=self.address,
             tag=spec.name,
             payload=payload,
-            headers=dict(self._headers()) if self._headers else {},
+            headers=dict(self._headers()) if self._headers else current_context().to_headers(),
             primary_key=spec.primary_key(argument) if spec.primary_key else None,
         )
         reply = await self._messenger.call(

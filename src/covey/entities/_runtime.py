@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +19,16 @@ from typing import Any
 from covey.core import (
     Clock,
     ClusterError,
+    ClusterPlacement,
     EntityAddress,
     EntityError,
     MsgpackCodec,
     Reason,
+    RequestContext,
     RunnerAddress,
     ShardId,
     metrics,
+    use_context,
 )
 from covey.entities._definition import Entity, EntityContext, RpcSpec
 from covey.sharding import Envelope, error_payload
@@ -34,10 +36,6 @@ from covey.storage import Reply
 
 log = logging.getLogger("covey.entities")
 
-#: The context of the request a handler is serving (headers travel with it).
-current_request: contextvars.ContextVar[EntityContext | None] = contextvars.ContextVar(
-    "covey_current_request", default=None
-)
 
 
 @dataclass
@@ -120,15 +118,17 @@ class EntityRuntime:
     ) -> Reply:
         message = envelope.message
         async with instance.semaphore:
-            context = EntityContext(message.address, self._runner, dict(message.headers))
-            token = current_request.set(context)
-            try:
+            placement = ClusterPlacement(
+                runner_id=None if self._runner is None else str(self._runner),
+                shard_id=str(message.address.shard),
+                entity=f"{message.address.entity_type}/{message.address.entity_id}",
+            )
+            # the handler task copies the context as it is created: set it first
+            with use_context(RequestContext.from_headers(message.headers, placement)):
                 call = spec.fn(instance.entity, argument) if spec.takes_argument else spec.fn(
                     instance.entity
                 )
                 task = asyncio.ensure_future(call)
-            finally:
-                current_request.reset(token)
             instance.tasks.add(task)
             kind = "persisted" if envelope.persisted else "volatile"
             entity_type = message.address.entity_type
