@@ -35,6 +35,8 @@ from covey.sharding import (
     TcpTransport,
     raise_error_reply,
 )
+from covey.singletons import SingletonHealth, SingletonManager, SingletonSpec
+from covey.singletons._singleton import SingletonFn
 from covey.storage import Message, Storage, open_storage
 
 log = logging.getLogger("covey.cluster")
@@ -81,6 +83,8 @@ class Cluster:
         self._sharding: Sharding | None = None
         self._messenger: Messenger | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._singleton_specs: list[SingletonSpec] = []
+        self._singletons: SingletonManager | None = None
         self._stop = asyncio.Event()
         self._started = False
 
@@ -95,6 +99,37 @@ class Cluster:
         """Host these entity types on this runner (every runner registers the same)."""
         for entity_type in entity_types:
             self.runtime.register(entity_type)
+
+    def singleton(
+        self, name: str, *, state: type[Any] | None = None,
+        expected_interval: float | None = None, shard_group: str = "default",
+    ) -> Callable[[SingletonFn], SingletonFn]:
+        """Declare a singleton: ``async def fn(ctx: covey.SingletonContext) -> None``.
+
+        Args:
+            name: unique in the cluster; decides which shard (and so runner) hosts it.
+            state: a type (e.g. a pydantic model) for ``ctx.state``; saved with
+                ``await ctx.save_state()`` and handed to the next owner.
+            expected_interval: seconds between ``ctx.beat()`` calls; a singleton
+                silent for twice this long is reported unhealthy.
+        """
+        def declare(fn: SingletonFn) -> SingletonFn:
+            self._singleton_specs.append(
+                SingletonSpec(name, fn, state, expected_interval, shard_group))
+            return fn
+
+        return declare
+
+    async def singleton_health(self) -> dict[str, SingletonHealth]:
+        """Per singleton: healthy (beating within twice its expected interval)?"""
+        return await self.singletons.health()
+
+    @property
+    def singletons(self) -> SingletonManager:
+        if self._singletons is None:
+            raise ClusterError("the cluster is not started: use 'async with cluster:'",
+                               reason=Reason.INVALID_ARGUMENT)
+        return self._singletons
 
     # ---- calling ---------------------------------------------------------
 
@@ -200,6 +235,12 @@ class Cluster:
         messenger_ref.append(self._messenger)
         if not self.client_only:
             self._messenger.deliverer = self.runtime
+        self._singletons = SingletonManager(self._sharding, self.storage, self._clock,
+                                            self.config.shards)
+        for spec in self._singleton_specs:
+            self._singletons.add(spec)
+        if not self.client_only:
+            self._sharding.listeners.append(self._singletons)
         self.transport.on_peer_lost(lambda peer: self.sharding.wake())
         await self._sharding.join()
         ready = asyncio.Event()
@@ -237,6 +278,8 @@ class Cluster:
             with contextlib.suppress(ClusterError, OSError):
                 await self.transport.notify(peer, {"k": "leaving"})
         await self.runtime.stop_all(graceful=True)
+        if self._singletons is not None:
+            await self._singletons.stop()
         if self._messenger is not None:
             await self._messenger.close()
         self._supervisor.cancel()

@@ -30,7 +30,21 @@ FENCED_TOTAL = Counter(
     "covey_fenced_total", "Shards dropped because a lock was lost or a write was fenced out"
 )
 
+SINGLETON_LAST_BEAT = Gauge(
+    "covey_singleton_last_beat_timestamp_seconds",
+    "When a singleton last called ctx.beat() (Unix seconds)", ["name"],
+)
+CRON_TICKS = Counter(
+    "covey_cron_ticks_total", "Cron ticks by outcome (run, skipped, failed)", ["name", "outcome"]
+)
+CRON_LATENESS = Histogram(
+    "covey_cron_lateness_seconds", "Start time of a cron run minus its scheduled instant",
+    ["name"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
 __all__ = [
+    "CRON_LATENESS",
+    "CRON_TICKS",
     "ENTITIES_ACTIVE",
     "FENCED_TOTAL",
     "HANDLER_SECONDS",
@@ -38,4 +52,5 @@ __all__ = [
     "MESSAGES_HANDLED",
     "RUNNERS_LIVE",
     "SHARDS_OWNED",
+    "SINGLETON_LAST_BEAT",
 ]

@@ -94,7 +94,7 @@ class Messenger:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._read_pending = 0
         self.on_completed: list[Callable[[Envelope, Reply, float], None]] = []
-        sharding.listener = self
+        sharding.listeners.append(self)
 
     # ---- lifecycle -------------------------------------------------------
 

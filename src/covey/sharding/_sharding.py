@@ -90,7 +90,7 @@ class Sharding:
         self.assignment: dict[ShardId, RunnerAddress] = {}
         self.owned: dict[ShardId, int] = {}
         self.shutting_down = False
-        self.listener: ShardListener | None = None
+        self.listeners: list[ShardListener] = []
         self._membership_wake = asyncio.Event()
         self._rebalance_wake = asyncio.Event()
         self._assignment_changed = asyncio.Condition()
@@ -131,8 +131,8 @@ class Sharding:
             await self._storage.runners.unregister(self.address)
         async with self._rebalance_lock:
             owned = set(self.owned)
-            if owned and self.listener is not None:
-                await self.listener.shards_lost(owned, graceful=True)
+            if owned:
+                await self._lost(owned, graceful=True)
             self.owned.clear()
             with contextlib.suppress(StorageError):
                 await self._storage.runners.release_all(self.address)
@@ -175,8 +175,7 @@ class Sharding:
         metrics.FENCED_TOTAL.inc(len(lost))
         for shard in lost:
             self.owned.pop(shard, None)
-        if self.listener is not None:
-            await self.listener.shards_lost(lost, graceful=False)
+        await self._lost(lost, graceful=False)
         await self._changed()
         self._rebalance_wake.set()
 
@@ -245,8 +244,7 @@ class Sharding:
             mine = {s for s, owner in self.assignment.items() if owner == self.address}
             lost = set(self.owned) - mine
             if lost:
-                if self.listener is not None:
-                    await self.listener.shards_lost(lost, graceful=True)
+                await self._lost(lost, graceful=True)
                 for shard in lost:
                     self.owned.pop(shard, None)
                 await self._storage.runners.release(self.address, lost)
@@ -259,8 +257,8 @@ class Sharding:
                     await self._storage.messages.reset_shards(list(new))
                     self.owned.update(new)
                     log.info("acquired %d shards (%d owned)", len(new), len(self.owned))
-                    if self.listener is not None:
-                        await self.listener.shards_acquired(new)
+                    for listener in self.listeners:
+                        await listener.shards_acquired(new)
                 self._pending = wanted - set(held)
             else:
                 self._pending = set()
@@ -297,6 +295,12 @@ class Sharding:
                 await self.fenced(lost)
 
     # ---- helpers ---------------------------------------------------------
+
+    async def _lost(self, shards: set[ShardId], *, graceful: bool) -> None:
+        # the last to hear of a shard first is the first to stop (singletons before
+        # entity delivery), so nothing runs on a shard after its delivery stopped
+        for listener in reversed(self.listeners):
+            await listener.shards_lost(shards, graceful=graceful)
 
     async def _changed(self) -> None:
         metrics.SHARDS_OWNED.set(len(self.owned))

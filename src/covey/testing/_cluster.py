@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Self, TypeVar
 
@@ -34,6 +35,8 @@ class TestCluster:
         clock: a :class:`covey.core.TestClock` to drive time by hand, or the
             system clock (default).
         sharding: options; defaults are shortened for tests.
+        configure: called with each new member before it starts, to declare
+            singletons and cron the way the application does.
         database_url: ``memory://`` (default, one shared in-memory store) or a
             ``sqlite:///file.db`` that every runner opens on its own, as separate
             processes would.
@@ -49,6 +52,7 @@ class TestCluster:
         clock: Clock | None = None,
         sharding: ShardingOptions | None = None,
         database_url: str = "memory://",
+        configure: Callable[[Cluster], None] | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
         options = sharding or ShardingOptions(
@@ -68,6 +72,7 @@ class TestCluster:
         self.runners: list[Cluster] = []
         self._initial = runners
         self._client: Cluster | None = None
+        self._configure = configure
 
     def _new_runner(self, *, client_only: bool = False) -> Cluster:
         address = RunnerAddress("runner", self._next_port)
@@ -78,6 +83,8 @@ class TestCluster:
             transport=LocalTransport(self.network, address), clock=self.clock,
         )
         cluster.register(*self._entity_types)
+        if self._configure is not None:
+            self._configure(cluster)
         return cluster
 
     async def __aenter__(self) -> Self:
@@ -161,6 +168,8 @@ class TestCluster:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await runner._supervisor
         await runner.runtime.stop_all(graceful=False)
+        await runner.singletons.stop()
+        await runner.messenger.close()
         await self.storage.runners.expire(runner.address)  # its leases would time out
         if runner.storage is not self._shared:
             await runner.storage.close()

@@ -1,0 +1,10 @@
+"""Layer 3: singletons and cluster cron — work that runs once across the cluster."""
+
+from covey.singletons._singleton import (
+    SingletonContext,
+    SingletonHealth,
+    SingletonManager,
+    SingletonSpec,
+)
+
+__all__ = ["SingletonContext", "SingletonHealth", "SingletonManager", "SingletonSpec"]
