@@ -26,6 +26,7 @@ from covey.core import (
     use_context,
 )
 from covey.entities import Entity, EntityContext, rpc
+from covey.singletons import CronTick, SingletonContext
 from covey.storage import open_storage
 
 __version__ = "0.1.0"
@@ -36,6 +37,7 @@ __all__ = [
     "ClusterPlacement",
     "ConfigError",
     "CoveyConfig",
+    "CronTick",
     "Entity",
     "EntityAddress",
     "EntityContext",
@@ -45,6 +47,7 @@ __all__ = [
     "RunnerAddress",
     "SerializationError",
     "ShardId",
+    "SingletonContext",
     "SnowflakeGenerator",
     "StorageError",
     "StorageOptions",

@@ -8,11 +8,11 @@ import covey.storage
 from covey.core import ClusterError, Reason
 
 EXPECTED_TOP = [
-    "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "Entity",
-    "EntityAddress", "EntityContext", "EntityError", "Reason", "RequestContext",
-    "RunnerAddress", "SerializationError", "ShardId", "SnowflakeGenerator", "StorageError",
-    "StorageOptions", "TransportError", "__version__", "current_context", "open_storage",
-    "rpc", "use_context",
+    "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "CronTick",
+    "Entity", "EntityAddress", "EntityContext", "EntityError", "Reason", "RequestContext",
+    "RunnerAddress", "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator",
+    "StorageError", "StorageOptions", "TransportError", "__version__", "current_context",
+    "open_storage", "rpc", "use_context",
 ]
 
 EXPECTED_STORAGE = [

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import signal
+import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any, Self, TypeVar, cast
 
@@ -35,7 +37,14 @@ from covey.sharding import (
     TcpTransport,
     raise_error_reply,
 )
-from covey.singletons import SingletonHealth, SingletonManager, SingletonSpec
+from covey.singletons import (
+    CronManager,
+    CronSpec,
+    SingletonHealth,
+    SingletonManager,
+    SingletonSpec,
+)
+from covey.singletons._cron import CronFn
 from covey.singletons._singleton import SingletonFn
 from covey.storage import Message, Storage, open_storage
 
@@ -85,6 +94,8 @@ class Cluster:
         self._supervisor: asyncio.Task[None] | None = None
         self._singleton_specs: list[SingletonSpec] = []
         self._singletons: SingletonManager | None = None
+        self._cron_specs: list[CronSpec] = []
+        self.crons: CronManager | None = None
         self._stop = asyncio.Event()
         self._started = False
 
@@ -116,6 +127,38 @@ class Cluster:
         def declare(fn: SingletonFn) -> SingletonFn:
             self._singleton_specs.append(
                 SingletonSpec(name, fn, state, expected_interval, shard_group))
+            return fn
+
+        return declare
+
+    def cron(
+        self, expression: str, *, name: str | None = None, tz: str = "UTC",
+        skip_if_older_than: dt.timedelta | float = dt.timedelta(days=1),
+        from_previous: bool = False,
+    ) -> Callable[[CronFn], CronFn]:
+        """Declare a cron: ``async def fn(tick: covey.CronTick) -> None``, once per tick.
+
+        Args:
+            expression: 5 fields (minute resolution) or 6 with seconds first
+                (``"*/5 * * * * *"``: every 5 seconds).
+            name: unique in the cluster (default: the function's name).
+            tz: IANA time zone the expression is read in.
+            skip_if_older_than: a tick that comes due later than this (all runners
+                were down) is skipped and counted, never run in a burst.
+            from_previous: after downtime, continue from the last scheduled tick
+                (catching up on ticks younger than ``skip_if_older_than``) instead of
+                from now.
+        """
+        skip = (skip_if_older_than.total_seconds()
+                if isinstance(skip_if_older_than, dt.timedelta) else float(skip_if_older_than))
+        try:
+            zone = zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ClusterError(f"unknown time zone {tz!r}", reason=Reason.INVALID_ARGUMENT) from exc
+
+        def declare(fn: CronFn) -> CronFn:
+            self._cron_specs.append(
+                CronSpec(name or fn.__name__, expression, fn, zone, skip, from_previous))
             return fn
 
         return declare
@@ -241,6 +284,13 @@ class Cluster:
             self._singletons.add(spec)
         if not self.client_only:
             self._sharding.listeners.append(self._singletons)
+        if self._cron_specs and not self.client_only:
+            self.crons = CronManager(self._messenger, self._sharding.snowflake, self._clock,
+                                     self.config.shards)
+            for cron_spec in self._cron_specs:
+                self.crons.add(cron_spec)
+            self.runtime.register(self.crons.entity_type)
+            self._sharding.listeners.append(self.crons)
         self.transport.on_peer_lost(lambda peer: self.sharding.wake())
         await self._sharding.join()
         ready = asyncio.Event()
@@ -280,6 +330,8 @@ class Cluster:
         await self.runtime.stop_all(graceful=True)
         if self._singletons is not None:
             await self._singletons.stop()
+        if self.crons is not None:
+            await self.crons.stop()
         if self._messenger is not None:
             await self._messenger.close()
         self._supervisor.cancel()
