@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 
@@ -78,9 +79,11 @@ async def test_singleton_moves_with_its_state_and_never_overlaps(
         await asyncio.sleep(0.5)
         host.kill()
 
-        async def moved() -> bool:
+        last_id = current["id"]
+
+        async def moved(last_id: int = last_id) -> bool:
             return len(await _fetch(
-                url, f"SELECT id FROM singleton_lives WHERE id > {current['id']}")) > 0
+                url, f"SELECT id FROM singleton_lives WHERE id > {last_id}")) > 0
         await wait_until(moved, timeout=30)
         [new] = await _fetch(url, "SELECT runner, start_count FROM singleton_lives "
                                   "ORDER BY id DESC LIMIT 1")
@@ -89,7 +92,7 @@ async def test_singleton_moves_with_its_state_and_never_overlaps(
         await asyncio.sleep(2)
     lives = await _fetch(url, "SELECT runner, started, last_seen, start_count "
                               "FROM singleton_lives ORDER BY started")
-    for before, after in zip(lives, lives[1:], strict=False):
+    for before, after in itertools.pairwise(lives):
         assert after["started"] >= before["last_seen"]  # never two at once
         assert after["start_count"] >= before["start_count"]  # state handed over
     for life in moves_after_kill:
