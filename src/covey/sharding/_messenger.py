@@ -87,6 +87,7 @@ class Messenger:
         self._clock = clock
         self.deliverer: Deliverer | None = None
         self._inflight: dict[int, asyncio.Future[Reply]] = {}
+        self._inflight_shard: dict[int, ShardId] = {}
         self._completed: collections.OrderedDict[int, Reply] = collections.OrderedDict()
         self._read_wake = asyncio.Event()
         self._timers: list[float] = []
@@ -117,6 +118,13 @@ class Messenger:
     async def shards_lost(self, shards: set[ShardId], *, graceful: bool) -> None:
         if self.deliverer is not None:
             await self.deliverer.stop_shards(shards, graceful=graceful)
+        if graceful:
+            # a handler that finished still has to store its reply: let it, before
+            # the shard is released (else the next owner runs the message again)
+            completing = [f for i, f in self._inflight.items()
+                          if self._inflight_shard.get(i) in shards]
+            if completing:
+                await asyncio.wait(completing, timeout=self._options.shutdown_grace)
 
     def poke(self) -> None:
         """Read storage now (a wake-up arrived, or work waits there)."""
@@ -215,7 +223,8 @@ class Messenger:
             ) from cause
         if cause.reason is Reason.PEER_UNAVAILABLE:
             self._sharding.wake()
-        delay = min(0.005 * (2 ** min(attempt, 7)), 0.5, remaining)
+        # short: the new owner usually takes over within one membership interval
+        delay = min(0.005 * (2 ** min(attempt, 5)), 0.1, remaining)
         await self._sharding.wait_for_change(delay)
 
     async def _with_retry(self, action: Callable[[], Any], deadline: float) -> Any:
@@ -290,6 +299,7 @@ class Messenger:
             raise EntityError("message is not due yet", reason=Reason.NOT_OWNER)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._inflight[message_id] = future
+        self._inflight_shard[message_id] = envelope.shard
         try:
             reply = await self._run_and_complete(envelope, epoch)
         except BaseException as exc:
@@ -304,6 +314,7 @@ class Messenger:
             return reply
         finally:
             del self._inflight[message_id]
+            del self._inflight_shard[message_id]
 
     async def _run_and_complete(self, envelope: Envelope, epoch: int) -> Reply:
         started = self._clock.monotonic()
