@@ -16,6 +16,10 @@ from pathlib import Path
 
 SCENARIOS: dict[str, str] = {
     "storage": "scenarios.storage",
+    "volatile-rpc": "scenarios.volatile_rpc",
+    "persisted-rpc": "scenarios.persisted_rpc",
+    "failover": "scenarios.failover",
+    "handoff": "scenarios.handoff",
 }
 
 

@@ -13,10 +13,13 @@ SIGTERM handoff drains them instead of waiting out the shutdown grace.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from pydantic import BaseModel
 
 import covey
+
+log = logging.getLogger("bench.app")
 
 
 class Put(BaseModel):
@@ -48,7 +51,9 @@ class Bench(covey.Entity, type="Bench"):
     @covey.rpc(persisted=True)
     async def hold(self, cmd: Hold) -> str:
         here = str(self.ctx.runner)
-        while here == cmd.block_on and not _stopping():
+        log.info("hold %s on %s (blocks here: %s)", self.ctx.entity_id, here, here == cmd.block_on)
+        # polled: covey has no shutdown hook an app could wait on
+        while here == cmd.block_on and not _stopping():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return here
 
