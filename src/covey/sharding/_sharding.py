@@ -194,6 +194,13 @@ class Sharding:
                 await self._storage.runners.expire(stale.address)
         if self.shutting_down and self.address is not None:
             live = [r for r in live if r.address != self.address]
+        elif self.address is not None and all(r.address != self.address for r in live):
+            # Peers may count us dead (our lock session dropped, our heartbeat was
+            # late). We are not: count ourselves, and reopen the lock session so
+            # they see us again; fencing sorts out any shard taken meanwhile.
+            live = sorted([*live, RunnerInfo(self.address, self.machine_id, self.groups,
+                                             self.weight, now)], key=lambda r: r.address)
+            await self._storage.runners.acquire(self.address, [])
         if [(r.address, r.groups, r.weight) for r in live] != [
             (r.address, r.groups, r.weight) for r in self.live
         ]:

@@ -93,9 +93,15 @@ class PostgresRunnerStorage:
             " last_heartbeat = EXCLUDED.last_heartbeat"
         )
         self._sql_heartbeat = f"UPDATE {s}.runners SET last_heartbeat = $2 WHERE address = $1"
+        # A runner that owns shards but whose lock session is gone is dead, whatever
+        # its last heartbeat says: a SIGKILLed pod's session ends with its socket,
+        # so peers see it gone at their next membership read, not after the TTL.
         self._sql_live = (
-            f"SELECT address, machine_id, groups, weight, last_heartbeat FROM {s}.runners"
-            " WHERE last_heartbeat >= $1"
+            f"SELECT address, machine_id, groups, weight, last_heartbeat FROM {s}.runners r"
+            " WHERE last_heartbeat >= $1 AND (NOT EXISTS ("
+            f"SELECT 1 FROM {s}.shards sh WHERE sh.owner = r.address)"
+            " OR EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database()"
+            " AND a.application_name = left('covey-lock:' || r.address, 63)))"
         )
         self._sql_unregister = f"DELETE FROM {s}.runners WHERE address = $1"
         self._sql_try_lock = (

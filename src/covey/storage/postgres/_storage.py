@@ -118,6 +118,12 @@ class PostgresStorage(StorageLifecycle):
                 max_size=max(1, self._options.pool_size),
                 timeout=self._options.connect_timeout,
                 reset=_no_reset,
+                # Plan every execution with the current table size. asyncpg
+                # prepares each statement; after five runs PostgreSQL may switch
+                # to a generic plan made while the messages table was still small
+                # (e.g. a seq scan) and keep it while the table grows, so reads
+                # and completions get slower with every stored message.
+                server_settings={"plan_cache_mode": "force_custom_plan"},
             )
         try:
             await self._migrate()

@@ -24,6 +24,8 @@ CREATE TABLE shards (
     PRIMARY KEY (shard_group, shard)
 );
 
+-- fillfactor 50: the lease update (lease_until, attempts: no indexed column)
+-- finds room on its page and stays a HOT update, adding no index entries.
 CREATE TABLE messages (
     id bigint PRIMARY KEY,
     entity_type text NOT NULL,
