@@ -20,6 +20,8 @@ SCENARIOS: dict[str, str] = {
     "persisted-rpc": "scenarios.persisted_rpc",
     "failover": "scenarios.failover",
     "handoff": "scenarios.handoff",
+    "singleton-failover": "scenarios.singleton_failover",
+    "cron-accuracy": "scenarios.cron_accuracy",
 }
 
 

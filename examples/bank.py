@@ -17,7 +17,9 @@ comes back to life.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 
 import aiosqlite
 from pydantic import BaseModel
@@ -56,29 +58,45 @@ class Ledger:
         async with self._lock:
             if self._conn is None:
                 conn = await aiosqlite.connect(self.path, isolation_level=None)
-                await conn.execute("PRAGMA busy_timeout = 10000")
-                await conn.execute("PRAGMA journal_mode = WAL")
-                await conn.executescript(SCHEMA)
+                await conn.executescript("PRAGMA busy_timeout = 10000;" + SCHEMA)
                 self._conn = conn
             return self._conn
 
     async def apply(self, txn_id: str, account: str, amount: int, runner: str) -> bool:
         """Record one run of a deposit; ``True`` if this run applied it (first time)."""
         conn = await self.connection()
-        await conn.execute("INSERT INTO runs (txn_id, runner) VALUES (?, ?)", (txn_id, runner))
-        cursor = await conn.execute(
+        async with conn.execute("INSERT INTO runs (txn_id, runner) VALUES (?, ?)",
+                                (txn_id, runner)):
+            pass
+        async with conn.execute(
             "INSERT OR IGNORE INTO ledger (txn_id, account, amount, runner) VALUES (?, ?, ?, ?)",
             (txn_id, account, amount, runner),
-        )
-        return cursor.rowcount == 1
+        ) as cursor:
+            return cursor.rowcount == 1
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                await self._conn.close()  # its thread would keep the process alive
+                self._conn = None
 
     async def balance(self, account: str) -> int:
         conn = await self.connection()
-        cursor = await conn.execute(
+        # One job on the connection's thread: execute and read to the end. A SELECT
+        # left open holds a read snapshot, and a write from another coroutine on
+        # this connection would then fail at once with "database is locked".
+        rows = await conn.execute_fetchall(
             "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE account = ?", (account,)
         )
-        row = await cursor.fetchone()
+        row = next(iter(rows), None)
         return int(row[0]) if row else 0
+
+
+def create_ledger(path: str) -> None:
+    """Create the ledger file in WAL mode (once, before the runners open it)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.executescript(SCHEMA)
 
 
 ledger = Ledger(os.environ.get("BANK_LEDGER", "bank-ledger.db"))
@@ -112,8 +130,18 @@ class Account(covey.Entity, type="Account", max_idle=300):
         return str(self.ctx.runner)
 
 
+class BankCluster(covey.Cluster):
+    """A cluster that also closes the bank's ledger when the runner leaves."""
+
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            await ledger.close()
+
+
 def cluster() -> covey.Cluster:
     """What ``covey run bank:cluster`` serves."""
-    app = covey.Cluster.from_env()
+    app = BankCluster.from_env()
     app.register(Account)
     return app

@@ -1,116 +1,505 @@
-"""The covey demo: the embedded store at work, with no settings.
+"""The covey demo: a bank on three runner processes, one killed half-way.
 
-Opens the default storage (``sqlite:///covey.db``, or ``COVEY_DATABASE_URL``),
-registers a runner, takes its shards, then pushes persisted messages through the
-full path a runner uses — store, lease, fenced reply — and prints what the store
-holds and how fast that went.
+What it shows, on the embedded SQLite store with no settings:
 
-Run it with ``make demo`` (or ``python examples/demo.py [--messages N]``).
+1. three ``covey run bank:cluster`` processes (``examples/bank.py``) share the
+   shards of a bank whose ``Account`` entities take persisted, idempotent
+   deposits;
+2. this process, a client-only member of the same cluster, sends thousands of
+   deposits to many accounts;
+3. half-way it SIGKILLs one runner and shows the survivors take over its shards;
+4. at the end it checks, from durable state only, that every deposit was applied
+   exactly once, and prints PASS (exit 0) or what went wrong (exit 1).
+
+Run it with ``make demo`` (or ``python examples/demo.py [--deposits N --accounts N]``).
+Everything it writes lives in ``.demo/`` (``--workdir``), wiped at start; runner
+logs stay there for reading. See ``docs/demo.md`` for how to read the output.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from bank import Account, Deposit, create_ledger  # examples/bank.py, next to this file
 from rich.console import Console
-from rich.progress import Progress
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+import covey
 from covey.cli._main import info_table
-from covey.core import (
-    CoveyConfig,
-    EntityAddress,
-    MsgpackCodec,
-    RunnerAddress,
-    ShardId,
-    SnowflakeGenerator,
-    shard_for,
-)
-from covey.storage import Fence, Message, Reply, Saved, open_storage
 
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 console = Console()
 
+# On SQLite there are no advisory locks: a runner that dies without leaving is
+# only noticed when its heartbeat is older than the runner TTL (default 6 s).
+# The demo heartbeats every 0.25 s and gives up on a runner after 2 s of
+# silence, so the SIGKILLed runner's shards move within about 2-3 s.
+# (On PostgreSQL its locks vanish with its session, so it does not need this.)
+DEMO_SETTINGS = {
+    "COVEY_SHARDS": "300",
+    "COVEY_RUNNER_PORT": "0",
+    "COVEY_CLUSTER_SECRET": "covey-demo-secret",
+    "COVEY_SHARDING_HEARTBEAT_INTERVAL": "0.25",
+    "COVEY_SHARDING_RUNNER_TTL": "2",
+    "COVEY_SHARDING_SHUTDOWN_GRACE": "5",
+}
+SEND_ATTEMPTS = 5
+RESEND_EVERY = 25  # every 25th deposit is sent twice, like a client retrying
 
-async def run(messages: int, producers: int) -> int:
-    config = CoveyConfig.from_env()
-    codec = MsgpackCodec()
-    runner = RunnerAddress("127.0.0.1", 7400)
-    async with open_storage(config) as storage:
-        machine_id = await storage.runners.register(runner)
-        snowflakes = SnowflakeGenerator(machine_id)
-        all_shards = [ShardId("default", i) for i in range(1, config.shards + 1)]
-        epochs = await storage.runners.acquire(runner, all_shards)
-        console.print(
-            f"runner [bold]{runner}[/bold] registered as machine {machine_id}, "
-            f"owns {len(epochs)}/{len(all_shards)} shards of {config.database_url}"
-        )
-        done: dict[int, asyncio.Future[bytes]] = {}
-        todo = iter(range(messages))
 
-        async def producer(progress: Progress, task: int) -> None:
-            for n in todo:
-                account = f"acct-{n % 50}"
-                message = Message(
-                    id=snowflakes.next_id(),
-                    address=EntityAddress("Account", account, shard_for(account, config.shards)),
-                    tag="deposit",
-                    payload=codec.encode({"txn": f"demo-{n}", "amount": 1}),
-                    primary_key=f"demo-{snowflakes.next_id()}",
+# ---- runner processes -------------------------------------------------------
+
+
+@dataclass
+class Runner:
+    """One ``covey run bank:cluster`` child process."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    address: str = ""
+    killed: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        self.killed = True
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def ready_address(self) -> str | None:
+        for line in self.log.read_text(errors="replace").splitlines():
+            if line.startswith("covey runner ") and line.endswith(" ready"):
+                return line.split()[2]
+        return None
+
+
+@dataclass
+class Runners:
+    """The demo's runner processes; :meth:`close` always leaves none behind."""
+
+    env: dict[str, str]
+    workdir: Path
+    all: list[Runner] = field(default_factory=list)
+
+    def start(self, count: int) -> None:
+        for n in range(1, count + 1):
+            log = self.workdir / f"runner-{n}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "covey", "run", "bank:cluster", "--log-level", "INFO"],
+                    cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 )
-                waiter = asyncio.get_running_loop().create_future()
-                done[message.id] = waiter
-                result = await storage.messages.save_request(message)
-                assert isinstance(result, Saved)
-                await waiter
-                progress.advance(task)
+            self.all.append(Runner(f"runner-{n}", process, log))
 
-        async def consumer(stop: asyncio.Event) -> None:
-            while not stop.is_set():
-                batch = await storage.messages.unprocessed(list(epochs), limit=256)
-                if not batch:
-                    await asyncio.sleep(0.001)
-                    continue
-                await asyncio.gather(*(
-                    storage.messages.save_reply(
-                        Reply(m.id, codec.encode("ok")),
-                        Fence(m.address.shard, epochs[m.address.shard]),
-                    )
-                    for m in batch
-                ))
-                for m in batch:
-                    done.pop(m.id).set_result(b"ok")
+    async def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        for runner in self.all:
+            while not (address := runner.ready_address()):
+                if not runner.alive or time.monotonic() > deadline:
+                    raise DemoFailure(f"{runner.name} did not start; its log {runner.log}:\n"
+                                      + runner.log.read_text(errors="replace")[-3000:])
+                await asyncio.sleep(0.05)
+            runner.address = address
 
-        started = time.perf_counter()
-        stop = asyncio.Event()
-        with Progress(console=console, transient=False) as progress:
-            task = progress.add_task("persisted round trips", total=messages)
-            consuming = asyncio.create_task(consumer(stop))
+    def by_address(self, address: str) -> Runner | None:
+        return next((r for r in self.all if r.address == address), None)
+
+    def stop(self, timeout: float = 15) -> dict[str, int | None]:
+        """SIGTERM the live runners (graceful leave), SIGKILL what outlives ``timeout``."""
+        live = [r for r in self.all if r.alive]
+        for runner in live:
+            runner.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int | None] = {}
+        for runner in live:
             try:
-                await asyncio.gather(*(producer(progress, task) for _ in range(producers)))
-            finally:
-                stop.set()
-                await consuming
-        elapsed = time.perf_counter() - started
-        console.print(info_table(await storage.info(), title="store after the run"))
-        purged = await storage.messages.purge(before=time.time() + 1)
-        await storage.runners.release_all(runner)
-        await storage.runners.unregister(runner)
-        rate = messages / elapsed
-        console.print(
-            f"[green]{messages} messages[/green] stored, leased and completed with fenced "
-            f"replies in {elapsed:.2f} s: [bold]{rate:,.0f} round trips/s[/bold] "
-            f"({producers} concurrent producers); purged {purged} processed messages."
-        )
+                codes[runner.name] = runner.process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                runner.process.kill()
+                codes[runner.name] = None
+        return codes
+
+    async def watch(self) -> None:
+        """Fail fast if a runner the demo did not kill exits."""
+        while True:
+            for runner in self.all:
+                if not runner.alive and not runner.killed:
+                    raise DemoFailure(f"{runner.name} exited unexpectedly (exit code "
+                                      f"{runner.process.returncode}); see {runner.log}")
+            await asyncio.sleep(0.2)
+
+    def close(self) -> None:
+        """On any exit path: stop what still runs (gracefully if it can), reap all."""
+        self.stop(timeout=5)
+        for runner in self.all:
+            runner.process.wait()
+
+
+class DemoFailure(Exception):
+    """Something the demo checks went wrong; the message says what."""
+
+
+# ---- the cluster as the driver sees it -------------------------------------
+
+
+async def where_accounts(cluster: covey.Cluster, accounts: list[str]) -> dict[str, str]:
+    """Which runner hosts each account (waits for accounts whose shard is moving)."""
+    hosts = await asyncio.gather(*(cluster.client(Account, a).where() for a in accounts))
+    return dict(zip(accounts, hosts, strict=True))
+
+
+def shard_counts(cluster: covey.Cluster) -> Counter[str]:
+    return Counter(str(owner) for owner in cluster.sharding.assignment.values())
+
+
+def placement_table(title: str, runners: Runners, cluster: covey.Cluster,
+                    hosts: dict[str, str]) -> Table:
+    shards = shard_counts(cluster)
+    accounts = Counter(hosts.values())
+    table = Table(title=title)
+    for column in ("runner", "pid", "address", "state", "shards", "accounts"):
+        table.add_column(column, justify="right" if column in ("shards", "accounts") else "left")
+    for r in runners.all:
+        state = "[green]live[/green]" if r.alive else "[red]killed[/red]"
+        table.add_row(r.name, str(r.process.pid), r.address, state,
+                      str(shards[r.address]), str(accounts[r.address]))
+    return table
+
+
+async def wait_for_membership(cluster: covey.Cluster, expected: set[str],
+                              timeout: float = 30) -> None:
+    """Until the driver's view of the live runners is exactly ``expected``."""
+    deadline = time.monotonic() + timeout
+    while {str(r.address) for r in cluster.sharding.live} != expected:
+        if time.monotonic() > deadline:
+            live = sorted(str(r.address) for r in cluster.sharding.live)
+            raise DemoFailure(f"membership never became {sorted(expected)}; it is {live}")
+        await cluster.sharding.wait_for_change(0.1)
+
+
+# ---- the workload -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Txn:
+    txn_id: str
+    account: str
+    amount: int
+
+
+def make_txns(deposits: int, accounts: int, seed: int = 7) -> list[Txn]:
+    rng = random.Random(seed)
+    return [Txn(f"txn-{n:06d}", f"acct-{rng.randrange(accounts):03d}", rng.randint(1, 100))
+            for n in range(deposits)]
+
+
+@dataclass
+class Tally:
+    """What the driver saw while sending."""
+
+    done: int = 0
+    retries: int = 0
+    resent: int = 0
+    resend_mismatches: list[str] = field(default_factory=list)
+    half_way: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def send(cluster: covey.Cluster, txn: Txn, tally: Tally) -> int:
+    """One deposit; a retryable error is retried with the same txn id (safe: idempotent)."""
+    client = cluster.client(Account, txn.account)
+    for attempt in range(1, SEND_ATTEMPTS + 1):
+        try:
+            return await client.deposit(Deposit(txn_id=txn.txn_id, amount=txn.amount))
+        except covey.ClusterError as exc:
+            if not exc.retryable or attempt == SEND_ATTEMPTS:
+                raise DemoFailure(f"deposit {txn.txn_id} failed: {exc!r}") from exc
+            tally.retries += 1
+    raise AssertionError("unreachable")
+
+
+async def deposit_all(cluster: covey.Cluster, txns: list[Txn], concurrency: int,
+                      progress: Progress, tally: Tally) -> None:
+    task = progress.add_task("persisted deposits", total=len(txns))
+    todo: Iterator[tuple[int, Txn]] = enumerate(txns)
+
+    async def worker() -> None:
+        for n, txn in todo:
+            first = await send(cluster, txn, tally)
+            if n % RESEND_EVERY == 0:
+                tally.resent += 1
+                again = await send(cluster, txn, tally)
+                if again != first:
+                    tally.resend_mismatches.append(f"{txn.txn_id}: {first} then {again}")
+            tally.done += 1
+            progress.advance(task)
+            if tally.done * 2 >= len(txns):
+                tally.half_way.set()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+# ---- the crash --------------------------------------------------------------
+
+
+@dataclass
+class Failover:
+    victim: Runner
+    shards: int
+    accounts: int
+    noticed_after: float = 0.0
+    served_after: float = 0.0
+
+
+async def kill_and_watch(cluster: covey.Cluster, runners: Runners, hosts: dict[str, str],
+                         tally: Tally, out: Console) -> Failover:
+    """At half-way, SIGKILL the runner hosting most accounts; time its shards moving."""
+    await tally.half_way.wait()
+    victim = runners.by_address(Counter(hosts.values()).most_common(1)[0][0])
+    assert victim is not None
+    orphans = [a for a, host in hosts.items() if host == victim.address]
+    failover = Failover(victim, shard_counts(cluster)[victim.address], len(orphans))
+    killed_at = time.monotonic()
+    victim.kill()
+    out.print(f"[bold red]SIGKILL[/bold red] {victim.name} (pid {victim.process.pid}, "
+              f"{victim.address}) after {tally.done} deposits: it held "
+              f"[bold]{failover.shards}[/bold] shards and {failover.accounts} accounts")
+    survivors = {r.address for r in runners.all if r.alive}
+    await wait_for_membership(cluster, survivors)
+    failover.noticed_after = time.monotonic() - killed_at
+    out.print(f"  membership dropped {victim.name} after {failover.noticed_after:.2f} s "
+              f"(heartbeat older than the runner TTL); its shards are reassigned")
+    moved = await where_accounts(cluster, orphans)
+    failover.served_after = time.monotonic() - killed_at
+    out.print(f"  all {len(orphans)} of its accounts answer again, from "
+              f"{', '.join(sorted(set(moved.values())))}, {failover.served_after:.2f} s "
+              f"after the kill")
+    return failover
+
+
+# ---- the check --------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    problems: list[str]
+    handler_runs: int
+    reruns: int
+    reruns_by_victim: int
+
+
+def read_ledger(path: Path) -> tuple[dict[str, tuple[str, int]], list[tuple[str, str]]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        ledger = {t: (a, m) for t, a, m in db.execute("SELECT txn_id, account, amount FROM ledger")}
+        runs = list(db.execute("SELECT txn_id, runner FROM runs"))
+    return ledger, runs
+
+
+def check_ledger(txns: list[Txn], ledger: dict[str, tuple[str, int]]) -> list[str]:
+    problems = []
+    expected = {t.txn_id: (t.account, t.amount) for t in txns}
+    missing = expected.keys() - ledger.keys()
+    unknown = ledger.keys() - expected.keys()
+    wrong = [t for t in expected.keys() & ledger.keys() if expected[t] != ledger[t]]
+    if missing:
+        problems.append(f"{len(missing)} deposits missing from the ledger, e.g. {min(missing)}")
+    if unknown:
+        problems.append(f"{len(unknown)} unknown transactions in the ledger")
+    if wrong:
+        problems.append(f"{len(wrong)} ledger rows with a wrong account or amount")
+    return problems
+
+
+def check_balances(txns: list[Txn], ledger: dict[str, tuple[str, int]],
+                   live: dict[str, int]) -> list[str]:
+    expected: defaultdict[str, int] = defaultdict(int)
+    durable: defaultdict[str, int] = defaultdict(int)
+    for t in txns:
+        expected[t.account] += t.amount
+    for account, amount in ledger.values():
+        durable[account] += amount
+    problems = [f"{a}: durable balance {durable[a]}, expected {expected[a]}"
+                for a in sorted(expected) if durable[a] != expected[a]]
+    problems += [f"{a}: live in-memory balance {live[a]}, expected {expected[a]}"
+                 for a in sorted(expected) if live.get(a) != expected[a]]
+    return problems[:10]
+
+
+def check_runs(runs: list[tuple[str, str]], victim: str) -> tuple[list[str], int, int]:
+    """Handler re-runs are only allowed for deposits the killed runner had started."""
+    by_txn: defaultdict[str, list[str]] = defaultdict(list)
+    for txn_id, runner in runs:
+        by_txn[txn_id].append(runner)
+    rerun = {t: rs for t, rs in by_txn.items() if len(rs) > 1}
+    by_victim = {t for t, rs in rerun.items() if victim in rs}
+    unexplained = sorted(rerun.keys() - by_victim)
+    problems = [f"{len(unexplained)} deposits ran twice without a crash, e.g. {unexplained[0]}"
+                ] if unexplained else []
+    return problems, len(rerun), len(by_victim)
+
+
+async def verify(cluster: covey.Cluster, txns: list[Txn], ledger_path: Path,
+                 failover: Failover, tally: Tally) -> Verdict:
+    ledger, runs = read_ledger(ledger_path)
+    accounts = sorted({t.account for t in txns})
+    live = await asyncio.gather(*(cluster.client(Account, a).balance() for a in accounts))
+    problems = check_ledger(txns, ledger)
+    problems += check_balances(txns, ledger, dict(zip(accounts, live, strict=True)))
+    run_problems, reruns, by_victim = check_runs(runs, failover.victim.address)
+    problems += run_problems
+    problems += [f"a resent deposit got a different reply: {m}"
+                 for m in tally.resend_mismatches[:5]]
+    info = await cluster.storage.info()
+    if info.messages_unprocessed:
+        problems.append(f"{info.messages_unprocessed} persisted messages still unprocessed")
+    if info.messages_total != len(txns):
+        problems.append(f"covey stored {info.messages_total} messages for {len(txns)} deposits")
+    console.print(info_table(info, title="covey's store after the run"))
+    return Verdict(problems, len(runs), reruns, by_victim)
+
+
+# ---- putting it together ----------------------------------------------------
+
+
+def prepare(workdir: Path) -> dict[str, str]:
+    """A fresh work directory and the environment of every demo process."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
+    env.update(DEMO_SETTINGS)
+    env["COVEY_DATABASE_URL"] = f"sqlite:///{workdir / 'covey-demo.db'}"
+    env["BANK_LEDGER"] = str(workdir / "bank-ledger.db")
+    create_ledger(env["BANK_LEDGER"])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+async def run_deposits(cluster: covey.Cluster, runners: Runners, hosts: dict[str, str],
+                       txns: list[Txn], concurrency: int) -> tuple[Tally, Failover, float]:
+    tally = Tally()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    started = time.monotonic()
+    with Progress(*columns, console=console) as progress:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                watchdog = tasks.create_task(runners.watch())
+                crash = tasks.create_task(kill_and_watch(cluster, runners, hosts, tally,
+                                                         progress.console))
+                await deposit_all(cluster, txns, concurrency, progress, tally)
+                failover = await crash
+                watchdog.cancel()
+        except* DemoFailure as failures:
+            raise failures.exceptions[0] from None
+    return tally, failover, time.monotonic() - started
+
+
+def report(txns: list[Txn], tally: Tally, failover: Failover, verdict: Verdict,
+           elapsed: float) -> None:
+    console.print(
+        f"{len(txns)} deposits ({tally.resent} of them sent twice) in {elapsed:.2f} s: "
+        f"[bold]{len(txns) / elapsed:,.0f} deposits/s[/bold] including the failover; "
+        f"client retries: {tally.retries}"
+    )
+    victim = failover.victim.name
+    if verdict.reruns:
+        runs = (f"{verdict.reruns} deposit(s) had started on {victim} when it died and ran "
+                "again on a survivor; the ledger's txn-id key kept each to one effect")
+    else:
+        runs = f"no deposit was mid-handler on {victim} when it died, so none ran twice"
+    console.print(f"handler runs: {verdict.handler_runs} for {len(txns)} deposits; {runs}")
+    console.print(
+        f"[dim]{failover.victim.name}'s in-memory balances died with it; the survivors "
+        "rebuilt them from the durable ledger when the accounts restarted.[/dim]"
+    )
+
+
+async def run(args: argparse.Namespace, runners: Runners) -> int:
+    txns = make_txns(args.deposits, args.accounts)
+    accounts = sorted({t.account for t in txns})
+    runners.start(args.runners)
+    await runners.wait_ready()
+    config = covey.CoveyConfig.from_env(runners.env)
+    async with covey.Cluster(config, client_only=True) as cluster:
+        await wait_for_membership(cluster, {r.address for r in runners.all})
+        hosts = await where_accounts(cluster, accounts)
+        console.print(placement_table(f"{args.runners} runners, {config.shards} shards, "
+                                      f"{len(accounts)} accounts", runners, cluster, hosts))
+        tally, failover, elapsed = await run_deposits(cluster, runners, hosts, txns,
+                                                      args.concurrency)
+        after = await where_accounts(cluster, accounts)
+        console.print(placement_table("after the failover", runners, cluster, after))
+        verdict = await verify(cluster, txns, Path(runners.env["BANK_LEDGER"]), failover, tally)
+    report(txns, tally, failover, verdict, elapsed)
+    return finish(runners, verdict, len(txns))
+
+
+def finish(runners: Runners, verdict: Verdict, deposits: int) -> int:
+    stopping = time.monotonic()
+    codes = runners.stop()
+    console.print(f"stopped the survivors with SIGTERM in {time.monotonic() - stopping:.2f} s "
+                  f"(exit codes {codes})")
+    if any(code != 0 for code in codes.values()):
+        verdict.problems.append(f"a survivor did not stop cleanly: {codes}")
+    if verdict.problems:
+        for problem in verdict.problems:
+            console.print(f"[red]problem:[/red] {problem}")
+        console.print(f"[bold red]FAIL[/bold red]: see above and the runner logs in "
+                      f"{runners.workdir}")
+        return 1
+    console.print(f"[bold green]PASS[/bold green]: all {deposits} deposits applied exactly "
+                  "once across a runner crash")
     return 0
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=3000)
-    parser.add_argument("--producers", type=int, default=32)
+    parser.add_argument("--deposits", type=int, default=3000)
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--runners", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo")
     args = parser.parse_args()
-    raise SystemExit(asyncio.run(run(args.messages, args.producers)))
+    if args.runners < 2:
+        parser.error("--runners must be at least 2 (one of them is killed)")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s",
+                        handlers=[RichHandler(console=console, show_time=False, show_path=False)])
+    runners = Runners(prepare(args.workdir.resolve()), args.workdir.resolve())
+    started = time.monotonic()
+    try:
+        code = asyncio.run(run(args, runners))
+    except DemoFailure as exc:
+        console.print(f"[bold red]FAIL[/bold red]: {exc}")
+        code = 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        code = 130
+    finally:
+        runners.close()
+    console.print(f"[dim]demo took {time.monotonic() - started:.1f} s; runner logs in "
+                  f"{runners.workdir}[/dim]")
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

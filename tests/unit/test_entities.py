@@ -192,6 +192,9 @@ async def test_graceful_stop_fails_no_call() -> None:
                     done += 1
                 except Exception as exc:
                     failures.append(exc)
+                # paced: ten callers spinning flat out in the runners' own event loop
+                # would starve the SQLite driver's thread hand-offs (one loop for all)
+                await asyncio.sleep(0.002)
 
         callers = [asyncio.create_task(caller(n)) for n in range(10)]
         await asyncio.sleep(0.05)

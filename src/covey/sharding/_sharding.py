@@ -24,6 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -82,6 +85,12 @@ class Sharding:
         self._storage = storage
         self._clock = clock
         self.address = address
+        # where this process is registered: its transport address, or for a
+        # client-only process a unique name that only reserves a machine id
+        self.registration = address or RunnerAddress(
+            f"client.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}", 0)
+        self._served_groups: tuple[str, ...] = tuple(groups) if address else ()
+        self._served_weight = weight if address else 0
         self.groups = tuple(groups)
         self.weight = weight
         self.machine_id = 0
@@ -106,29 +115,30 @@ class Sharding:
 
     async def join(self) -> None:
         """Register, read membership and take this runner's shards."""
-        if self.address is not None:
-            self.machine_id = await self._storage.runners.register(
-                self.address, groups=self.groups, weight=self.weight
-            )
-            self.snowflake.machine_id = self.machine_id
+        # Client-only processes register too (weight 0, no groups: they serve
+        # nothing), only to hold a machine id of their own for their snowflakes.
+        self.machine_id = await self._storage.runners.register(
+            self.registration, groups=self._served_groups, weight=self._served_weight
+        )
+        self.snowflake.machine_id = self.machine_id
         await self.refresh_membership()
         await self.rebalance()
 
     def start_loops(self, tasks: asyncio.TaskGroup) -> None:
         """Start heartbeats, membership, rebalancing and lock refresh in ``tasks``."""
         tasks.create_task(self._membership_loop(), name="covey-membership")
+        tasks.create_task(self._heartbeat_loop(), name="covey-heartbeat")
         if self.address is not None:
-            tasks.create_task(self._heartbeat_loop(), name="covey-heartbeat")
             tasks.create_task(self._rebalance_loop(), name="covey-rebalance")
             tasks.create_task(self._lock_refresh_loop(), name="covey-lock-refresh")
 
     async def leave(self) -> None:
         """Graceful stop: deregister, hand shards over, release everything."""
         self.shutting_down = True
+        with contextlib.suppress(StorageError):
+            await self._storage.runners.unregister(self.registration)
         if self.address is None:
             return
-        with contextlib.suppress(StorageError):
-            await self._storage.runners.unregister(self.address)
         async with self._rebalance_lock:
             owned = set(self.owned)
             if owned:
@@ -187,8 +197,9 @@ class Sharding:
         runners = await self._storage.runners.live_runners(max_age=ttl * 20)
         now = self._clock.now()
         live = [r for r in runners if r.last_heartbeat >= now - ttl]
+        live = [r for r in live if r.weight > 0 and r.groups]  # clients serve nothing
         for stale in runners:
-            if stale.last_heartbeat < now - ttl and stale.address != self.address:
+            if stale.last_heartbeat < now - ttl and stale.address != self.registration:
                 log.warning("runner %s missed heartbeats for %.1f s; expiring it",
                             stale.address, now - stale.last_heartbeat)
                 await self._storage.runners.expire(stale.address)
@@ -222,17 +233,17 @@ class Sharding:
                 log.warning("membership refresh failed: %s", exc)
 
     async def _heartbeat_loop(self) -> None:
-        assert self.address is not None
         while True:
             await self._clock.sleep(self._options.heartbeat_interval)
             if self.shutting_down:
                 continue
             try:
-                if not await self._storage.runners.heartbeat(self.address):
-                    log.warning("runner %s was expired by a peer; registering again",
-                                self.address)
+                if not await self._storage.runners.heartbeat(self.registration):
+                    log.warning("%s was expired by a peer; registering again",
+                                self.registration)
                     self.machine_id = await self._storage.runners.register(
-                        self.address, groups=self.groups, weight=self.weight
+                        self.registration, groups=self._served_groups,
+                        weight=self._served_weight,
                     )
                     self.snowflake.machine_id = self.machine_id
                     self._membership_wake.set()

@@ -37,9 +37,8 @@ class TestCluster:
         sharding: options; defaults are shortened for tests.
         configure: called with each new member before it starts, to declare
             singletons and cron the way the application does.
-        database_url: ``memory://`` (default, one shared in-memory store) or a
-            ``sqlite:///file.db`` that every runner opens on its own, as separate
-            processes would.
+        database_url: ``memory://`` (default) or ``sqlite:///file.db``; every
+            member shares the one store.
     """
 
     __test__ = False  # not a pytest test class
@@ -56,16 +55,18 @@ class TestCluster:
     ) -> None:
         self.clock = clock or SystemClock()
         options = sharding or ShardingOptions(
-            heartbeat_interval=0.2, runner_ttl=1.0, membership_interval=0.05,
+            heartbeat_interval=0.2, runner_ttl=5.0, membership_interval=0.05,
             lock_refresh_interval=0.5, poll_interval=0.5, shutdown_grace=2.0, call_timeout=10.0,
         )
         self.config = CoveyConfig(database_url=database_url, shards=shards, sharding=options)
-        self._shared: Storage | None = None
-        if database_url.startswith("memory:"):
-            self._shared = InMemoryStorage(shards=shards, options=self.config.storage,
-                                           clock=self.clock)
-        # the harness's own view of the store (inspection, expiring killed runners)
-        self.storage: Storage = self._shared or open_storage(self.config, clock=self.clock)
+        # One store shared by every member: runners in one event loop gain nothing
+        # from separate SQLite connections but lock contention between them.
+        self.storage: Storage = (
+            InMemoryStorage(shards=shards, options=self.config.storage, clock=self.clock)
+            if database_url.startswith("memory:")
+            else open_storage(self.config, clock=self.clock)
+        )
+        self._shared = _Unowned(self.storage)
         self.network = LocalNetwork()
         self._entity_types = entity_types
         self._next_port = 1
@@ -77,9 +78,8 @@ class TestCluster:
     def _new_runner(self, *, client_only: bool = False) -> Cluster:
         address = RunnerAddress("runner", self._next_port)
         self._next_port += 1
-        storage = self._shared or open_storage(self.config, clock=self.clock)
         cluster = Cluster(
-            replace(self.config), client_only=client_only, storage=storage,
+            replace(self.config), client_only=client_only, storage=self._shared,
             transport=LocalTransport(self.network, address), clock=self.clock,
         )
         cluster.register(*self._entity_types)
@@ -88,8 +88,7 @@ class TestCluster:
         return cluster
 
     async def __aenter__(self) -> Self:
-        if self._shared is None:
-            await self.storage.start()
+        await self.storage.start()
         for _ in range(self._initial):
             await self.add_runner(settle=False)
         self._client = self._new_runner(client_only=True)
@@ -102,8 +101,7 @@ class TestCluster:
             await self._client.stop()
         for runner in list(self.runners):
             await runner.stop()
-        if self._shared is None:
-            await self.storage.close()
+        await self.storage.close()
 
     async def add_runner(self, *, settle: bool = True) -> Cluster:
         """Start one more runner (a scale-up); returns it."""
@@ -171,8 +169,6 @@ class TestCluster:
         await runner.singletons.stop()
         await runner.messenger.close()
         await self.storage.runners.expire(runner.address)  # its leases would time out
-        if runner.storage is not self._shared:
-            await runner.storage.close()
         await self.settle()
 
     async def stop_runner(self, index: int) -> None:
@@ -180,3 +176,29 @@ class TestCluster:
         runner = self.runners.pop(index)
         await runner.stop()
         await self.settle()
+
+
+class _Unowned:
+    """A storage the members use but do not start or close (the harness does)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self.backend = storage.backend
+        self.runners = storage.runners
+        self.messages = storage.messages
+        self.state = storage.state
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def info(self) -> Any:
+        return await self._storage.info()
+
+    async def __aenter__(self) -> _Unowned:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None

@@ -93,16 +93,20 @@ class PostgresRunnerStorage:
             " last_heartbeat = EXCLUDED.last_heartbeat"
         )
         self._sql_heartbeat = f"UPDATE {s}.runners SET last_heartbeat = $2 WHERE address = $1"
-        # A runner that owns shards but whose lock session is gone is dead, whatever
-        # its last heartbeat says: a SIGKILLed pod's session ends with its socket,
-        # so peers see it gone at their next membership read, not after the TTL.
+        # A runner whose recorded lock session is gone is dead, whatever its last
+        # heartbeat says: a SIGKILLed pod's session ends with its socket, so peers
+        # see it gone at their next membership read, not after the TTL. (The name
+        # check guards against the pid being reused by another backend.)
         self._sql_live = (
             f"SELECT address, machine_id, groups, weight, last_heartbeat FROM {s}.runners r"
-            " WHERE last_heartbeat >= $1 AND (NOT EXISTS ("
-            f"SELECT 1 FROM {s}.shards sh WHERE sh.owner = r.address)"
-            " OR EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database()"
+            " WHERE last_heartbeat >= $1 AND (lock_pid IS NULL OR EXISTS ("
+            "SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.lock_pid"
             " AND a.application_name = left('covey-lock:' || r.address, 63)))"
         )
+        self._sql_lock_pid = (
+            f"UPDATE {s}.runners SET lock_pid = pg_backend_pid() WHERE address = $1"
+        )
+        self._sql_set_lock_pid = f"UPDATE {s}.runners SET lock_pid = $2 WHERE address = $1"
         self._sql_unregister = f"DELETE FROM {s}.runners WHERE address = $1"
         self._sql_try_lock = (
             "SELECT i FROM unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS t(k, n, i)"
@@ -144,6 +148,12 @@ class PostgresRunnerStorage:
                 await conn.execute(
                     self._sql_upsert, str(address), machine_id, list(groups), weight, now
                 )
+                session = self._sessions.get(address)
+                if session is not None and session.conn is not None \
+                        and not session.conn.is_closed():
+                    # re-registered after a peer expired us: our lock session lives on
+                    await conn.execute(self._sql_set_lock_pid, str(address),
+                                       session.conn.get_server_pid())
         return int(machine_id)
 
     async def heartbeat(self, address: RunnerAddress) -> bool:
@@ -211,6 +221,8 @@ class PostgresRunnerStorage:
             # vanished server must fail rather than hang.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # record the session so peers can tell when it (and so this runner) is gone
+        await conn.execute(self._sql_lock_pid, str(address))
         session.conn = conn
         return conn
 

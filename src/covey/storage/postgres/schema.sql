@@ -11,7 +11,9 @@ CREATE TABLE runners (
     machine_id integer NOT NULL UNIQUE CHECK (machine_id BETWEEN 0 AND 1023),
     groups text[] NOT NULL,
     weight integer NOT NULL,
-    last_heartbeat double precision NOT NULL
+    last_heartbeat double precision NOT NULL,
+    -- backend pid of the runner's lock session (see migration 0003)
+    lock_pid integer
 );
 
 -- One row per shard ever acquired; epoch grows by one on every acquisition and
