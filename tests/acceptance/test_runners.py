@@ -214,3 +214,41 @@ async def test_bad_input_gets_typed_errors_and_runners_keep_serving(  # type: ig
     # everyone still serves
     for i in range(30):
         assert await client.client(Ledger, f"ok{i}").echo("fine") == "fine"
+
+
+async def test_send_inside_the_application_transaction_wakes_the_owner_at_commit(  # type: ignore[no-untyped-def]
+    start, client: covey.Cluster, fresh_pg_database: str
+) -> None:
+    # a long safety poll: only the NOTIFY at commit can deliver the message quickly
+    procs = [start(COVEY_SHARDING_POLL_INTERVAL="120") for _ in range(2)]
+    await wait_until(_all_owned(client, {p.address for p in procs}), timeout=30)
+    conn = await asyncpg.connect(fresh_pg_database)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS orders (id text PRIMARY KEY)")
+        async with conn.transaction():
+            await conn.execute("INSERT INTO orders VALUES ('o1')")
+            sent = await client.client(Ledger, "tx-acct", transaction=conn).apply(
+                Apply(key="order-o1"))
+            assert sent is None
+        committed_at = asyncio.get_running_loop().time()
+
+        async def applied() -> bool:
+            return bool(await conn.fetchval(
+                "SELECT count(*) FROM app_effects WHERE key = 'order-o1'"
+            )) if await conn.fetchval("SELECT to_regclass('app_effects')") else False
+
+        await wait_until(applied, timeout=10, interval=0.01)
+        assert asyncio.get_running_loop().time() - committed_at < 2.0  # woken, not polled
+        # a rolled-back transaction leaves no message and no effect
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await client.client(Ledger, "tx-acct", transaction=conn).apply(
+                    Apply(key="order-o2"))
+                raise RuntimeError("the application changes its mind")
+        await asyncio.sleep(0.5)
+        assert await conn.fetchval(
+            "SELECT count(*) FROM covey.messages WHERE primary_key = 'order-o2'") == 0
+        assert await conn.fetchval(
+            "SELECT count(*) FROM app_effects WHERE key = 'order-o2'") == 0
+    finally:
+        await conn.close()

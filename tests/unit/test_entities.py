@@ -204,3 +204,12 @@ async def test_graceful_stop_fails_no_call() -> None:
         stop.set()
         await asyncio.gather(*callers)
         assert failures == [] and done > 0
+
+
+async def test_transactional_send_needs_postgres() -> None:
+    async with TestCluster(*ALL, runners=1) as tc:
+        with pytest.raises(EntityError) as info:
+            await tc.client(Account, "t", transaction=object()).deposit(
+                Deposit(txn_id="x", amount=1))
+        assert info.value.reason is Reason.INVALID_ARGUMENT
+        assert "PostgreSQL" in str(info.value)

@@ -18,7 +18,8 @@ EXPECTED_TOP = [
 EXPECTED_STORAGE = [
     "Duplicate", "Fence", "GroupCommit", "MAX_DEDUPE_KEY", "Message", "MessageStorage",
     "Reply", "RunnerInfo", "RunnerStorage", "SaveResult", "Saved", "StateStore",
-    "Storage", "StorageInfo", "Versioned", "dedupe_key", "open_storage",
+    "Storage", "StorageInfo", "TransactionalMessages", "Versioned", "WakeupSource",
+    "dedupe_key", "open_storage",
 ]
 
 

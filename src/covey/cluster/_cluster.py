@@ -46,7 +46,7 @@ from covey.singletons import (
 )
 from covey.singletons._cron import CronFn
 from covey.singletons._singleton import SingletonFn
-from covey.storage import Message, Storage, open_storage
+from covey.storage import Message, Storage, WakeupSource, open_storage
 
 log = logging.getLogger("covey.cluster")
 
@@ -178,7 +178,7 @@ class Cluster:
 
     def client(
         self, entity_type: type[E], entity_id: str, *,
-        timeout: float | None = None, discard: bool = False,
+        timeout: float | None = None, discard: bool = False, transaction: Any = None,
     ) -> E:
         """A typed proxy to one entity; its methods are the entity's RPCs.
 
@@ -186,12 +186,16 @@ class Cluster:
             timeout: the deadline of each call (default ``COVEY_SHARDING_CALL_TIMEOUT``).
             discard: fire-and-forget: calls return ``None`` once the message is
                 sent (stored, for persisted RPCs).
+            transaction: an asyncpg connection inside the application's own
+                transaction (PostgreSQL): persisted calls are stored through it,
+                exist only if it commits, wake the owner at commit, and return
+                ``None``.
         """
         client = EntityClient(
             self.messenger, self.sharding.snowflake, entity_type, entity_id,
             shards=self.config.shards,
             timeout=timeout if timeout is not None else self.config.sharding.call_timeout,
-            discard=discard,
+            discard=discard or transaction is not None, transaction=transaction,
         )
         return cast(E, client)
 
@@ -292,6 +296,9 @@ class Cluster:
             self.runtime.register(self.crons.entity_type)
             self._sharding.listeners.append(self.crons)
         self.transport.on_peer_lost(lambda peer: self.sharding.wake())
+        if not self.client_only and isinstance(self.storage, WakeupSource):
+            messenger = self._messenger
+            await self.storage.listen(lambda shard: messenger.poke())
         await self._sharding.join()
         ready = asyncio.Event()
         self._supervisor = asyncio.create_task(self._supervise(ready), name="covey-runner")

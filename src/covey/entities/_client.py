@@ -41,6 +41,7 @@ class EntityClient:
         timeout: float,
         discard: bool,
         headers: Callable[[], Mapping[str, str]] | None = None,
+        transaction: Any = None,
     ) -> None:
         self._messenger = messenger
         self._snowflake = snowflake
@@ -48,6 +49,7 @@ class EntityClient:
         self._timeout = timeout
         self._discard = discard
         self._headers = headers
+        self._transaction = transaction
         self._codec = MsgpackCodec()
         group = entity_type.__covey_options__.shard_group
         self.address = EntityAddress(
@@ -84,7 +86,8 @@ class EntityClient:
             primary_key=spec.primary_key(argument) if spec.primary_key else None,
         )
         reply = await self._messenger.call(
-            Envelope(message, spec.persisted), timeout=self._timeout, discard=self._discard
+            Envelope(message, spec.persisted), timeout=self._timeout, discard=self._discard,
+            transaction=self._transaction,
         )
         if reply is None:
             return None

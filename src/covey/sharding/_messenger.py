@@ -43,7 +43,7 @@ from covey.core import (
 from covey.sharding._envelope import Envelope, error_for
 from covey.sharding._sharding import Sharding
 from covey.sharding._transport import Body, RunnerTransport
-from covey.storage import Duplicate, Fence, Reply, Storage
+from covey.storage import Duplicate, Fence, Reply, Storage, TransactionalMessages
 
 log = logging.getLogger("covey.messages")
 
@@ -132,8 +132,18 @@ class Messenger:
 
     # ---- outbound --------------------------------------------------------
 
-    async def call(self, envelope: Envelope, *, timeout: float, discard: bool) -> Reply | None:
-        """Deliver ``envelope`` and return its reply (``None`` when ``discard``)."""
+    async def call(
+        self, envelope: Envelope, *, timeout: float, discard: bool, transaction: Any = None
+    ) -> Reply | None:
+        """Deliver ``envelope`` and return its reply (``None`` when ``discard``).
+
+        With ``transaction`` (an application's database connection inside a
+        transaction) a persisted envelope is stored through that connection and
+        runs only if it commits; the owner is woken at commit. Returns ``None``.
+        """
+        if transaction is not None:
+            await self._save_in(transaction, envelope)
+            return None
         deadline = self._clock.monotonic() + timeout
         if not envelope.persisted:
             return await self._call_volatile(envelope, deadline, discard)
@@ -150,6 +160,17 @@ class Messenger:
             await self._push_quietly(envelope)
             return None
         return await self._await_persisted(envelope, deadline)
+
+    async def _save_in(self, transaction: Any, envelope: Envelope) -> None:
+        messages = self._storage.messages
+        if not envelope.persisted:
+            raise EntityError("only persisted RPCs can be sent inside a transaction",
+                              reason=Reason.INVALID_ARGUMENT)
+        if not isinstance(messages, TransactionalMessages):
+            raise EntityError(
+                f"sending inside the application's transaction needs PostgreSQL "
+                f"(this cluster uses {self._storage.backend})", reason=Reason.INVALID_ARGUMENT)
+        await messages.save_requests_in(transaction, [envelope.message])
 
     async def _call_volatile(
         self, envelope: Envelope, deadline: float, discard: bool

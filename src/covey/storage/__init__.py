@@ -10,7 +10,14 @@ shard locks, group commit). :func:`open_storage` picks one from a database URL.
 from __future__ import annotations
 
 from covey.core import Clock, ConfigError, CoveyConfig, SystemClock
-from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore, Storage
+from covey.storage._contracts import (
+    MessageStorage,
+    RunnerStorage,
+    StateStore,
+    Storage,
+    TransactionalMessages,
+    WakeupSource,
+)
 from covey.storage._group_commit import GroupCommit
 from covey.storage._model import (
     MAX_DEDUPE_KEY,
@@ -75,7 +82,9 @@ __all__ = [
     "StateStore",
     "Storage",
     "StorageInfo",
+    "TransactionalMessages",
     "Versioned",
+    "WakeupSource",
     "dedupe_key",
     "open_storage",
 ]

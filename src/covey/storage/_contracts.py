@@ -9,8 +9,8 @@ retryable.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Protocol, Self, runtime_checkable
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Protocol, Self, runtime_checkable
 
 from covey.core import EntityAddress, RunnerAddress, ShardId
 from covey.storage._model import (
@@ -227,3 +227,27 @@ class Storage(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class TransactionalMessages(Protocol):
+    """Optional: store requests inside the application's own database transaction.
+
+    The messages exist only if that transaction commits; the owners are woken at
+    commit (PostgreSQL ``NOTIFY``). Only the PostgreSQL backend offers this.
+    """
+
+    async def save_requests_in(
+        self, connection: Any, messages: Sequence[Message]
+    ) -> list[SaveResult]:
+        """Store ``messages`` using ``connection`` (an asyncpg connection in a transaction)."""
+        ...
+
+
+@runtime_checkable
+class WakeupSource(Protocol):
+    """Optional: tells a runner when messages were stored by another process's commit."""
+
+    async def listen(self, callback: Callable[[ShardId], None]) -> None:
+        """Call ``callback(shard)`` for each commit that stored messages for ``shard``."""
+        ...

@@ -17,7 +17,7 @@ from covey.storage._model import (
     decode_headers,
 )
 from covey.storage.postgres._errors import corrupt, translated
-from covey.storage.postgres._writer import Op, ReplyOp, SaveOp
+from covey.storage.postgres._writer import Op, ReplyOp, SaveOp, Writer
 
 _COLUMNS = (
     "id, entity_type, entity_id, shard_group, shard, tag, payload, headers,"
@@ -76,8 +76,13 @@ class PostgresMessageStorage:
         options: StorageOptions,
         clock: Clock,
         batcher: GroupCommit[Op, object],
+        writer: Writer,
+        channel: str,
     ) -> None:
         self._pool = pool
+        self._writer = writer
+        #: the NOTIFY channel that wakes runners after a transactional save
+        self.channel = channel
         self._options = options
         self._clock = clock
         self._batcher = batcher
@@ -113,6 +118,22 @@ class PostgresMessageStorage:
         self._sql_purge = (
             f"DELETE FROM {s}.messages WHERE processed AND processed_at < $1"
         )
+
+    async def save_requests_in(
+        self, connection: Any, messages: Sequence[Message]
+    ) -> list[SaveResult]:
+        """Store ``messages`` in the caller's transaction; owners wake at its commit."""
+        for message in messages:
+            check_message(message)
+        out: list[object] = [None]
+        with translated("saving requests in the application's transaction"):
+            await self._writer._save(connection, [(0, SaveOp(tuple(messages)))], out)
+            shards = sorted({str(m.address.shard) for m in messages})
+            await connection.execute(
+                "SELECT pg_notify($1, s) FROM unnest($2::text[]) AS s", self.channel, shards)
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return cast(list[SaveResult], out[0])
 
     async def save_request(self, message: Message) -> SaveResult:
         check_message(message)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from covey.core import Clock, MigrationError, StorageError, StorageOptions, stable_hash
+from covey.core import (
+    Clock,
+    ClusterError,
+    MigrationError,
+    ShardId,
+    StorageError,
+    StorageOptions,
+    stable_hash,
+)
 from covey.storage._base import StorageLifecycle, check_shards, migrations
 from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore
 from covey.storage._group_commit import GroupCommit
@@ -75,6 +84,10 @@ class PostgresStorage(StorageLifecycle):
         self.messages: MessageStorage
         self.state: StateStore
         self._runners: PostgresRunnerStorage
+        #: NOTIFY channel of this schema: transactional saves wake runners with it
+        self.channel = f"covey_{options.schema}"[:63]
+        self._listener: Any = None
+        self._on_wakeup: list[Callable[[ShardId], None]] = []
         self._build(_NotStarted())
 
     def _build(self, pool: Any) -> None:
@@ -92,7 +105,7 @@ class PostgresStorage(StorageLifecycle):
         )
         self.runners = self._runners
         self.messages = PostgresMessageStorage(
-            pool, s, self._options, self._clock, self.batcher
+            pool, s, self._options, self._clock, self.batcher, self._writer, self.channel
         )
         self.state = PostgresStateStore(pool, s, self.batcher)
         if isinstance(pool, _NotStarted):
@@ -194,10 +207,39 @@ class PostgresStorage(StorageLifecycle):
                 raise
             raise MigrationError(f"migration {name} failed: {exc}", migration=name) from exc
 
+    async def listen(self, callback: Callable[[ShardId], None]) -> None:
+        """Call ``callback(shard)`` when another process's commit stored messages.
+
+        One dedicated connection LISTENs on :attr:`channel`. If it drops, wake-ups
+        are missed until it is reopened on the next call (the runners' safety
+        poll still finds the messages).
+        """
+        self._on_wakeup.append(callback)
+        if self._listener is not None and not self._listener.is_closed():
+            return
+
+        def deliver(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            try:
+                shard = ShardId.parse(payload)
+            except ClusterError:
+                return
+            for wake in self._on_wakeup:
+                wake(shard)
+
+        with translated("listening for wake-ups"):
+            self._listener = await asyncpg.connect(
+                self._url, timeout=self._options.connect_timeout,
+                server_settings={"application_name": f"covey-listen:{self.channel}"[:63]},
+            )
+            await self._listener.add_listener(self.channel, deliver)
+
     async def close(self) -> None:
         if not self._started:
             return
         self._started = False
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.terminate()
         try:
             if self.batcher is not None:
                 await self.batcher.close()
