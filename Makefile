@@ -26,8 +26,10 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/lint-imports
 
+SCENARIOS := storage volatile-rpc persisted-rpc failover handoff singleton-failover cron-accuracy
+
 bench: $(STAMP)
-	$(PY) bench/run.py storage --quick
+	for s in $(SCENARIOS); do $(PY) bench/run.py $$s --quick | tail -n 1; done
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache covey.db covey.db-wal covey.db-shm
