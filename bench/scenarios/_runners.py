@@ -130,10 +130,10 @@ def runner_env(url: str) -> dict[str, str]:
     return env
 
 
-async def start_runner(url: str, timeout: float = 30) -> Runner:
-    """Start a runner and return once it prints ``covey runner HOST:PORT ready``."""
+async def start_runner(url: str, timeout: float = 30, app: str = APP) -> Runner:
+    """Start a runner of ``app`` and return once it prints ``covey runner HOST:PORT ready``."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "covey", "run", APP, "--log-level", "INFO",
+        sys.executable, "-m", "covey", "run", app, "--log-level", "INFO",
         cwd=ROOT, env=runner_env(url),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )

@@ -29,7 +29,6 @@ import itertools
 import os
 import signal
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -38,16 +37,13 @@ import asyncpg
 import covey
 
 from ._runners import (
-    ROOT,
     SHARDS,
     Runner,
-    _pump,
-    _read_until_ready,
     caller_config,
     log,
-    runner_env,
     scratch_database,
     server_settings,
+    start_runner,
     stop_runners,
     wait_balanced,
     wait_until,
@@ -61,23 +57,8 @@ LATEST_SQL = "SELECT id, runner, started, last_seen FROM singleton_lives ORDER B
 
 
 async def start_sched_runner(url: str, timeout: float = 30) -> Runner:
-    """``_runners.start_runner`` for the scheduling app: started with INFO logging,
-    returned once it prints ``covey runner HOST:PORT ready``."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "covey", "run", APP, "--log-level", "INFO",
-        cwd=ROOT, env=runner_env(url),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    runner = Runner(process)
-    try:
-        await asyncio.wait_for(_read_until_ready(runner), timeout)
-    except (TimeoutError, RuntimeError) as exc:
-        runner.signal(signal.SIGKILL)
-        await runner.wait()
-        output = "".join(t for _, t in runner.lines)
-        raise RuntimeError(f"runner did not start:\n{output}") from exc
-    runner.pump = asyncio.create_task(_pump(runner))
-    return runner
+    """A runner of the scheduling app (INFO logging), once it is ready."""
+    return await start_runner(url, timeout, app=APP)
 
 
 async def create_tables(url: str) -> None:
