@@ -58,6 +58,8 @@ class EntityRuntime:
         self.types: dict[str, type[Entity]] = {}
         self.instances: dict[EntityAddress, _Instance] = {}
         self._stopping: set[ShardId] = set()
+        #: how long stopping shards wait for running handlers (shutdown grace)
+        self.grace = 15.0
         self.metrics_hook: Any = None
 
     def register(self, entity_type: type[Entity]) -> None:
@@ -190,7 +192,6 @@ class EntityRuntime:
         finally:
             self._stopping -= shards
 
-    grace: float = 15.0
 
     async def stop_all(self, *, graceful: bool) -> None:
         await self._stop(list(self.instances.items()), graceful=graceful, grace=self.grace)
