@@ -16,14 +16,13 @@ from covey.storage import Reply, Saved, Storage
 from ._helpers import RUNNER_A, S1, msg
 from .conftest import MakeStorage
 
+#: the memory backend keeps nothing across instances or restarts: these tests are
+#: generated for the SQL backends only (not skipped for memory)
+sql_only = pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 
-def _sql_only(backend: str) -> None:
-    if backend == "memory":
-        pytest.skip("the memory backend keeps nothing across instances or restarts")
 
-
+@sql_only
 async def test_shard_count_mismatch_is_refused(make_storage: MakeStorage, backend: str) -> None:
-    _sql_only(backend)
     await make_storage(shards=16)
     other = await make_storage(shards=32, start=False)
     with pytest.raises(ShardCountMismatch) as info:
@@ -33,8 +32,8 @@ async def test_shard_count_mismatch_is_refused(make_storage: MakeStorage, backen
     assert info.value.details == {"recorded": 16, "configured": 32}
 
 
+@sql_only
 async def test_data_survives_a_restart(make_storage: MakeStorage, backend: str) -> None:
-    _sql_only(backend)
     first = await make_storage()
     fence = (await first.runners.acquire(RUNNER_A, [S1]))[S1]
     m, done = msg(primary_key="p"), msg()
@@ -72,10 +71,10 @@ async def test_info_describes_the_store(storage: Storage) -> None:
         assert info.schema_version >= 1
 
 
+@sql_only
 async def test_migrations_produce_the_fresh_install_schema(
     backend: str, tmp_path: Path, clock: TestClock, request: pytest.FixtureRequest
 ) -> None:
-    _sql_only(backend)
     fingerprints: list[str] = []
     for install_from in ("schema", "migrations"):
         store: Any
