@@ -321,7 +321,8 @@ class Sharding:
             await listener.shards_lost(shards, graceful=graceful)
 
     async def _changed(self) -> None:
-        metrics.SHARDS_OWNED.set(len(self.owned))
+        if self.address is not None:  # a client-only member in the same process owns none
+            metrics.SHARDS_OWNED.set(len(self.owned))
         metrics.RUNNERS_LIVE.set(len(self.live))
         async with self._assignment_changed:
             self._assignment_changed.notify_all()
