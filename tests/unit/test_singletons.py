@@ -64,9 +64,9 @@ async def test_runs_once_and_moves_with_its_state_when_the_runner_dies() -> None
         assert rec.starts[0][2] is True  # is_leader inside a singleton
         hosts = [i for i, r in enumerate(tc.runners) if r.singletons.running()]
         assert len(hosts) == 1 and str(tc.runners[hosts[0]].address) == first_runner
-        await asyncio.sleep(0.1)
-        saved = (await tc.storage.state.get("covey.singleton/reconciler"))
-        assert saved is not None
+        await until(lambda: tc.storage.state._values.get(  # type: ignore[attr-defined]
+            "covey.singleton/reconciler") is not None and rec.active and len(rec.starts) == 1
+            and tc.storage.state._values["covey.singleton/reconciler"].version >= 6)
         await tc.kill(hosts[0])
         await until(lambda: len(rec.starts) == 2 and len(rec.active) == 1)
         runner, count, _ = rec.starts[1]
@@ -119,18 +119,22 @@ async def test_crashing_singleton_restarts_with_backoff() -> None:
 
 async def test_dead_mans_switch_reports_a_silent_singleton() -> None:
     def configure(cluster: covey.Cluster) -> None:
-        @cluster.singleton("silent", expected_interval=0.05)
+        @cluster.singleton("silent", expected_interval=5.0)
         async def silent(ctx: SingletonContext[None]) -> None:
             ctx.beat()
             await asyncio.Event().wait()  # never beats again
 
-    async with TestCluster(runners=1, configure=configure) as tc:
+    clock = TestClock()
+    async with TestCluster(runners=1, configure=configure, clock=clock) as tc:
         cluster = tc.runners[0]
         await until(lambda: cluster.singletons.running() == ["silent"])
-        await asyncio.sleep(0.02)
+        await until(lambda: tc.storage.state._values.get(  # type: ignore[attr-defined]
+            "covey.singleton-beat/silent") is not None)
+        await clock.advance(9.0)  # within twice the expected interval
         assert (await cluster.singleton_health())["silent"].healthy
-        await asyncio.sleep(0.15)
-        assert not (await cluster.singleton_health())["silent"].healthy
+        await clock.advance(2.0)  # now silent for 11 s > 2 x 5 s
+        health = (await cluster.singleton_health())["silent"]
+        assert not health.healthy and health.running_here
 
 
 async def test_a_stale_owner_cannot_overwrite_state() -> None:
