@@ -13,6 +13,7 @@ from covey.core import (
     CoveyConfig,
     EntityAddress,
     EntityError,
+    JobError,
     Reason,
     RequestContext,
     RunnerAddress,
@@ -26,6 +27,7 @@ from covey.core import (
     use_context,
 )
 from covey.entities import Entity, EntityContext, rpc
+from covey.jobs import JobContext, JobHandle, JobStatus, Retry, exponential
 from covey.singletons import CronTick, SingletonContext
 from covey.storage import open_storage
 
@@ -42,8 +44,13 @@ __all__ = [
     "EntityAddress",
     "EntityContext",
     "EntityError",
+    "JobContext",
+    "JobError",
+    "JobHandle",
+    "JobStatus",
     "Reason",
     "RequestContext",
+    "Retry",
     "RunnerAddress",
     "SerializationError",
     "ShardId",
@@ -54,6 +61,7 @@ __all__ = [
     "TransportError",
     "__version__",
     "current_context",
+    "exponential",
     "open_storage",
     "rpc",
     "use_context",

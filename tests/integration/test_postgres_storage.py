@@ -160,9 +160,9 @@ async def test_concurrent_starts_migrate_once(make: Make, pg_url: str, schema: s
         rows = await conn.fetch(f'SELECT version FROM "{schema}".covey_migrations ORDER BY 1')
     finally:
         await conn.close()
-    assert [r[0] for r in rows] == [1, 2, 3]
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
     infos = [await s.info() for s in stores]
-    assert {i.schema_version for i in infos} == {3}
+    assert {i.schema_version for i in infos} == {4}
 
 
 async def test_lock_connection_has_keepalives(make: Make) -> None:

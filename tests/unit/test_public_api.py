@@ -9,14 +9,16 @@ from covey.core import ClusterError, Reason
 
 EXPECTED_TOP = [
     "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "CronTick",
-    "Entity", "EntityAddress", "EntityContext", "EntityError", "Reason", "RequestContext",
-    "RunnerAddress", "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator",
-    "StorageError", "StorageOptions", "TransportError", "__version__", "current_context",
+    "Entity", "EntityAddress", "EntityContext", "EntityError", "JobContext", "JobError",
+    "JobHandle", "JobStatus", "Reason", "RequestContext", "Retry", "RunnerAddress",
+    "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator", "StorageError",
+    "StorageOptions", "TransportError", "__version__", "current_context", "exponential",
     "open_storage", "rpc", "use_context",
 ]
 
 EXPECTED_STORAGE = [
-    "Duplicate", "Fence", "GroupCommit", "MAX_DEDUPE_KEY", "Message", "MessageStorage",
+    "Duplicate", "Fence", "GroupCommit", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
+    "MessageStorage",
     "Reply", "RunnerInfo", "RunnerStorage", "SaveResult", "Saved", "StateStore",
     "Storage", "StorageInfo", "TransactionalMessages", "Versioned", "WakeupSource",
     "dedupe_key", "open_storage",

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import inspect
 import logging
 import signal
+import typing
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Self, TypeVar, cast
 
 from covey.core import (
@@ -25,13 +27,17 @@ from covey.core import (
     MsgpackCodec,
     Reason,
     RunnerAddress,
+    ShardId,
     SystemClock,
     shard_for,
 )
 from covey.entities import Entity, EntityClient, EntityRuntime
+from covey.jobs import JobDefinition, JobRunner, Jobs, JobSpec, Retry, priority_value
+from covey.jobs._definition import JOB_ENTITY, PriorityName
 from covey.sharding import (
     Envelope,
     Messenger,
+    Reschedule,
     RunnerTransport,
     Sharding,
     TcpTransport,
@@ -46,7 +52,7 @@ from covey.singletons import (
 )
 from covey.singletons._cron import CronFn
 from covey.singletons._singleton import SingletonFn
-from covey.storage import Message, Storage, WakeupSource, open_storage
+from covey.storage import Message, Reply, Storage, WakeupSource, open_storage
 
 log = logging.getLogger("covey.cluster")
 
@@ -95,6 +101,9 @@ class Cluster:
         self._singleton_specs: list[SingletonSpec] = []
         self._singletons: SingletonManager | None = None
         self._cron_specs: list[CronSpec] = []
+        self._job_specs: list[JobSpec] = []
+        self._jobs: Jobs | None = None
+        self.job_runner: JobRunner | None = None
         self.crons: CronManager | None = None
         self._stop = asyncio.Event()
         self._started = False
@@ -162,6 +171,44 @@ class Cluster:
             return fn
 
         return declare
+
+    def job(
+        self, name: str, *, retry: Retry | None = None, timeout: float | None = None,
+        priority: PriorityName | int = "normal", concurrency: int = 100,
+    ) -> Callable[[Callable[..., Awaitable[Any]]], JobDefinition[Any]]:
+        """Declare a job: ``async def handler(job: covey.JobContext, payload: Model)``.
+
+        Args:
+            retry: the retry policy (default ``Retry()``: 3 attempts, exponential
+                backoff from 1 s with jitter).
+            timeout: seconds a run may take; a run that takes longer is cancelled
+                and counts as a failed attempt.
+            priority: default priority of its jobs (``high``/``normal``/``low``/int).
+            concurrency: runs of this job at once on one runner.
+        """
+        if concurrency < 1:
+            raise ClusterError("concurrency must be >= 1", reason=Reason.INVALID_ARGUMENT)
+
+        def declare(fn: Callable[..., Awaitable[Any]]) -> JobDefinition[Any]:
+            hints = typing.get_type_hints(fn)
+            params = list(inspect.signature(fn).parameters)
+            if len(params) != 2:
+                raise ClusterError(f"job {name!r}: the handler takes (job, payload)",
+                                   reason=Reason.INVALID_ARGUMENT)
+            spec = JobSpec(name, fn, hints.get(params[1], Any), retry or Retry(), timeout,
+                           priority_value(priority), concurrency)
+            self._job_specs.append(spec)
+            return JobDefinition(spec, lambda: self.jobs)
+
+        return declare
+
+    @property
+    def jobs(self) -> Jobs:
+        """Status, results, cancel and the dead-letter of jobs."""
+        if self._jobs is None:
+            raise ClusterError("the cluster is not started: use 'async with cluster:'",
+                               reason=Reason.INVALID_ARGUMENT)
+        return self._jobs
 
     async def singleton_health(self) -> dict[str, SingletonHealth]:
         """Per singleton: healthy (beating within twice its expected interval)?"""
@@ -280,8 +327,16 @@ class Cluster:
         self._messenger = Messenger(self.config, self.storage, self.transport,
                                     self._sharding, self._clock)
         messenger_ref.append(self._messenger)
+        self._jobs = Jobs(self.storage, self._messenger, self._sharding.snowflake,
+                          self._clock, self.config.shards)
         if not self.client_only:
-            self._messenger.deliverer = self.runtime
+            self.job_runner = JobRunner(self._clock, None if address is None else str(address))
+            self.job_runner.grace = self.config.sharding.shutdown_grace
+            for job_spec in self._job_specs:
+                self.job_runner.add(job_spec)
+            self.job_runner.complete = self._messenger.complete
+            self.job_runner.rerun = self._messenger.rerun
+            self._messenger.deliverer = _Router(self.runtime, self.job_runner)
         self._singletons = SingletonManager(self._sharding, self.storage, self._clock,
                                             self.config.shards)
         for spec in self._singleton_specs:
@@ -373,3 +428,20 @@ def _rebind(runtime: EntityRuntime, clock: Clock, address: RunnerAddress | None)
     fresh.types = runtime.types
     fresh.grace = runtime.grace
     return fresh
+
+
+class _Router:
+    """The Messenger's deliverer: jobs to the JobRunner, the rest to the entities."""
+
+    def __init__(self, entities: EntityRuntime, jobs: JobRunner) -> None:
+        self._entities = entities
+        self._jobs = jobs
+
+    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+        if envelope.message.address.entity_type == JOB_ENTITY:
+            return await self._jobs.deliver(envelope)
+        return await self._entities.deliver(envelope)
+
+    async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:
+        await self._jobs.stop_shards(shards, graceful=graceful)
+        await self._entities.stop_shards(shards, graceful=graceful)

@@ -16,9 +16,10 @@ exist so ``except`` clauses can be narrow where that reads better::
     │   └── VersionConflict          version_conflict
     ├── TransportError               peer_unavailable, timeout, frame_too_large,
     │                                auth_failed, remote_failure
-    └── EntityError                  unknown_entity_type, unknown_rpc, not_owner,
-                                     mailbox_full, handler_failed, shutting_down,
-                                     timeout
+    ├── EntityError                  unknown_entity_type, unknown_rpc, not_owner,
+    │                                mailbox_full, handler_failed, shutting_down,
+    │                                timeout
+    └── JobError                     job_not_found, job_dead, job_cancelled
 
 ``retryable`` tells a caller whether trying the same call again later may succeed.
 """
@@ -55,6 +56,9 @@ class Reason(StrEnum):
     MAILBOX_FULL = "mailbox_full"
     HANDLER_FAILED = "handler_failed"
     SHUTTING_DOWN = "shutting_down"
+    JOB_NOT_FOUND = "job_not_found"
+    JOB_DEAD = "job_dead"
+    JOB_CANCELLED = "job_cancelled"
 
 
 _RETRYABLE = frozenset({
@@ -176,3 +180,12 @@ class EntityError(ClusterError):
     """
 
     default_reason = Reason.HANDLER_FAILED
+
+
+class JobError(ClusterError):
+    """A job could not be found, was dead-lettered or was cancelled.
+
+    ``details`` carries ``job_id`` and, for a dead job, ``error`` (the last failure).
+    """
+
+    default_reason = Reason.JOB_NOT_FOUND

@@ -42,7 +42,21 @@ CRON_LATENESS = Histogram(
     ["name"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+JOBS_RUNNING = Gauge("covey_jobs_running", "Jobs running on this runner", ["name"])
+JOBS_SUCCEEDED = Counter("covey_jobs_succeeded_total", "Job runs that succeeded", ["name"])
+JOBS_FAILED = Counter("covey_jobs_failed_total", "Job runs that raised or timed out", ["name"])
+JOBS_DEAD = Counter("covey_jobs_dead_total", "Jobs dead-lettered", ["name"])
+JOB_SECONDS = Histogram(
+    "covey_job_seconds", "Job handler run time", ["name"],
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300),
+)
+
 __all__ = [
+    "JOBS_DEAD",
+    "JOBS_FAILED",
+    "JOBS_RUNNING",
+    "JOBS_SUCCEEDED",
+    "JOB_SECONDS",
     "CRON_LATENESS",
     "CRON_TICKS",
     "ENTITIES_ACTIVE",

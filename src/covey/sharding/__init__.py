@@ -8,7 +8,13 @@ one process).
 """
 
 from covey.sharding._assignment import assign, shards_of
-from covey.sharding._envelope import Envelope, error_for, error_payload, raise_error_reply
+from covey.sharding._envelope import (
+    Envelope,
+    Reschedule,
+    error_for,
+    error_payload,
+    raise_error_reply,
+)
 from covey.sharding._local_transport import LocalNetwork, LocalTransport
 from covey.sharding._messenger import Deliverer, Messenger
 from covey.sharding._sharding import Sharding, ShardListener
@@ -21,6 +27,7 @@ __all__ = [
     "LocalNetwork",
     "LocalTransport",
     "Messenger",
+    "Reschedule",
     "RunnerTransport",
     "ShardListener",
     "Sharding",

@@ -79,6 +79,14 @@ def _bytes(value: Any) -> bytes:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class Reschedule:
+    """A deliverer's answer: this attempt failed, run the same message again later."""
+
+    deliver_at: float
+    error: str
+
+
 # ---- errors as data ------------------------------------------------------
 
 def error_payload(exc: BaseException) -> bytes:

@@ -40,7 +40,7 @@ from covey.core import (
     StorageError,
     TransportError,
 )
-from covey.sharding._envelope import Envelope, error_for
+from covey.sharding._envelope import Envelope, Reschedule, error_for
 from covey.sharding._sharding import Sharding
 from covey.sharding._transport import Body, RunnerTransport
 from covey.storage import Duplicate, Fence, Reply, Storage, TransactionalMessages
@@ -55,8 +55,11 @@ _RETRY_REASONS = frozenset({
 class Deliverer(Protocol):
     """Runs an envelope's handler on this runner (the entity layer)."""
 
-    async def deliver(self, envelope: Envelope) -> Reply:
+    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
         """Run the handler; a handler failure is an error ``Reply``, not an exception.
+
+        A persisted envelope may also be answered with :class:`Reschedule` (retry
+        the same message later).
 
         Raises:
             EntityError: ``not_owner`` if the shard stopped while waiting,
@@ -292,6 +295,10 @@ class Messenger:
                 await self.deliver_volatile(Envelope.from_wire(body.get("e")))
             elif kind == "wake":
                 self._spawn(self._process_quietly(Envelope.from_wire(body.get("e"))))
+            elif kind == "wake_many":
+                wires = body.get("e")
+                for wire in wires if isinstance(wires, list) else ():
+                    self._spawn(self._process_quietly(Envelope.from_wire(wire)))
             elif kind == "leaving":
                 self._sharding.wake()
         except ClusterError as exc:
@@ -300,7 +307,11 @@ class Messenger:
     async def deliver_volatile(self, envelope: Envelope) -> Reply:
         if self._sharding.epoch_of(envelope.shard) is None:
             raise self._not_here(envelope.shard)
-        return await self._deliverer().deliver(envelope)
+        answer = await self._deliverer().deliver(envelope)
+        if isinstance(answer, Reschedule):
+            raise EntityError("a volatile request cannot be rescheduled",
+                              reason=Reason.INVALID_ARGUMENT)
+        return answer
 
     async def process_persisted(self, envelope: Envelope) -> Reply:
         """Run a stored message here, once, and complete it with a fenced write."""
@@ -341,13 +352,18 @@ class Messenger:
         started = self._clock.monotonic()
         while True:
             try:
-                reply = await self._deliverer().deliver(envelope)
+                answer = await self._deliverer().deliver(envelope)
                 break
             except EntityError as exc:
                 if exc.reason is not Reason.MAILBOX_FULL:
                     raise
                 # persisted overflow waits (it is stored) instead of failing
                 await self._clock.sleep(0.01)
+        if isinstance(answer, Reschedule):
+            await self._reschedule(envelope, epoch, answer)
+            raise EntityError("the attempt failed; the message runs again later",
+                              reason=Reason.NOT_OWNER)
+        reply = answer
         try:
             await self._storage.messages.save_reply(reply, Fence(envelope.shard, epoch))
         except AlreadyProcessed:
@@ -360,6 +376,59 @@ class Messenger:
         for callback in self.on_completed:
             callback(envelope, reply, self._clock.monotonic() - started)
         return reply
+
+    async def _reschedule(self, envelope: Envelope, epoch: int, retry: Reschedule) -> None:
+        try:
+            await self._storage.messages.reschedule(
+                envelope.message.id, deliver_at=retry.deliver_at, error=retry.error,
+                fence=Fence(envelope.shard, epoch))
+        except FencedOut:
+            await self._sharding.fenced([envelope.shard])
+            raise self._not_here(envelope.shard) from None
+        self.schedule(retry.deliver_at)
+
+    async def complete(self, shard: ShardId, reply: Reply) -> None:
+        """Complete a stored message of a shard this runner holds (fenced)."""
+        epoch = self._sharding.epoch_of(shard)
+        if epoch is None:
+            raise self._not_here(shard)
+        try:
+            await self._storage.messages.save_reply(reply, Fence(shard, epoch))
+        except AlreadyProcessed:
+            return
+        except FencedOut:
+            await self._sharding.fenced([shard])
+            raise self._not_here(shard) from None
+        self._remember(reply)
+
+    async def rerun(self, message_id: int) -> None:
+        """Reset a stored message of a shard held here and run it again (forgetting
+        any cached reply: a dead-letter retry, a workflow resume)."""
+        self._completed.pop(message_id, None)
+        await self._storage.messages.reset_request(message_id)
+        message = await self._storage.messages.get(message_id)
+        if message is not None:
+            self._spawn(self._process_quietly(Envelope(message, persisted=True)))
+
+    async def push_many(self, envelopes: list[Envelope]) -> None:
+        """Wake the owners of stored envelopes, one notification per owner."""
+        by_owner: dict[RunnerAddress, list[Envelope]] = {}
+        for envelope in envelopes:
+            owner = self._sharding.owner_of(envelope.shard)
+            if owner is not None:
+                by_owner.setdefault(owner, []).append(envelope)
+        for owner, batch in by_owner.items():
+            if owner == self._sharding.address:
+                for envelope in batch:
+                    self._spawn(self._process_quietly(envelope))
+                continue
+            with contextlib.suppress(ClusterError):
+                await self._transport.notify(
+                    owner, {"k": "wake_many", "e": [e.to_wire() for e in batch]})
+
+    async def wait_for_reply(self, envelope: Envelope, *, timeout: float) -> Reply:
+        """Wait for a stored message's reply (push to its owner, fall back to storage)."""
+        return await self._await_persisted(envelope, self._clock.monotonic() + timeout)
 
     async def _process_quietly(self, envelope: Envelope) -> None:
         try:

@@ -10,12 +10,13 @@ retryable.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from covey.core import EntityAddress, RunnerAddress, ShardId
 from covey.storage._model import (
     Fence,
     Message,
+    MessageRecord,
     Reply,
     RunnerInfo,
     SaveResult,
@@ -126,6 +127,44 @@ class MessageStorage(Protocol):
         """
         ...
 
+    async def reschedule(
+        self, request_id: int, *, deliver_at: float, error: str, fence: Fence
+    ) -> int:
+        """Put an unprocessed message back for a later attempt (a retry).
+
+        Sets ``deliver_at``, clears the read lease, increments ``failures`` and
+        records ``error`` as ``last_error``, in one write fenced like
+        :meth:`save_reply`. Returns the new ``failures``.
+
+        Raises:
+            FencedOut, MessageNotFound, AlreadyProcessed: as :meth:`save_reply`.
+        """
+        ...
+
+    async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
+        """The stored records of those requests that exist."""
+        ...
+
+    async def list_messages(
+        self,
+        entity_type: str,
+        *,
+        state: Literal["unprocessed", "processed", "error"] | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[MessageRecord]:
+        """Records of one entity type, newest first (operators' listings).
+
+        ``state``: ``unprocessed``; ``processed`` (any reply); ``error`` (an error
+        reply). ``before_id`` pages: only ids lower than it.
+        """
+        ...
+
+    async def delete(self, request_ids: Collection[int]) -> int:
+        """Delete these messages whatever their state; returns how many."""
+        ...
+
     async def get(self, request_id: int) -> Message | None:
         """The stored request, processed or not."""
         ...
@@ -140,6 +179,8 @@ class MessageStorage(Protocol):
 
     async def reset_request(self, request_id: int) -> None:
         """Delete the request's reply and mark it unprocessed and unleased again.
+
+        Its ``failures`` and ``last_error`` are cleared too (a dead-letter retry).
 
         Raises:
             MessageNotFound: no request has that id.

@@ -45,7 +45,8 @@ class Message:
     idempotent: a second request with the same address, tag and primary key is a
     :class:`Duplicate`. ``deliver_at`` (Unix seconds) holds the message back until
     then. Higher ``priority`` is read first. ``attempts`` counts how many times
-    storage handed the message out (set by storage; ignored on save).
+    storage handed the message out and ``failures`` how many times it was
+    rescheduled after a failed run (both set by storage; ignored on save).
     """
 
     id: int
@@ -57,6 +58,7 @@ class Message:
     deliver_at: float | None = None
     priority: int = 0
     attempts: int = 0
+    failures: int = 0
 
     @property
     def dedupe_key(self) -> str | None:
@@ -217,3 +219,23 @@ def decode_headers(raw: str | None, message_id: int) -> dict[str, str]:
             message_id=message_id,
         )
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """A stored message with its bookkeeping, for status queries and operators.
+
+    ``reply`` is set once processed; ``last_error`` is the error of the last
+    :meth:`MessageStorage.reschedule`; ``lease_until`` is set while a reader holds it.
+    """
+
+    message: Message
+    created_at: float
+    processed_at: float | None
+    reply: Reply | None
+    last_error: str | None
+    lease_until: float | None
+
+    @property
+    def processed(self) -> bool:
+        return self.reply is not None

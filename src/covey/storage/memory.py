@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from covey.core import (
     AlreadyProcessed,
@@ -30,6 +31,7 @@ from covey.storage._model import (
     Duplicate,
     Fence,
     Message,
+    MessageRecord,
     Reply,
     RunnerInfo,
     Saved,
@@ -57,6 +59,11 @@ class _Row:
     lease_until: float | None = None
     reply: Reply | None = None
     processed_at: float | None = None
+    last_error: str | None = None
+
+    def record(self) -> MessageRecord:
+        return MessageRecord(self.message, self.created_at, self.processed_at, self.reply,
+                             self.last_error, self.lease_until)
 
 
 class InMemoryRunnerStorage:
@@ -173,7 +180,7 @@ class InMemoryMessageStorage:
         if message.id in self.rows or message.id in staged:  # a retried save of one message
             row = staged.get(message.id) or self.rows[message.id]
             return Duplicate(message.id, row.reply)
-        staged[message.id] = _Row(replace(message, attempts=0), self._clock.now())
+        staged[message.id] = _Row(replace(message, attempts=0, failures=0), self._clock.now())
         if key is not None:
             keys[key] = message.id
         return Saved(message.id)
@@ -191,12 +198,10 @@ class InMemoryMessageStorage:
         self._by_key.update(keys)
         return results
 
-    async def save_reply(self, reply: Reply, fence: Fence) -> None:
-        check_reply(reply, fence)
-        row = self.rows.get(reply.request_id)
+    def _completable(self, request_id: int, fence: Fence) -> _Row:
+        row = self.rows.get(request_id)
         if row is None:
-            raise MessageNotFound(f"no message with id {reply.request_id}",
-                                  message_id=reply.request_id)
+            raise MessageNotFound(f"no message with id {request_id}", message_id=request_id)
         if row.message.address.shard != fence.shard or (
             self._runners.current_epoch(fence.shard) != fence.epoch
         ):
@@ -205,8 +210,13 @@ class InMemoryMessageStorage:
                 shard=str(fence.shard), epoch=fence.epoch,
             )
         if row.reply is not None:
-            raise AlreadyProcessed(f"message {reply.request_id} already has a reply",
-                                   message_id=reply.request_id)
+            raise AlreadyProcessed(f"message {request_id} already has a reply",
+                                   message_id=request_id)
+        return row
+
+    async def save_reply(self, reply: Reply, fence: Fence) -> None:
+        check_reply(reply, fence)
+        row = self._completable(reply.request_id, fence)
         row.reply = reply
         row.processed_at = self._clock.now()
         row.lease_until = None
@@ -228,6 +238,53 @@ class InMemoryMessageStorage:
             row.message = replace(row.message, attempts=row.message.attempts + 1)
             out.append(row.message)
         return out
+
+    async def reschedule(
+        self, request_id: int, *, deliver_at: float, error: str, fence: Fence
+    ) -> int:
+        check_reply(Reply(request_id, b""), fence)
+        row = self._completable(request_id, fence)
+        row.message = replace(row.message, deliver_at=float(deliver_at),
+                              failures=row.message.failures + 1)
+        row.lease_until = None
+        row.last_error = str(error)
+        return row.message.failures
+
+    async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
+        return {i: self.rows[i].record() for i in request_ids if i in self.rows}
+
+    async def list_messages(
+        self,
+        entity_type: str,
+        *,
+        state: Literal["unprocessed", "processed", "error"] | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[MessageRecord]:
+        def wanted(row: _Row) -> bool:
+            m = row.message
+            if m.address.entity_type != entity_type or (tag is not None and m.tag != tag):
+                return False
+            if before_id is not None and m.id >= before_id:
+                return False
+            if state == "unprocessed":
+                return row.reply is None
+            if state == "processed":
+                return row.reply is not None
+            if state == "error":
+                return row.reply is not None and row.reply.is_error
+            return True
+
+        rows = sorted((r for r in self.rows.values() if wanted(r)),
+                      key=lambda r: r.message.id, reverse=True)
+        return [r.record() for r in rows[: max(limit, 0)]]
+
+    async def delete(self, request_ids: Collection[int]) -> int:
+        doomed = [i for i in set(request_ids) if i in self.rows]
+        for i in doomed:
+            self._drop(i)
+        return len(doomed)
 
     async def get(self, request_id: int) -> Message | None:
         row = self.rows.get(request_id)
@@ -254,6 +311,8 @@ class InMemoryMessageStorage:
         row.reply = None
         row.processed_at = None
         row.lease_until = None
+        row.last_error = None
+        row.message = replace(row.message, failures=0)
 
     async def clear_address(self, address: EntityAddress) -> int:
         doomed = [

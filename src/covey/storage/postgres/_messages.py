@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Any, cast
+from typing import Any, Literal, cast
 
-from covey.core import Clock, EntityAddress, MessageNotFound, ShardId, StorageOptions
+from covey.core import (
+    AlreadyProcessed,
+    Clock,
+    ClusterError,
+    EntityAddress,
+    MessageNotFound,
+    Reason,
+    ShardId,
+    StorageError,
+    StorageOptions,
+)
 from covey.storage._group_commit import GroupCommit
 from covey.storage._model import (
     Fence,
     Message,
+    MessageRecord,
     Reply,
     SaveResult,
     check_message,
@@ -17,12 +28,18 @@ from covey.storage._model import (
     decode_headers,
 )
 from covey.storage.postgres._errors import corrupt, translated
-from covey.storage.postgres._writer import Op, ReplyOp, SaveOp, Writer
+from covey.storage.postgres._writer import Op, ReplyOp, SaveOp, Writer, _elsewhere, _stale
 
 _COLUMNS = (
     "id, entity_type, entity_id, shard_group, shard, tag, payload, headers,"
-    " primary_key, deliver_at, priority, attempts"
+    " primary_key, deliver_at, priority, attempts, failures"
 )
+#: A message with its bookkeeping, for :class:`MessageRecord`.
+_RECORD_COLUMNS = (
+    f"{_COLUMNS}, created_at, processed, processed_at, reply, reply_is_error,"
+    " last_error, lease_until"
+)
+_STATES = (None, "unprocessed", "processed", "error")
 
 
 def decode_message(row: Any) -> Message:
@@ -44,9 +61,49 @@ def decode_message(row: Any) -> Message:
             deliver_at=row["deliver_at"],
             priority=int(row["priority"]),
             attempts=int(row["attempts"]),
+            failures=int(row["failures"]),
         )
     except (TypeError, ValueError, KeyError) as exc:
         raise corrupt(message_id, str(exc)) from exc
+
+
+def decode_record(row: Any) -> MessageRecord:
+    """A stored row (:data:`_RECORD_COLUMNS`) as a :class:`MessageRecord`."""
+    message = decode_message(row)
+    reply: Reply | None = None
+    if row["processed"]:
+        if not isinstance(row["reply"], bytes):
+            raise corrupt(message.id, "processed without a reply")
+        reply = Reply(message.id, row["reply"], bool(row["reply_is_error"]))
+    last_error = row["last_error"]
+    if last_error is not None and not isinstance(last_error, str):
+        raise corrupt(message.id, "last_error is not text")
+    return MessageRecord(
+        message=message,
+        created_at=float(row["created_at"]),
+        processed_at=row["processed_at"],
+        reply=reply,
+        last_error=last_error,
+        lease_until=row["lease_until"],
+    )
+
+
+def _invalid(field: str, value: object) -> ClusterError:
+    return ClusterError(
+        f"invalid {field}: {value!r}", reason=Reason.INVALID_ARGUMENT, field=field
+    )
+
+
+def _check_int(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _invalid(field, value)
+
+
+def _check_ids(request_ids: Collection[int]) -> list[int]:
+    ids = list(set(request_ids))
+    for request_id in ids:
+        _check_int("request_id", request_id)
+    return ids
 
 
 def shard_arrays(shards: Collection[ShardId]) -> tuple[list[str], list[int]]:
@@ -109,8 +166,27 @@ class PostgresMessageStorage:
         )
         self._sql_reset_request = (
             f"UPDATE {s}.messages SET processed = false, processed_at = NULL, reply = NULL,"
-            " reply_is_error = false, lease_until = NULL WHERE id = $1"
+            " reply_is_error = false, lease_until = NULL, failures = 0, last_error = NULL"
+            " WHERE id = $1"
         )
+        # Fenced like a reply (see Writer): FOR SHARE makes an acquisition that
+        # bumps the epoch wait until this transaction ends; the row lock orders
+        # it against a concurrent completion of the same request.
+        self._sql_fence_epoch = (
+            f"SELECT epoch FROM {s}.shards WHERE shard_group = $1 AND shard = $2 FOR SHARE"
+        )
+        self._sql_lock_target = (
+            f"SELECT shard_group, shard, processed FROM {s}.messages WHERE id = $1 FOR UPDATE"
+        )
+        self._sql_reschedule = (
+            f"UPDATE {s}.messages SET deliver_at = $2, lease_until = NULL,"
+            " failures = failures + 1, last_error = $3 WHERE id = $1 RETURNING failures"
+        )
+        self._sql_inspect = (
+            f"SELECT {_RECORD_COLUMNS} FROM {s}.messages WHERE id = ANY($1::int8[])"
+        )
+        self._sql_list = f"SELECT {_RECORD_COLUMNS} FROM {s}.messages WHERE entity_type = $1"
+        self._sql_delete = f"DELETE FROM {s}.messages WHERE id = ANY($1::int8[])"
         self._sql_clear = (
             f"DELETE FROM {s}.messages WHERE entity_type = $1 AND entity_id = $2"
             " AND NOT processed"
@@ -151,6 +227,96 @@ class PostgresMessageStorage:
     async def save_reply(self, reply: Reply, fence: Fence) -> None:
         check_reply(reply, fence)
         await self._batcher.submit(ReplyOp(reply, fence))
+
+    async def reschedule(
+        self, request_id: int, *, deliver_at: float, error: str, fence: Fence
+    ) -> int:
+        check_reply(Reply(request_id, b""), fence)
+        if not isinstance(deliver_at, int | float) or isinstance(deliver_at, bool):
+            raise _invalid("deliver_at", deliver_at)
+        if not isinstance(error, str):
+            raise _invalid("error", error)
+        with translated("rescheduling a request"):
+            async with self._pool.acquire() as conn, conn.transaction():
+                epoch = await conn.fetchval(
+                    self._sql_fence_epoch, fence.shard.group, fence.shard.id
+                )
+                row = await conn.fetchrow(self._sql_lock_target, request_id)
+                if row is None:
+                    raise MessageNotFound(
+                        f"no stored request has id {request_id}", request_id=request_id
+                    )
+                if (row["shard_group"], row["shard"]) != (fence.shard.group, fence.shard.id):
+                    raise _elsewhere(request_id, fence, row["shard_group"], row["shard"])
+                if epoch != fence.epoch:
+                    raise _stale(fence, epoch)
+                if row["processed"]:
+                    raise AlreadyProcessed(
+                        f"request {request_id} has a reply already", request_id=request_id
+                    )
+                failures = await conn.fetchval(
+                    self._sql_reschedule, request_id, float(deliver_at), error
+                )
+        if failures is None:
+            raise StorageError(f"request {request_id} vanished while rescheduled")
+        return int(failures)
+
+    async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
+        ids = _check_ids(request_ids)
+        if not ids:
+            return {}
+        with translated("inspecting messages"):
+            rows = await self._pool.fetch(self._sql_inspect, ids)
+        records = [decode_record(r) for r in rows]
+        return {r.message.id: r for r in records}
+
+    async def list_messages(
+        self,
+        entity_type: str,
+        *,
+        state: Literal["unprocessed", "processed", "error"] | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[MessageRecord]:
+        if not isinstance(entity_type, str):
+            raise _invalid("entity_type", entity_type)
+        if state not in _STATES:
+            raise _invalid("state", state)
+        if tag is not None and not isinstance(tag, str):
+            raise _invalid("tag", tag)
+        _check_int("limit", limit)
+        if before_id is not None:
+            _check_int("before_id", before_id)
+        if limit <= 0:
+            return []
+        query = self._sql_list
+        params: list[Any] = [entity_type]
+        if state == "unprocessed":
+            query += " AND NOT processed"
+        elif state == "processed":
+            query += " AND processed"
+        elif state == "error":
+            query += " AND processed AND reply_is_error"
+        if tag is not None:
+            params.append(tag)
+            query += f" AND tag = ${len(params)}"
+        if before_id is not None:
+            params.append(before_id)
+            query += f" AND id < ${len(params)}"
+        params.append(limit)
+        query += f" ORDER BY id DESC LIMIT ${len(params)}"
+        with translated("listing messages"):
+            rows = await self._pool.fetch(query, *params)
+        return [decode_record(r) for r in rows]
+
+    async def delete(self, request_ids: Collection[int]) -> int:
+        ids = _check_ids(request_ids)
+        if not ids:
+            return 0
+        with translated("deleting messages"):
+            status = await self._pool.execute(self._sql_delete, ids)
+        return _count(status)
 
     async def unprocessed(self, shards: Collection[ShardId], *, limit: int) -> list[Message]:
         if not shards or limit <= 0:

@@ -47,7 +47,10 @@ CREATE TABLE messages (
     processed boolean NOT NULL DEFAULT false,
     processed_at double precision,
     reply bytea,
-    reply_is_error boolean NOT NULL DEFAULT false
+    reply_is_error boolean NOT NULL DEFAULT false,
+    -- reschedules after failed runs and the last one's error (see migration 0004)
+    failures integer NOT NULL DEFAULT 0,
+    last_error text
 ) WITH (fillfactor = 50);
 
 -- The runner's read: unprocessed messages of its shards, by priority then id.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
 from covey.core import (
     AlreadyProcessed,
     Clock,
+    ClusterError,
     EntityAddress,
     MessageNotFound,
     Reason,
@@ -22,6 +23,7 @@ from covey.storage._model import (
     Duplicate,
     Fence,
     Message,
+    MessageRecord,
     Reply,
     Saved,
     SaveResult,
@@ -42,8 +44,14 @@ from covey.storage.sqlite._writer import SqliteGroupWriter
 
 _COLUMNS = (
     "id, entity_type, entity_id, shard_group, shard, tag, payload, headers, "
-    "primary_key, deliver_at, priority, attempts"
+    "primary_key, deliver_at, priority, attempts, failures"
 )
+#: A message with its bookkeeping, for :class:`MessageRecord`.
+_RECORD_COLUMNS = (
+    f"{_COLUMNS}, created_at, processed, processed_at, reply, reply_is_error, "
+    "last_error, lease_until"
+)
+_STATES = (None, "unprocessed", "processed", "error")
 _INSERT = (
     "INSERT INTO covey_messages (id, entity_type, entity_id, shard_group, shard, tag, "
     "payload, headers, primary_key, dedupe_key, deliver_at, priority, created_at) "
@@ -63,7 +71,7 @@ def _corrupt(message_id: object, what: str) -> StorageError:
 
 def _message(row: Any) -> Message:
     (id_, entity_type, entity_id, group, shard, tag, payload, headers, primary_key,
-     deliver_at, priority, attempts) = row
+     deliver_at, priority, attempts, failures) = row
     checks = {
         "entity_type": isinstance(entity_type, str),
         "entity_id": isinstance(entity_id, str),
@@ -76,6 +84,7 @@ def _message(row: Any) -> Message:
         "deliver_at": deliver_at is None or isinstance(deliver_at, int | float),
         "priority": isinstance(priority, int),
         "attempts": isinstance(attempts, int),
+        "failures": isinstance(failures, int),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -90,7 +99,49 @@ def _message(row: Any) -> Message:
         deliver_at=None if deliver_at is None else float(deliver_at),
         priority=priority,
         attempts=attempts,
+        failures=failures,
     )
+
+
+def _record(row: Any) -> MessageRecord:
+    width = len(_COLUMNS.split(","))
+    message = _message(row[:width])
+    created_at, processed, processed_at, reply, is_error, last_error, lease_until = row[width:]
+    checks = {
+        "created_at": isinstance(created_at, int | float),
+        "processed_at": processed_at is None or isinstance(processed_at, int | float),
+        "last_error": last_error is None or isinstance(last_error, str),
+        "lease_until": lease_until is None or isinstance(lease_until, int | float),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        raise _corrupt(message.id, "unexpected type in " + ", ".join(bad))
+    return MessageRecord(
+        message=message,
+        created_at=float(created_at),
+        processed_at=None if processed_at is None else float(processed_at),
+        reply=_reply(message.id, reply, is_error) if processed else None,
+        last_error=last_error,
+        lease_until=None if lease_until is None else float(lease_until),
+    )
+
+
+def _invalid(field: str, value: object) -> ClusterError:
+    return ClusterError(
+        f"invalid {field}: {value!r}", reason=Reason.INVALID_ARGUMENT, field=field
+    )
+
+
+def _check_int(field: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _invalid(field, value)
+
+
+def _check_ids(request_ids: Collection[int]) -> list[int]:
+    ids = list(request_ids)
+    for request_id in ids:
+        _check_int("request_id", request_id)
+    return ids
 
 
 def _reply(message_id: int, payload: object, is_error: object) -> Reply:
@@ -212,6 +263,127 @@ class SqliteMessageStorage:
 
         await self._writer.submit(op)
 
+    async def reschedule(
+        self, request_id: int, *, deliver_at: float, error: str, fence: Fence
+    ) -> int:
+        check_reply(Reply(request_id, b""), fence)
+        if not isinstance(deliver_at, int | float) or isinstance(deliver_at, bool):
+            raise _invalid("deliver_at", deliver_at)
+        if not isinstance(error, str):
+            raise _invalid("error", error)
+
+        async def op(conn: aiosqlite.Connection) -> int:
+            row = await fetchone(
+                conn,
+                "SELECT shard_group, shard, processed FROM covey_messages WHERE id = ?",
+                (request_id,),
+            )
+            if row is None:
+                raise MessageNotFound(
+                    f"no stored message has id {request_id}", message_id=request_id
+                )
+            await check_fence(conn, fence, ShardId(row[0], row[1]))
+            if row[2]:
+                raise AlreadyProcessed(
+                    f"message {request_id} has a reply already", message_id=request_id
+                )
+            await execute(
+                conn,
+                "UPDATE covey_messages SET deliver_at = ?, lease_until = NULL, "
+                "failures = failures + 1, last_error = ? WHERE id = ?",
+                (float(deliver_at), error, request_id),
+            )
+            failures = await fetchone(
+                conn, "SELECT failures FROM covey_messages WHERE id = ?", (request_id,)
+            )
+            if failures is None:
+                raise StorageError(f"message {request_id} vanished while rescheduled")
+            return int(failures[0])
+
+        return await self._writer.submit(op)
+
+    async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
+        ids = _check_ids(request_ids)
+        if not ids:
+            return {}
+
+        async def run(conn: aiosqlite.Connection) -> dict[int, MessageRecord]:
+            records: dict[int, MessageRecord] = {}
+            for chunk in _chunks(ids):
+                rows = await fetchall(
+                    conn,
+                    f"SELECT {_RECORD_COLUMNS} FROM covey_messages "
+                    f"WHERE id IN ({placeholders(chunk)})",
+                    chunk,
+                )
+                for row in rows:
+                    record = _record(row)
+                    records[record.message.id] = record
+            return records
+
+        return await self._db.read(run)
+
+    async def list_messages(
+        self,
+        entity_type: str,
+        *,
+        state: Literal["unprocessed", "processed", "error"] | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[MessageRecord]:
+        if not isinstance(entity_type, str):
+            raise _invalid("entity_type", entity_type)
+        if state not in _STATES:
+            raise _invalid("state", state)
+        if tag is not None and not isinstance(tag, str):
+            raise _invalid("tag", tag)
+        _check_int("limit", limit)
+        if before_id is not None:
+            _check_int("before_id", before_id)
+        if limit <= 0:
+            return []
+        where = ["entity_type = ?"]
+        params: list[Any] = [entity_type]
+        if state == "unprocessed":
+            where.append("processed = 0")
+        elif state == "processed":
+            where.append("processed = 1")
+        elif state == "error":
+            where.append("processed = 1 AND reply_is_error = 1")
+        if tag is not None:
+            where.append("tag = ?")
+            params.append(tag)
+        if before_id is not None:
+            where.append("id < ?")
+            params.append(before_id)
+        query = (
+            f"SELECT {_RECORD_COLUMNS} FROM covey_messages WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT ?"
+        )
+
+        async def run(conn: aiosqlite.Connection) -> list[MessageRecord]:
+            return [_record(row) for row in await fetchall(conn, query, [*params, limit])]
+
+        return await self._db.read(run)
+
+    async def delete(self, request_ids: Collection[int]) -> int:
+        ids = _check_ids(request_ids)
+        if not ids:
+            return 0
+
+        async def run(conn: aiosqlite.Connection) -> int:
+            deleted = 0
+            for chunk in _chunks(ids):
+                deleted += await execute(
+                    conn,
+                    f"DELETE FROM covey_messages WHERE id IN ({placeholders(chunk)})",
+                    chunk,
+                )
+            return deleted
+
+        return await self._db.write(run)
+
     async def unprocessed(self, shards: Collection[ShardId], *, limit: int) -> list[Message]:
         if not shards or limit <= 0:
             return []
@@ -286,7 +458,8 @@ class SqliteMessageStorage:
             changed = await execute(
                 conn,
                 "UPDATE covey_messages SET processed = 0, processed_at = NULL, reply = NULL, "
-                "reply_is_error = 0, lease_until = NULL WHERE id = ?",
+                "reply_is_error = 0, lease_until = NULL, failures = 0, last_error = NULL "
+                "WHERE id = ?",
                 (request_id,),
             )
             if not changed:

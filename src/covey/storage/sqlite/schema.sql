@@ -1,5 +1,6 @@
 -- The whole covey schema for a fresh SQLite install: the result of applying
--- migrations/0001_initial.sql and 0002_state.sql in order (a test checks it).
+-- migrations/0001_initial.sql, 0002_state.sql and 0003_message_failures.sql
+-- in order (a test checks it).
 
 CREATE TABLE covey_meta (
     key   TEXT PRIMARY KEY,
@@ -44,7 +45,10 @@ CREATE TABLE covey_messages (
     processed      INTEGER NOT NULL DEFAULT 0,
     processed_at   REAL,
     reply          BLOB,
-    reply_is_error INTEGER NOT NULL DEFAULT 0
+    reply_is_error INTEGER NOT NULL DEFAULT 0,
+    -- reschedules after failed runs and the last one's error (see migration 0003)
+    failures       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT
 );
 
 -- The delivery scan: unprocessed messages of a shard, highest priority first.

@@ -1,0 +1,249 @@
+"""JobRunner: runs the jobs a runner owns, with retries, timeouts and cancel.
+
+A job arrives as a persisted envelope to ``covey.Job`` (pushed by the submitter,
+or read from storage). The runner waits for a slot of the job's name (a
+priority-ordered semaphore per runner and name), runs the handler with the job's
+timeout, and answers the Messenger with:
+
+- a ``Reply`` (succeeded; or dead / cancelled as an error reply), which the
+  Messenger stores with the fenced completion write;
+- a :class:`Reschedule` (the attempt failed, another is allowed), which the
+  Messenger stores with ``reschedule`` — same message, later ``deliver_at``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from covey.core import (
+    Clock,
+    ClusterError,
+    ClusterPlacement,
+    MsgpackCodec,
+    Reason,
+    RequestContext,
+    ShardId,
+    metrics,
+    use_context,
+)
+from covey.jobs._definition import JobSpec
+from covey.sharding import Envelope, Reschedule
+from covey.storage import Reply
+
+log = logging.getLogger("covey.jobs")
+
+CANCEL_TAG = "__cancel__"
+RUNNING_TAG = "__running__"
+RETRY_TAG = "__retry__"
+CONTROL_TAGS = frozenset({CANCEL_TAG, RUNNING_TAG, RETRY_TAG})
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job handler gets besides its payload.
+
+    Attributes:
+        job_id: the job's id (stable across attempts).
+        name: the job's name.
+        attempt: 1 on the first run, +1 per retry.
+        max_attempts: the retry policy's limit.
+        context: the tenant / request context the job was submitted under.
+    """
+
+    job_id: int
+    name: str
+    attempt: int
+    max_attempts: int
+    context: RequestContext
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+class PrioritySemaphore:
+    """A semaphore whose waiters get slots highest priority first, then FIFO."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (-priority, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the slot was handed to us as we were cancelled
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for *_, f in self._waiters if not f.done())
+
+
+class JobRunner:
+    """The Messenger's deliverer for ``covey.Job`` envelopes on one runner."""
+
+    def __init__(self, clock: Clock, runner_id: str | None) -> None:
+        self._clock = clock
+        self._runner_id = runner_id
+        self._codec = MsgpackCodec()
+        self.specs: dict[str, JobSpec] = {}
+        self._slots: dict[str, PrioritySemaphore] = {}
+        self.running: dict[int, asyncio.Task[Any]] = {}
+        self._cancel_requested: set[int] = set()
+        self.cancelled: set[int] = set()
+        self._shard_of: dict[int, ShardId] = {}
+        self.grace = 15.0
+        #: completes a job with a fenced write on this runner (set by the cluster)
+        self.complete: Callable[[ShardId, Reply], Awaitable[None]] | None = None
+        #: resets a stored job and runs it again on this runner (set by the cluster)
+        self.rerun: Callable[[int], Awaitable[None]] | None = None
+
+    def add(self, spec: JobSpec) -> None:
+        if spec.name in self.specs:
+            raise ClusterError(f"job {spec.name!r} is declared twice",
+                               reason=Reason.INVALID_ARGUMENT)
+        self.specs[spec.name] = spec
+        self._slots[spec.name] = PrioritySemaphore(spec.concurrency)
+
+    # ---- control (volatile) ----------------------------------------------
+
+    async def control(self, envelope: Envelope) -> Reply:
+        """Volatile requests about a job of this runner: is it running? cancel it."""
+        message = envelope.message
+        target: int = self._codec.decode(message.payload, int)
+        if message.tag == CANCEL_TAG:
+            task = self.running.get(target)
+            self.cancelled.add(target)
+            if task is not None:
+                self._cancel_requested.add(target)
+                task.cancel()
+            elif self.complete is not None:  # queued or scheduled: it never runs
+                await self.complete(message.address.shard,
+                                    self._final(target, "cancelled", "cancelled before it ran"))
+            return Reply(message.id, self._codec.encode(task is not None))
+        if message.tag == RETRY_TAG and self.rerun is not None:
+            self.cancelled.discard(target)
+            await self.rerun(target)
+            return Reply(message.id, self._codec.encode(True))
+        return Reply(message.id, self._codec.encode(target in self.running))
+
+    async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:
+        """Let running jobs of ``shards`` finish (within the grace), then cancel them.
+
+        A cancelled run stores nothing: the next owner runs the job again.
+        """
+        tasks = [t for i, t in self.running.items() if self._shard_of.get(i) in shards]
+        if tasks and graceful:
+            await asyncio.wait(tasks, timeout=self.grace)
+        for task in tasks:
+            task.cancel()
+
+    # ---- delivery --------------------------------------------------------
+
+    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+        message = envelope.message
+        if message.tag in CONTROL_TAGS:
+            return await self.control(envelope)
+        if message.id in self.cancelled:
+            return self._final(message.id, "cancelled", "cancelled before it ran")
+        spec = self.specs.get(message.tag)
+        if spec is None:
+            return self._final(message.id, "dead", f"no job named {message.tag!r} is declared")
+        try:
+            payload = self._codec.decode(message.payload, spec.payload_type)
+        except ClusterError as exc:
+            metrics.JOBS_DEAD.labels(spec.name).inc()
+            return self._final(message.id, "dead", f"SerializationError: {exc}")
+        slots = self._slots[spec.name]
+        await slots.acquire(message.priority)
+        try:
+            if message.id in self.cancelled:
+                return self._final(message.id, "cancelled", "cancelled before it ran")
+            return await self._run(spec, envelope, payload)
+        finally:
+            slots.release()
+
+    async def _run(self, spec: JobSpec, envelope: Envelope, payload: Any) -> Reply | Reschedule:
+        message = envelope.message
+        attempt = message.failures + 1
+        context = RequestContext.from_headers(message.headers, ClusterPlacement(
+            runner_id=self._runner_id, shard_id=str(message.address.shard),
+            entity=f"{message.address.entity_type}/{message.address.entity_id}"))
+        job = JobContext(message.id, spec.name, attempt, spec.retry.max_attempts, context)
+        with use_context(context):
+            task = asyncio.ensure_future(spec.fn(job, payload))
+        self.running[message.id] = task
+        self._shard_of[message.id] = message.address.shard
+        metrics.JOBS_RUNNING.labels(spec.name).inc()
+        started = self._clock.monotonic()
+        try:
+            result = await asyncio.wait_for(asyncio.shield(task), spec.timeout)
+        except asyncio.CancelledError:
+            if message.id in self._cancel_requested and not _being_cancelled():
+                log.info("job %s %d cancelled while running", spec.name, message.id)
+                return self._final(message.id, "cancelled", "cancelled while running")
+            task.cancel()  # the runner is stopping or the shard moved: run it elsewhere
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and not task.done():
+                task.cancel()
+                exc = TimeoutError(f"timed out after {spec.timeout} s")
+            return self._failed(spec, message.id, attempt, exc)
+        finally:
+            self.running.pop(message.id, None)
+            self._shard_of.pop(message.id, None)
+            self._cancel_requested.discard(message.id)
+            metrics.JOBS_RUNNING.labels(spec.name).dec()
+            metrics.JOB_SECONDS.labels(spec.name).observe(self._clock.monotonic() - started)
+        try:
+            encoded = self._codec.encode(result)
+        except ClusterError as exc:
+            return self._failed(spec, message.id, attempt, exc)
+        metrics.JOBS_SUCCEEDED.labels(spec.name).inc()
+        return Reply(message.id, encoded)
+
+    def _failed(self, spec: JobSpec, job_id: int, attempt: int,
+                exc: BaseException) -> Reply | Reschedule:
+        error = f"{type(exc).__name__}: {exc}"
+        metrics.JOBS_FAILED.labels(spec.name).inc()
+        if spec.retry.should_retry(exc, attempt):
+            delay = spec.retry.backoff.delay(attempt, spec.retry.jitter)
+            log.info("job %s %d attempt %d failed (%s); retry in %.2f s",
+                     spec.name, job_id, attempt, error, delay)
+            return Reschedule(self._clock.now() + delay, error)
+        log.warning("job %s %d dead after attempt %d: %s", spec.name, job_id, attempt, error)
+        metrics.JOBS_DEAD.labels(spec.name).inc()
+        return self._final(job_id, "dead", error)
+
+    def _final(self, job_id: int, state: str, error: str) -> Reply:
+        payload = self._codec.encode({"state": state, "error": error,
+                                      "reason": Reason.HANDLER_FAILED.value})
+        return Reply(job_id, payload, is_error=True)
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+

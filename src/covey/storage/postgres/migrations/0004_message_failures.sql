@@ -1,0 +1,5 @@
+-- covey PostgreSQL schema, version 4: retries. ``failures`` counts how often a
+-- message was rescheduled after a failed run, ``last_error`` says why the last
+-- time. Both are cleared by reset_request (a dead-letter retry).
+ALTER TABLE messages ADD COLUMN failures integer NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN last_error text;

@@ -1,0 +1,224 @@
+"""Jobs on the in-memory TestCluster."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+import covey
+from covey.core import JobError, Reason, SerializationError
+from covey.jobs import JobDefinition, Retry, exponential
+from covey.testing import TestCluster
+
+
+class Email(BaseModel):
+    to: str
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+class App:
+    """Declares the test jobs on every member and records what ran."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+        self.started: list[str] = []
+        self.gate = asyncio.Event()
+        self.fail_times: dict[str, int] = {}
+        self.cleaned: list[int] = []
+        self.defs: dict[str, JobDefinition[Any]] = {}
+
+    def configure(self, cluster: covey.Cluster) -> None:
+        fast = Retry(max_attempts=3, backoff=exponential(0.01, 0.05), jitter=False,
+                     give_up_on=(PermissionError,))
+
+        @cluster.job("email.send", retry=fast)
+        async def send(job: covey.JobContext, msg: Email) -> str:
+            self.started.append(msg.to)
+            left = self.fail_times.get(msg.to, 0)
+            if left:
+                self.fail_times[msg.to] = left - 1
+                raise ConnectionError(f"smtp down for {msg.to}")
+            if msg.to == "forbidden":
+                raise PermissionError("never")
+            self.sent.append((msg.to, job.attempt))
+            return f"sent to {msg.to}"
+
+        @cluster.job("serial", concurrency=1)
+        async def serial(job: covey.JobContext, msg: Email) -> None:
+            self.started.append(msg.to)
+            await self.gate.wait()
+
+        @cluster.job("slow", timeout=0.05, retry=Retry(max_attempts=2, backoff=exponential(0.01)))
+        async def slow(job: covey.JobContext, msg: Email) -> None:
+            await asyncio.sleep(1)
+
+        @cluster.job("cancellable")
+        async def cancellable(job: covey.JobContext, msg: Email) -> None:
+            self.started.append(msg.to)
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cleaned.append(job.job_id)
+                raise
+
+        self.defs.setdefault("send", send)  # the client member's definitions submit
+        self.defs.setdefault("serial", serial)
+        self.defs.setdefault("slow", slow)
+        self.defs.setdefault("cancellable", cancellable)
+        self.clusters = [*getattr(self, "clusters", []), cluster]
+
+
+def client_defs(app: App, tc: TestCluster) -> dict[str, JobDefinition[Any]]:
+    """Definitions bound to the client member (the last cluster configured)."""
+    member = tc.client_member
+    return {k: JobDefinition(d.spec, lambda: member.jobs) for k, d in app.defs.items()}
+
+
+async def test_submit_runs_once_and_returns_the_result() -> None:
+    app = App()
+    async with TestCluster(runners=3, configure=app.configure) as tc:
+        jobs = client_defs(app, tc)
+        handle = await jobs["send"].submit(Email(to="a@x"))
+        assert await handle.result(timeout=5) == "sent to a@x"
+        status = await handle.status()
+        assert status.state == "succeeded" and status.attempts == 1
+        assert status.result == "sent to a@x" and status.finished_at is not None
+        handles = await jobs["send"].submit([Email(to=f"b{i}@x") for i in range(20)])
+        assert len({h.id for h in handles}) == 20
+        results = await asyncio.gather(*(h.result(timeout=5) for h in handles))
+        assert results == [f"sent to b{i}@x" for i in range(20)]
+        assert sorted(t for t, _ in app.sent) == sorted(["a@x"] + [f"b{i}@x" for i in range(20)])
+
+
+async def test_retries_with_backoff_then_dead_letter_then_retry_from_it() -> None:
+    app = App()
+    app.fail_times = {"flaky@x": 2, "down@x": 10}
+    async with TestCluster(runners=2, configure=app.configure) as tc:
+        jobs = client_defs(app, tc)
+        flaky = await jobs["send"].submit(Email(to="flaky@x"))
+        assert await flaky.result(timeout=5) == "sent to flaky@x"
+        assert ("flaky@x", 3) in app.sent  # third attempt succeeded
+        down = await jobs["send"].submit(Email(to="down@x"))
+        with pytest.raises(JobError) as info:
+            await down.result(timeout=5)
+        assert info.value.reason is Reason.JOB_DEAD
+        status = await down.status()
+        assert status.state == "dead" and status.attempts == 3
+        assert "smtp down" in str(status.last_error)
+        dead = await tc.client_member.jobs.dead_letters()
+        assert [s.id for s in dead] == [down.id]
+        app.fail_times["down@x"] = 0
+        again = await tc.client_member.jobs.retry_dead(down.id)
+        assert await again.result(timeout=5) == "sent to down@x"
+        assert (await again.status()).attempts == 1  # attempts were reset
+        assert await tc.client_member.jobs.dead_letters() == []
+
+
+async def test_give_up_on_goes_straight_to_the_dead_letter() -> None:
+    app = App()
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        handle = await client_defs(app, tc)["send"].submit(Email(to="forbidden"))
+        with pytest.raises(JobError):
+            await handle.result(timeout=5)
+        status = await handle.status()
+        assert status.state == "dead" and status.attempts == 1
+        assert await tc.client_member.jobs.purge_dead() == 1
+        with pytest.raises(JobError) as info:
+            await handle.status()
+        assert info.value.reason is Reason.JOB_NOT_FOUND
+
+
+async def test_timeout_counts_as_a_failed_attempt() -> None:
+    app = App()
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        handle = await client_defs(app, tc)["slow"].submit(Email(to="t"))
+        with pytest.raises(JobError):
+            await handle.result(timeout=5)
+        status = await handle.status()
+        assert status.state == "dead" and status.attempts == 2
+        assert "timed out" in str(status.last_error)
+
+
+async def test_dedupe_under_fifty_concurrent_submits() -> None:
+    app = App()
+    async with TestCluster(runners=2, configure=app.configure) as tc:
+        send = client_defs(app, tc)["send"]
+        handles = await asyncio.gather(
+            *(send.submit(Email(to="once@x"), dedupe_key="welcome:42") for _ in range(50)))
+        assert len({h.id for h in handles}) == 1
+        assert sum(1 for h in handles if not h.duplicate) == 1
+        await handles[0].result(timeout=5)
+        assert [t for t, _ in app.sent] == ["once@x"]
+
+
+async def test_priority_orders_a_backlog() -> None:
+    app = App()
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        serial = client_defs(app, tc)["serial"]
+        first = await serial.submit(Email(to="first"))
+        await until(lambda: app.started == ["first"])
+        low = await serial.submit([Email(to=f"low{i}") for i in range(3)], priority="low")
+        high = await serial.submit([Email(to=f"high{i}") for i in range(3)], priority="high")
+        mid = await serial.submit(Email(to="normal"))
+        await until(lambda: len(tc.runners[0].job_runner._slots["serial"]._waiters) == 7)  # type: ignore[union-attr]
+        app.gate.set()
+        for h in [first, *low, *high, mid]:
+            await h.result(timeout=5)
+        assert app.started == ["first", "high0", "high1", "high2", "normal",
+                               "low0", "low1", "low2"]
+
+
+async def test_cancel_queued_and_running() -> None:
+    app = App()
+    async with TestCluster(runners=2, configure=app.configure) as tc:
+        jobs = client_defs(app, tc)
+        later = await jobs["send"].submit(Email(to="later@x"), delay=30)
+        assert (await later.status()).state == "scheduled"
+        final = await later.cancel()
+        assert final.state == "cancelled" and final.attempts == 0
+        running = await jobs["cancellable"].submit(Email(to="busy"))
+        await until(lambda: app.started == ["busy"])
+        assert (await running.status()).state == "running"
+        final = await running.cancel()
+        assert final.state == "cancelled"
+        assert app.cleaned == [running.id]  # the handler saw CancelledError
+        with pytest.raises(JobError) as info:
+            await running.result(timeout=1)
+        assert info.value.reason is Reason.JOB_CANCELLED
+        assert "later@x" not in [t for t, _ in app.sent]
+
+
+async def test_bad_payloads() -> None:
+    app = App()
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        send = client_defs(app, tc)["send"]
+        with pytest.raises(SerializationError) as info:
+            await send.submit({"to": 42, "extra": 1})
+        assert info.value.details["fields"] == ["to"]
+        # a stored job whose payload no longer validates (a changed model) is dead, once
+        with pytest.raises(covey.EntityError):  # the stored job's reply: dead
+            await tc.client_member.send_raw("covey.Job", "raw-1", "email.send",
+                                            b"\x81\xa2no\x01", persisted=True)
+        dead = await tc.client_member.jobs.dead_letters()
+        assert len(dead) == 1 and "SerializationError" in str(dead[0].last_error)
+        assert app.started == []
+
+
+async def test_jobs_survive_a_killed_runner() -> None:
+    app = App()
+    async with TestCluster(runners=3, configure=app.configure) as tc:
+        handles = await client_defs(app, tc)["send"].submit(
+            [Email(to=f"k{i}") for i in range(200)])
+        await tc.kill(0)
+        await asyncio.gather(*(h.result(timeout=10) for h in handles))
+        assert {t for t, _ in app.sent} == {f"k{i}" for i in range(200)}
