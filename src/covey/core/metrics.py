@@ -43,6 +43,9 @@ CRON_LATENESS = Histogram(
 )
 
 JOBS_RUNNING = Gauge("covey_jobs_running", "Jobs running on this runner", ["name"])
+JOBS_QUEUED = Gauge(
+    "covey_jobs_queued", "Jobs delivered to this runner waiting for a slot", ["name", "priority"]
+)
 JOBS_SUCCEEDED = Counter("covey_jobs_succeeded_total", "Job runs that succeeded", ["name"])
 JOBS_FAILED = Counter("covey_jobs_failed_total", "Job runs that raised or timed out", ["name"])
 JOBS_DEAD = Counter("covey_jobs_dead_total", "Jobs dead-lettered", ["name"])
@@ -54,6 +57,7 @@ JOB_SECONDS = Histogram(
 __all__ = [
     "JOBS_DEAD",
     "JOBS_FAILED",
+    "JOBS_QUEUED",
     "JOBS_RUNNING",
     "JOBS_SUCCEEDED",
     "JOB_SECONDS",

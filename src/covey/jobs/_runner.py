@@ -177,7 +177,12 @@ class JobRunner:
             metrics.JOBS_DEAD.labels(spec.name).inc()
             return self._final(message.id, "dead", f"SerializationError: {exc}")
         slots = self._slots[spec.name]
-        await slots.acquire(message.priority)
+        queued = metrics.JOBS_QUEUED.labels(spec.name, str(message.priority))
+        queued.inc()
+        try:
+            await slots.acquire(message.priority)
+        finally:
+            queued.dec()
         try:
             if message.id in self.cancelled:
                 return self._final(message.id, "cancelled", "cancelled before it ran")
