@@ -222,3 +222,15 @@ async def test_jobs_survive_a_killed_runner() -> None:
         await tc.kill(0)
         await asyncio.gather(*(h.result(timeout=10) for h in handles))
         assert {t for t, _ in app.sent} == {f"k{i}" for i in range(200)}
+
+
+async def test_dead_job_keeps_its_error_history() -> None:
+    app = App()
+    app.fail_times = {"hist@x": 10}
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        handle = await client_defs(app, tc)["send"].submit(Email(to="hist@x"))
+        with pytest.raises(JobError):
+            await handle.result(timeout=5)
+        status = await handle.status()
+        assert status.errors == ("ConnectionError: smtp down for hist@x",) * 3
+        assert status.attempts == 3

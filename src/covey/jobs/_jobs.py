@@ -29,7 +29,7 @@ from covey.jobs._definition import (
     PriorityName,
     priority_value,
 )
-from covey.jobs._runner import CANCEL_TAG, RETRY_TAG, RUNNING_TAG
+from covey.jobs._runner import CANCEL_TAG, RETRY_TAG, RUNNING_TAG, error_history
 from covey.sharding import Envelope, Messenger
 from covey.storage import Duplicate, Message, MessageRecord, Storage
 
@@ -125,19 +125,21 @@ class Jobs:
         state: JobState
         result: Any = None
         errors: tuple[str, ...] = ()
-        last_error = record.last_error
+        history = error_history(record.last_error)
+        last_error = history[-1] if history else None
+        errors = tuple(history)
         attempts = m.failures
         if record.reply is not None:
-            attempts += 1
             if record.reply.is_error:
                 info: dict[str, Any] = self._codec.decode(record.reply.payload, dict[str, Any])
                 state = "cancelled" if info.get("state") == "cancelled" else "dead"
-                if state == "cancelled" and m.failures == 0:
-                    attempts = 0 if "before it ran" in str(info.get("error")) else 1
-                last_error = str(info.get("error")) if state == "dead" else last_error
-                errors = tuple(e for e in (record.last_error, last_error) if e)
+                attempts += 1 if info.get("ran") else 0
+                if state == "dead":
+                    errors = tuple(str(e) for e in info.get("errors") or [info.get("error")])
+                    last_error = errors[-1] if errors else None
             else:
                 state = "succeeded"
+                attempts += 1
                 result = self._codec.decode(record.reply.payload, Any)
         elif m.deliver_at is not None and m.deliver_at > self._clock.now():
             state = "failed" if m.failures else "scheduled"

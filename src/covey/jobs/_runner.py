@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,7 @@ from covey.core import (
 )
 from covey.jobs._definition import JobSpec
 from covey.sharding import Envelope, Reschedule
-from covey.storage import Reply
+from covey.storage import Message, Reply
 
 log = logging.getLogger("covey.jobs")
 
@@ -208,14 +209,14 @@ class JobRunner:
         except asyncio.CancelledError:
             if message.id in self._cancel_requested and not _being_cancelled():
                 log.info("job %s %d cancelled while running", spec.name, message.id)
-                return self._final(message.id, "cancelled", "cancelled while running")
+                return self._final(message.id, "cancelled", "cancelled while running", ran=True)
             task.cancel()  # the runner is stopping or the shard moved: run it elsewhere
             raise
         except Exception as exc:
             if isinstance(exc, TimeoutError) and not task.done():
                 task.cancel()
                 exc = TimeoutError(f"timed out after {spec.timeout} s")
-            return self._failed(spec, message.id, attempt, exc)
+            return self._failed(spec, message, attempt, exc)
         finally:
             self.running.pop(message.id, None)
             self._shard_of.pop(message.id, None)
@@ -225,27 +226,43 @@ class JobRunner:
         try:
             encoded = self._codec.encode(result)
         except ClusterError as exc:
-            return self._failed(spec, message.id, attempt, exc)
+            return self._failed(spec, message, attempt, exc)
         metrics.JOBS_SUCCEEDED.labels(spec.name).inc()
         return Reply(message.id, encoded)
 
-    def _failed(self, spec: JobSpec, job_id: int, attempt: int,
+    def _failed(self, spec: JobSpec, message: Message, attempt: int,
                 exc: BaseException) -> Reply | Reschedule:
         error = f"{type(exc).__name__}: {exc}"
+        history = [*error_history(message.last_error), error]
         metrics.JOBS_FAILED.labels(spec.name).inc()
         if spec.retry.should_retry(exc, attempt):
             delay = spec.retry.backoff.delay(attempt, spec.retry.jitter)
             log.info("job %s %d attempt %d failed (%s); retry in %.2f s",
-                     spec.name, job_id, attempt, error, delay)
-            return Reschedule(self._clock.now() + delay, error)
-        log.warning("job %s %d dead after attempt %d: %s", spec.name, job_id, attempt, error)
+                     spec.name, message.id, attempt, error, delay)
+            # the stored last_error carries the whole history to the next attempt
+            return Reschedule(self._clock.now() + delay, json.dumps(history))
+        log.warning("job %s %d dead after attempt %d: %s", spec.name, message.id, attempt, error)
         metrics.JOBS_DEAD.labels(spec.name).inc()
-        return self._final(job_id, "dead", error)
+        return self._final(message.id, "dead", error, ran=True, errors=history)
 
-    def _final(self, job_id: int, state: str, error: str) -> Reply:
-        payload = self._codec.encode({"state": state, "error": error,
-                                      "reason": Reason.HANDLER_FAILED.value})
+    def _final(self, job_id: int, state: str, error: str, *, ran: bool = False,
+               errors: list[str] | None = None) -> Reply:
+        payload = self._codec.encode({
+            "state": state, "error": error, "ran": ran, "errors": errors or [error],
+            "reason": Reason.HANDLER_FAILED.value,
+        })
         return Reply(job_id, payload, is_error=True)
+
+
+def error_history(stored: str | None) -> list[str]:
+    """The error history a rescheduled job carries in its ``last_error``."""
+    if not stored:
+        return []
+    try:
+        value = json.loads(stored)
+    except ValueError:
+        return [stored]
+    return [str(e) for e in value] if isinstance(value, list) else [str(value)]
 
 
 def _being_cancelled() -> bool:

@@ -37,6 +37,7 @@ class Envelope:
             "g": m.address.shard.group, "s": m.address.shard.id, "n": m.tag,
             "p": m.payload, "h": dict(m.headers), "k": m.primary_key,
             "d": m.deliver_at, "r": m.priority, "P": self.persisted,
+            "f": m.failures, "le": m.last_error,
         }
 
     @classmethod
@@ -54,6 +55,8 @@ class Envelope:
                 primary_key=None if body["k"] is None else _str(body["k"]),
                 deliver_at=None if body["d"] is None else float(body["d"]),
                 priority=_int(body["r"]),
+                failures=_int(body.get("f", 0)),
+                last_error=None if body.get("le") is None else _str(body["le"]),
             )
             return cls(message, bool(body["P"]))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

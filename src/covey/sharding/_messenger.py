@@ -91,6 +91,7 @@ class Messenger:
         self.deliverer: Deliverer | None = None
         self._inflight: dict[int, asyncio.Future[Reply]] = {}
         self._inflight_shard: dict[int, ShardId] = {}
+        self._retry_at: dict[int, float] = {}
         self._completed: collections.OrderedDict[int, Reply] = collections.OrderedDict()
         self._read_wake = asyncio.Event()
         self._timers: list[float] = []
@@ -203,11 +204,17 @@ class Messenger:
 
     async def _await_persisted(self, envelope: Envelope, deadline: float) -> Reply:
         attempt = 0
+        pushed: set[RunnerAddress] = set()
         while True:
             owner = self._sharding.owner_of(envelope.shard)
             try:
                 if owner is None:
                     raise EntityError("no runner serves this shard yet", reason=Reason.NOT_OWNER)
+                if owner in pushed:
+                    # Pushed there once already: it runs the message from storage when it
+                    # holds the shard (and our copy may be stale: rescheduled since).
+                    raise EntityError("waiting for the stored reply", reason=Reason.NOT_OWNER)
+                pushed.add(owner)
                 if owner == self._sharding.address:
                     return await self.process_persisted(envelope)
                 answer = await self._transport.request(
@@ -325,7 +332,7 @@ class Messenger:
         epoch = self._sharding.epoch_of(envelope.shard)
         if epoch is None:
             raise self._not_here(envelope.shard)
-        due = envelope.message.deliver_at
+        due = max(envelope.message.deliver_at or 0.0, self._retry_at.get(message_id, 0.0)) or None
         if due is not None and due > self._clock.now():
             self.schedule(due)
             raise EntityError("message is not due yet", reason=Reason.NOT_OWNER)
@@ -386,6 +393,10 @@ class Messenger:
             await self._sharding.fenced([envelope.shard])
             raise self._not_here(envelope.shard) from None
         self.schedule(retry.deliver_at)
+        # a pushed copy of this message (sent before the retry) must not run early
+        self._retry_at[envelope.message.id] = retry.deliver_at
+        while len(self._retry_at) > self._options.processed_cache:
+            self._retry_at.pop(next(iter(self._retry_at)))
 
     async def complete(self, shard: ShardId, reply: Reply) -> None:
         """Complete a stored message of a shard this runner holds (fenced)."""
@@ -405,6 +416,7 @@ class Messenger:
         """Reset a stored message of a shard held here and run it again (forgetting
         any cached reply: a dead-letter retry, a workflow resume)."""
         self._completed.pop(message_id, None)
+        self._retry_at.pop(message_id, None)
         await self._storage.messages.reset_request(message_id)
         message = await self._storage.messages.get(message_id)
         if message is not None:

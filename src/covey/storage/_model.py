@@ -45,8 +45,9 @@ class Message:
     idempotent: a second request with the same address, tag and primary key is a
     :class:`Duplicate`. ``deliver_at`` (Unix seconds) holds the message back until
     then. Higher ``priority`` is read first. ``attempts`` counts how many times
-    storage handed the message out and ``failures`` how many times it was
-    rescheduled after a failed run (both set by storage; ignored on save).
+    storage handed the message out, ``failures`` how many times it was
+    rescheduled after a failed run and ``last_error`` the error given then (all
+    set by storage; ignored on save).
     """
 
     id: int
@@ -59,6 +60,7 @@ class Message:
     priority: int = 0
     attempts: int = 0
     failures: int = 0
+    last_error: str | None = None
 
     @property
     def dedupe_key(self) -> str | None:

@@ -180,7 +180,8 @@ class InMemoryMessageStorage:
         if message.id in self.rows or message.id in staged:  # a retried save of one message
             row = staged.get(message.id) or self.rows[message.id]
             return Duplicate(message.id, row.reply)
-        staged[message.id] = _Row(replace(message, attempts=0, failures=0), self._clock.now())
+        staged[message.id] = _Row(
+            replace(message, attempts=0, failures=0, last_error=None), self._clock.now())
         if key is not None:
             keys[key] = message.id
         return Saved(message.id)
@@ -245,7 +246,7 @@ class InMemoryMessageStorage:
         check_reply(Reply(request_id, b""), fence)
         row = self._completable(request_id, fence)
         row.message = replace(row.message, deliver_at=float(deliver_at),
-                              failures=row.message.failures + 1)
+                              failures=row.message.failures + 1, last_error=str(error))
         row.lease_until = None
         row.last_error = str(error)
         return row.message.failures
@@ -312,7 +313,7 @@ class InMemoryMessageStorage:
         row.processed_at = None
         row.lease_until = None
         row.last_error = None
-        row.message = replace(row.message, failures=0)
+        row.message = replace(row.message, failures=0, last_error=None)
 
     async def clear_address(self, address: EntityAddress) -> int:
         doomed = [

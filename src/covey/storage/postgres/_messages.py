@@ -32,7 +32,7 @@ from covey.storage.postgres._writer import Op, ReplyOp, SaveOp, Writer, _elsewhe
 
 _COLUMNS = (
     "id, entity_type, entity_id, shard_group, shard, tag, payload, headers,"
-    " primary_key, deliver_at, priority, attempts, failures"
+    " primary_key, deliver_at, priority, attempts, failures, last_error"
 )
 #: A message with its bookkeeping, for :class:`MessageRecord`.
 _RECORD_COLUMNS = (
@@ -62,6 +62,7 @@ def decode_message(row: Any) -> Message:
             priority=int(row["priority"]),
             attempts=int(row["attempts"]),
             failures=int(row["failures"]),
+            last_error=row["last_error"],
         )
     except (TypeError, ValueError, KeyError) as exc:
         raise corrupt(message_id, str(exc)) from exc

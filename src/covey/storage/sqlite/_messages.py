@@ -44,7 +44,7 @@ from covey.storage.sqlite._writer import SqliteGroupWriter
 
 _COLUMNS = (
     "id, entity_type, entity_id, shard_group, shard, tag, payload, headers, "
-    "primary_key, deliver_at, priority, attempts, failures"
+    "primary_key, deliver_at, priority, attempts, failures, last_error"
 )
 #: A message with its bookkeeping, for :class:`MessageRecord`.
 _RECORD_COLUMNS = (
@@ -71,7 +71,7 @@ def _corrupt(message_id: object, what: str) -> StorageError:
 
 def _message(row: Any) -> Message:
     (id_, entity_type, entity_id, group, shard, tag, payload, headers, primary_key,
-     deliver_at, priority, attempts, failures) = row
+     deliver_at, priority, attempts, failures, last_error) = row
     checks = {
         "entity_type": isinstance(entity_type, str),
         "entity_id": isinstance(entity_id, str),
@@ -85,6 +85,7 @@ def _message(row: Any) -> Message:
         "priority": isinstance(priority, int),
         "attempts": isinstance(attempts, int),
         "failures": isinstance(failures, int),
+        "last_error": last_error is None or isinstance(last_error, str),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -100,6 +101,7 @@ def _message(row: Any) -> Message:
         priority=priority,
         attempts=attempts,
         failures=failures,
+        last_error=last_error,
     )
 
 
