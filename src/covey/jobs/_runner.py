@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import json
 import itertools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
