@@ -1,4 +1,4 @@
-"""``covey run`` / ``covey status`` / ``covey migrate``."""
+"""``covey run`` / ``covey status`` / ``covey migrate`` (and ``covey jobs``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from covey.cli._jobs import jobs
 from covey.cluster import Cluster
 from covey.core import ClusterError, CoveyConfig
 from covey.storage import StorageInfo, open_storage
@@ -41,6 +42,9 @@ def info_table(info: StorageInfo, title: str = "covey storage") -> Table:
 @click.group()
 def main() -> None:
     """covey: sharded entities, durable messages, singletons, cron and jobs."""
+
+
+main.add_command(jobs)
 
 
 @main.command()

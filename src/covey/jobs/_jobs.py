@@ -150,16 +150,21 @@ class Jobs:
         return JobStatus(m.id, m.tag, state, attempts, last_error, record.created_at,
                          record.processed_at, m.deliver_at, errors, result)
 
-    async def _control(self, record: MessageRecord, tag: str) -> Any:
+    async def _control(self, record: MessageRecord, tag: str, *, timeout: float = 5.0) -> Any:
+        if not self._messenger.has_owner(record.message.address.shard):
+            raise JobError("no runner is up to act on this job (start one with covey run)",
+                           reason=Reason.PEER_UNAVAILABLE, job_id=record.message.id)
         probe = Message(id=self._snowflake.next_id(), address=record.message.address, tag=tag,
                         payload=self._codec.encode(record.message.id))
-        reply = await self._messenger.call(Envelope(probe, persisted=False), timeout=5,
+        reply = await self._messenger.call(Envelope(probe, persisted=False), timeout=timeout,
                                            discard=False)
         return None if reply is None else self._codec.decode(reply.payload, Any)
 
     async def _running(self, record: MessageRecord) -> bool:
+        if not self._messenger.has_owner(record.message.address.shard):
+            return False  # no runner is up: nothing can be running
         try:
-            return bool(await self._control(record, RUNNING_TAG))
+            return bool(await self._control(record, RUNNING_TAG, timeout=1.0))
         except ClusterError:
             return False
 

@@ -412,6 +412,10 @@ class Messenger:
             raise self._not_here(shard) from None
         self._remember(reply)
 
+    def has_owner(self, shard: ShardId) -> bool:
+        """Whether some live runner is assigned ``shard`` (a call could be answered)."""
+        return self._sharding.owner_of(shard) is not None
+
     async def rerun(self, message_id: int) -> None:
         """Reset a stored message of a shard held here and run it again (forgetting
         any cached reply: a dead-letter retry, a workflow resume)."""

@@ -1,0 +1,218 @@
+"""``covey jobs …``: list, inspect, cancel and dead-letter jobs from a shell.
+
+Every command joins the configured database (``COVEY_*``, ``COVEY_DATABASE_URL``
+first) as a client-only member: it hosts nothing and needs no job declarations.
+Listing and status read storage; ``cancel`` and ``dlq retry`` send a control
+message to the runner that owns the job, so they need runners up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from covey.cluster import Cluster
+from covey.core import ClusterError, CoveyConfig, Reason
+from covey.jobs import Jobs, JobStatus
+
+T = TypeVar("T")
+
+#: user-facing state -> the storage state that holds it
+_STORAGE_STATE: dict[str, str] = {
+    "queued": "unprocessed",
+    "scheduled": "unprocessed",
+    "running": "unprocessed",
+    "failed": "unprocessed",
+    "succeeded": "processed",
+    "cancelled": "error",
+    "dead": "error",
+}
+STATES = tuple(_STORAGE_STATE)
+
+_NEEDS_RUNNERS = (
+    "It sends a control message to the runner that owns the job, so at least one "
+    "runner must be up (`covey run …`); without one it fails after a few seconds "
+    "with a timeout error."
+)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    stamp = dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def jobs_table(found: Sequence[JobStatus], title: str = "jobs") -> Table:
+    """One row per job: id, name, state, attempts, last error, created, finished."""
+    table = Table(title=title)
+    table.add_column("id", no_wrap=True, min_width=19)
+    table.add_column("name", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("attempts", justify="right")
+    table.add_column("last error", no_wrap=True, overflow="ellipsis")
+    table.add_column("created", no_wrap=True)
+    table.add_column("finished", no_wrap=True)
+    for s in found:
+        table.add_row(str(s.id), s.name, s.state, str(s.attempts), _short(s.last_error),
+                      _iso(s.created_at), _iso(s.finished_at))
+    return table
+
+
+def status_table(s: JobStatus) -> Table:
+    """Everything known about one job, one field per row."""
+    table = Table(title=f"job {s.id}", show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    table.add_row("id", str(s.id))
+    table.add_row("name", s.name)
+    table.add_row("state", s.state)
+    table.add_row("attempts", str(s.attempts))
+    table.add_row("created", _iso(s.created_at))
+    if s.scheduled_for is not None:
+        table.add_row("scheduled for", _iso(s.scheduled_for))
+    table.add_row("finished", _iso(s.finished_at))
+    table.add_row("last error", s.last_error or "-")
+    history = s.errors if s.errors != (s.last_error,) else ()
+    for n, error in enumerate(history):
+        table.add_row("error history" if n == 0 else "", error)
+    if s.state == "succeeded":
+        table.add_row("result", _short(repr(s.result), 200))
+    return table
+
+
+def _console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, width=max(Console().width, 160), highlight=False)
+
+
+def _with_jobs(action: Callable[[Jobs], Awaitable[T]], *, control: bool = False) -> T:
+    """Run ``action`` against a client-only member; a ClusterError exits 2.
+
+    ``control``: the action messages the owning runner (say so when none answers).
+    """
+
+    async def go() -> T:
+        async with Cluster(CoveyConfig.from_env(), client_only=True) as cluster:
+            return await action(cluster.jobs)
+
+    try:
+        return asyncio.run(go())
+    except ClusterError as exc:
+        hint = ""
+        if control and exc.reason in (Reason.TIMEOUT, Reason.NOT_OWNER,
+                                      Reason.PEER_UNAVAILABLE):
+            hint = " (no runner answered: is one up? `covey run module:cluster`)"
+        message = escape(f"{exc}{hint}")
+        _console(stderr=True).print(f"[red]error[/red] ({exc.reason.value}): {message}",
+                                    soft_wrap=True)
+        sys.exit(2)
+
+
+@click.group()
+def jobs() -> None:
+    """Background jobs: list, inspect, cancel, and the dead-letter."""
+
+
+@jobs.command("ls")
+@click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
+@click.option("--name", help="Only jobs of this name.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="At most this many jobs.")
+def ls(state: str | None, name: str | None, limit: int) -> None:
+    """Recent jobs, newest first."""
+
+    async def action(j: Jobs) -> list[JobStatus]:
+        if state is None:
+            return await j.recent(name=name, limit=limit)
+        storage_state = _STORAGE_STATE[state]
+        # several user states share a storage state ("processed" also holds the
+        # error replies): read a wider window, then filter
+        found = await j.recent(state=storage_state, name=name, limit=min(limit * 4, 1000))
+        return [s for s in found if s.state == state][:limit]
+
+    found = _with_jobs(action)
+    _console().print(jobs_table(found, title=f"jobs ({len(found)})"))
+
+
+@jobs.command()
+@click.argument("job_id", type=int)
+def status(job_id: int) -> None:
+    """Where job JOB_ID stands (exit 2 with job_not_found if there is none)."""
+
+    async def action(j: Jobs) -> JobStatus:
+        return await j.status(job_id)
+
+    _console().print(status_table(_with_jobs(action)))
+
+
+@jobs.command(short_help="Cancel a job (needs a runner up).", help=(
+    "Cancel job JOB_ID: a queued or scheduled job never runs; a running one is "
+    "interrupted (its handler sees CancelledError). A finished job is left as is. "
+    + _NEEDS_RUNNERS))
+@click.argument("job_id", type=int)
+def cancel(job_id: int) -> None:
+    async def action(j: Jobs) -> JobStatus:
+        return await j.cancel(job_id)
+
+    final = _with_jobs(action, control=True)
+    click.echo(f"job {job_id} ({final.name}) is {final.state}")
+
+
+@jobs.group()
+def dlq() -> None:
+    """The dead-letter: jobs that used up their attempts (or gave up)."""
+
+
+@dlq.command("ls")
+@click.option("--name", help="Only dead jobs of this name.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="At most this many jobs.")
+def dlq_ls(name: str | None, limit: int) -> None:
+    """Dead jobs, newest first, with their last error."""
+
+    async def action(j: Jobs) -> list[JobStatus]:
+        return await j.dead_letters(name=name, limit=limit)
+
+    found = _with_jobs(action)
+    _console().print(jobs_table(found, title=f"dead jobs ({len(found)})"))
+
+
+@dlq.command("retry", short_help="Requeue a dead job (needs a runner up).", help=(
+    "Requeue dead job JOB_ID with its attempts reset (same id). " + _NEEDS_RUNNERS))
+@click.argument("job_id", type=int)
+def dlq_retry(job_id: int) -> None:
+    async def action(j: Jobs) -> Any:
+        return await j.retry_dead(job_id)
+
+    handle = _with_jobs(action, control=True)
+    click.echo(f"job {job_id} ({handle.name}) requeued")
+
+
+@dlq.command("purge")
+@click.option("--name", help="Only dead jobs of this name.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(name: str | None, yes: bool) -> None:
+    """Delete dead jobs (all, or those of --name) for good."""
+    what = f"dead jobs named {name!r}" if name else "all dead jobs"
+    if not yes:
+        click.confirm(f"Delete {what}?", abort=True)
+
+    async def action(j: Jobs) -> int:
+        return await j.purge_dead(name=name)
+
+    click.echo(f"purged {_with_jobs(action)} dead job(s)")
