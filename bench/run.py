@@ -22,6 +22,8 @@ SCENARIOS: dict[str, str] = {
     "handoff": "scenarios.handoff",
     "singleton-failover": "scenarios.singleton_failover",
     "cron-accuracy": "scenarios.cron_accuracy",
+    "jobs-throughput": "scenarios.jobs_throughput",
+    "jobs-latency": "scenarios.jobs_latency",
 }
 
 
