@@ -101,3 +101,21 @@ async def test_inspect_and_delete(storage: Storage) -> None:
     assert await storage.messages.get(b.id) is not None
     # the deleted key can be used again
     assert (await storage.messages.save_request(msg(primary_key="k"))).__class__.__name__ == "Saved"
+
+
+async def test_mark_started_counts_a_run(storage: Storage, clock: TestClock) -> None:
+    fence = await _fence(storage)
+    pushed, done = msg(), msg()
+    await storage.messages.save_request(pushed)
+    await storage.messages.save_request(done)
+    await storage.messages.save_reply(Reply(done.id, b"x"), fence)
+    await storage.messages.reschedule(pushed.id, deliver_at=clock.now(), error="e", fence=fence)
+    await storage.messages.mark_started([pushed.id, done.id, next_id()])
+    record = (await storage.messages.inspect([pushed.id]))[pushed.id]
+    assert record.message.starts == 1 and record.lease_until is None
+    assert (await storage.messages.inspect([done.id]))[done.id].message.starts == 0
+    [again] = await storage.messages.unprocessed([S1], limit=5)  # still due, not leased
+    assert again.id == pushed.id and again.starts == 1 and again.attempts == 1
+    await storage.messages.save_reply(Reply(pushed.id, b"x"), fence)
+    await storage.messages.reset_request(pushed.id)
+    assert (await storage.messages.inspect([pushed.id]))[pushed.id].message.starts == 0

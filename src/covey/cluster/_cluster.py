@@ -336,6 +336,7 @@ class Cluster:
                 self.job_runner.add(job_spec)
             self.job_runner.complete = self._messenger.complete
             self.job_runner.rerun = self._messenger.rerun
+            self.job_runner.mark_started = self.storage.messages.mark_started
             self._messenger.deliverer = _Router(self.runtime, self.job_runner)
         self._singletons = SingletonManager(self._sharding, self.storage, self._clock,
                                             self.config.shards)
@@ -394,6 +395,8 @@ class Cluster:
             await self._singletons.stop()
         if self.crons is not None:
             await self.crons.stop()
+        if self.job_runner is not None:
+            await self.job_runner.close()
         if self._messenger is not None:
             await self._messenger.close()
         self._supervisor.cancel()

@@ -128,23 +128,27 @@ class Jobs:
         history = error_history(record.last_error)
         last_error = history[-1] if history else None
         errors = tuple(history)
-        attempts = m.failures
+        # runs started (a start is recorded just after it happens, so a run that has
+        # just begun may not be counted yet; the owner is asked then)
+        attempts = max(m.starts, m.failures)
+        now = self._clock.now()
         if record.reply is not None:
             if record.reply.is_error:
                 info: dict[str, Any] = self._codec.decode(record.reply.payload, dict[str, Any])
                 state = "cancelled" if info.get("state") == "cancelled" else "dead"
-                attempts += 1 if info.get("ran") else 0
+                if info.get("ran"):
+                    attempts = max(attempts, m.failures + 1)
                 if state == "dead":
                     errors = tuple(str(e) for e in info.get("errors") or [info.get("error")])
                     last_error = errors[-1] if errors else None
             else:
                 state = "succeeded"
-                attempts += 1
+                attempts = max(attempts, m.failures + 1)
                 result = self._codec.decode(record.reply.payload, Any)
-        elif m.deliver_at is not None and m.deliver_at > self._clock.now():
+        elif m.deliver_at is not None and m.deliver_at > now:
             state = "failed" if m.failures else "scheduled"
         elif await self._running(record):
-            state, attempts = "running", attempts + 1
+            state, attempts = "running", max(attempts, m.failures + 1)
         else:
             state = "queued"
         return JobStatus(m.id, m.tag, state, attempts, last_error, record.created_at,

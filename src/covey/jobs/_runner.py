@@ -116,6 +116,10 @@ class JobRunner:
         self.cancelled: set[int] = set()
         self._shard_of: dict[int, ShardId] = {}
         self.grace = 15.0
+        #: records pushed job starts in storage (set by the cluster)
+        self.mark_started: Callable[[list[int]], Awaitable[None]] | None = None
+        self._to_mark: list[int] = []
+        self._marking: asyncio.Task[None] | None = None
         #: completes a job with a fenced write on this runner (set by the cluster)
         self.complete: Callable[[ShardId, Reply], Awaitable[None]] | None = None
         #: resets a stored job and runs it again on this runner (set by the cluster)
@@ -149,6 +153,28 @@ class JobRunner:
             await self.rerun(target)
             return Reply(message.id, self._codec.encode(True))
         return Reply(message.id, self._codec.encode(target in self.running))
+
+    def _started(self, job_id: int) -> None:
+        if self.mark_started is None:
+            return
+        self._to_mark.append(job_id)
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.get_running_loop().create_task(self._flush_marks())
+
+    async def _flush_marks(self) -> None:
+        # one write for every run that started while the previous write was in flight
+        assert self.mark_started is not None
+        while self._to_mark:
+            ids, self._to_mark = self._to_mark, []
+            try:
+                await self.mark_started(ids)
+            except ClusterError as exc:
+                log.warning("could not record %d job starts: %s", len(ids), exc)
+
+    async def close(self) -> None:
+        """Finish recording job starts."""
+        if self._marking is not None:
+            await asyncio.wait([self._marking], timeout=5)
 
     async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:
         """Let running jobs of ``shards`` finish (within the grace), then cancel them.
@@ -193,7 +219,11 @@ class JobRunner:
 
     async def _run(self, spec: JobSpec, envelope: Envelope, payload: Any) -> Reply | Reschedule:
         message = envelope.message
-        attempt = message.failures + 1
+        # runs begun so far, this one included: every start is recorded, so a re-run
+        # after its runner died counts as an attempt (failures cover retries whose
+        # start record had not landed yet)
+        attempt = max(message.starts, message.failures) + 1
+        self._started(message.id)
         context = RequestContext.from_headers(message.headers, ClusterPlacement(
             runner_id=self._runner_id, shard_id=str(message.address.shard),
             entity=f"{message.address.entity_type}/{message.address.entity_id}"))

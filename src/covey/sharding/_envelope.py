@@ -25,6 +25,8 @@ class Envelope:
 
     message: Message
     persisted: bool
+    #: handed out by a storage read (which counted the attempt), not pushed
+    read: bool = False
 
     @property
     def shard(self) -> ShardId:
@@ -37,7 +39,7 @@ class Envelope:
             "g": m.address.shard.group, "s": m.address.shard.id, "n": m.tag,
             "p": m.payload, "h": dict(m.headers), "k": m.primary_key,
             "d": m.deliver_at, "r": m.priority, "P": self.persisted,
-            "f": m.failures, "le": m.last_error,
+            "f": m.failures, "le": m.last_error, "st": m.starts,
         }
 
     @classmethod
@@ -56,6 +58,7 @@ class Envelope:
                 deliver_at=None if body["d"] is None else float(body["d"]),
                 priority=_int(body["r"]),
                 failures=_int(body.get("f", 0)),
+                starts=_int(body.get("st", 0)),
                 last_error=None if body.get("le") is None else _str(body["le"]),
             )
             return cls(message, bool(body["P"]))

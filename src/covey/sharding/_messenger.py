@@ -509,7 +509,7 @@ class Messenger:
                 if message.id in self._inflight or message.id in self._completed:
                     continue
                 self._read_pending += 1
-                self._spawn(self._process_read(Envelope(message, persisted=True)))
+                self._spawn(self._process_read(Envelope(message, persisted=True, read=True)))
             if len(messages) < batch_size:
                 return
 

@@ -141,6 +141,14 @@ class MessageStorage(Protocol):
         """
         ...
 
+    async def mark_started(self, request_ids: Collection[int]) -> None:
+        """Record that runs of these unprocessed messages began: ``starts + 1``.
+
+        No lease is taken (a retry rescheduled meanwhile must stay due). Processed
+        or unknown ids are ignored.
+        """
+        ...
+
     async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
         """The stored records of those requests that exist."""
         ...
@@ -180,7 +188,8 @@ class MessageStorage(Protocol):
     async def reset_request(self, request_id: int) -> None:
         """Delete the request's reply and mark it unprocessed and unleased again.
 
-        Its ``failures`` and ``last_error`` are cleared too (a dead-letter retry).
+        Its ``attempts``, ``starts``, ``failures`` and ``last_error`` are cleared
+        too (a dead-letter retry starts afresh).
 
         Raises:
             MessageNotFound: no request has that id.

@@ -45,7 +45,8 @@ class Message:
     idempotent: a second request with the same address, tag and primary key is a
     :class:`Duplicate`. ``deliver_at`` (Unix seconds) holds the message back until
     then. Higher ``priority`` is read first. ``attempts`` counts how many times
-    storage handed the message out, ``failures`` how many times it was
+    storage handed the message out, ``starts`` how many runs of it began
+    (:meth:`MessageStorage.mark_started`), ``failures`` how many times it was
     rescheduled after a failed run and ``last_error`` the error given then (all
     set by storage; ignored on save).
     """
@@ -61,6 +62,7 @@ class Message:
     attempts: int = 0
     failures: int = 0
     last_error: str | None = None
+    starts: int = 0
 
     @property
     def dedupe_key(self) -> str | None:

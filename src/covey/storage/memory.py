@@ -181,7 +181,8 @@ class InMemoryMessageStorage:
             row = staged.get(message.id) or self.rows[message.id]
             return Duplicate(message.id, row.reply)
         staged[message.id] = _Row(
-            replace(message, attempts=0, failures=0, last_error=None), self._clock.now())
+            replace(message, attempts=0, failures=0, starts=0, last_error=None),
+            self._clock.now())
         if key is not None:
             keys[key] = message.id
         return Saved(message.id)
@@ -251,6 +252,12 @@ class InMemoryMessageStorage:
         row.last_error = str(error)
         return row.message.failures
 
+    async def mark_started(self, request_ids: Collection[int]) -> None:
+        for request_id in request_ids:
+            row = self.rows.get(request_id)
+            if row is not None and row.reply is None:
+                row.message = replace(row.message, starts=row.message.starts + 1)
+
     async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
         return {i: self.rows[i].record() for i in request_ids if i in self.rows}
 
@@ -313,7 +320,7 @@ class InMemoryMessageStorage:
         row.processed_at = None
         row.lease_until = None
         row.last_error = None
-        row.message = replace(row.message, failures=0, last_error=None)
+        row.message = replace(row.message, failures=0, attempts=0, starts=0, last_error=None)
 
     async def clear_address(self, address: EntityAddress) -> int:
         doomed = [

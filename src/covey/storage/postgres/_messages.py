@@ -32,7 +32,7 @@ from covey.storage.postgres._writer import Op, ReplyOp, SaveOp, Writer, _elsewhe
 
 _COLUMNS = (
     "id, entity_type, entity_id, shard_group, shard, tag, payload, headers,"
-    " primary_key, deliver_at, priority, attempts, failures, last_error"
+    " primary_key, deliver_at, priority, attempts, failures, last_error, starts"
 )
 #: A message with its bookkeeping, for :class:`MessageRecord`.
 _RECORD_COLUMNS = (
@@ -63,6 +63,7 @@ def decode_message(row: Any) -> Message:
             attempts=int(row["attempts"]),
             failures=int(row["failures"]),
             last_error=row["last_error"],
+            starts=int(row["starts"]),
         )
     except (TypeError, ValueError, KeyError) as exc:
         raise corrupt(message_id, str(exc)) from exc
@@ -167,7 +168,8 @@ class PostgresMessageStorage:
         )
         self._sql_reset_request = (
             f"UPDATE {s}.messages SET processed = false, processed_at = NULL, reply = NULL,"
-            " reply_is_error = false, lease_until = NULL, failures = 0, last_error = NULL"
+            " reply_is_error = false, lease_until = NULL, failures = 0, attempts = 0, starts = 0,"
+            " last_error = NULL"
             " WHERE id = $1"
         )
         # Fenced like a reply (see Writer): FOR SHARE makes an acquisition that
@@ -182,6 +184,10 @@ class PostgresMessageStorage:
         self._sql_reschedule = (
             f"UPDATE {s}.messages SET deliver_at = $2, lease_until = NULL,"
             " failures = failures + 1, last_error = $3 WHERE id = $1 RETURNING failures"
+        )
+        self._sql_started = (
+            f"UPDATE {s}.messages SET starts = starts + 1"
+            " WHERE id = ANY($1::int8[]) AND NOT processed"
         )
         self._sql_inspect = (
             f"SELECT {_RECORD_COLUMNS} FROM {s}.messages WHERE id = ANY($1::int8[])"
@@ -261,6 +267,13 @@ class PostgresMessageStorage:
         if failures is None:
             raise StorageError(f"request {request_id} vanished while rescheduled")
         return int(failures)
+
+    async def mark_started(self, request_ids: Collection[int]) -> None:
+        ids = _check_ids(request_ids)
+        if not ids:
+            return
+        with translated("marking messages started"):
+            await self._pool.execute(self._sql_started, ids)
 
     async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
         ids = _check_ids(request_ids)

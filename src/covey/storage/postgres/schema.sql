@@ -50,7 +50,8 @@ CREATE TABLE messages (
     reply_is_error boolean NOT NULL DEFAULT false,
     -- reschedules after failed runs and the last one's error (see migration 0004)
     failures integer NOT NULL DEFAULT 0,
-    last_error text
+    last_error text,
+    starts integer NOT NULL DEFAULT 0
 ) WITH (fillfactor = 50);
 
 -- The runner's read: unprocessed messages of its shards, by priority then id.

@@ -44,7 +44,7 @@ from covey.storage.sqlite._writer import SqliteGroupWriter
 
 _COLUMNS = (
     "id, entity_type, entity_id, shard_group, shard, tag, payload, headers, "
-    "primary_key, deliver_at, priority, attempts, failures, last_error"
+    "primary_key, deliver_at, priority, attempts, failures, last_error, starts"
 )
 #: A message with its bookkeeping, for :class:`MessageRecord`.
 _RECORD_COLUMNS = (
@@ -71,7 +71,7 @@ def _corrupt(message_id: object, what: str) -> StorageError:
 
 def _message(row: Any) -> Message:
     (id_, entity_type, entity_id, group, shard, tag, payload, headers, primary_key,
-     deliver_at, priority, attempts, failures, last_error) = row
+     deliver_at, priority, attempts, failures, last_error, starts) = row
     checks = {
         "entity_type": isinstance(entity_type, str),
         "entity_id": isinstance(entity_id, str),
@@ -86,6 +86,7 @@ def _message(row: Any) -> Message:
         "attempts": isinstance(attempts, int),
         "failures": isinstance(failures, int),
         "last_error": last_error is None or isinstance(last_error, str),
+        "starts": isinstance(starts, int),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -102,6 +103,7 @@ def _message(row: Any) -> Message:
         attempts=attempts,
         failures=failures,
         last_error=last_error,
+        starts=starts,
     )
 
 
@@ -304,6 +306,22 @@ class SqliteMessageStorage:
 
         return await self._writer.submit(op)
 
+    async def mark_started(self, request_ids: Collection[int]) -> None:
+        ids = _check_ids(request_ids)
+        if not ids:
+            return
+
+        async def run(conn: aiosqlite.Connection) -> None:
+            for chunk in _chunks(ids):
+                await execute(
+                    conn,
+                    "UPDATE covey_messages SET starts = starts + 1 "
+                    f"WHERE processed = 0 AND id IN ({placeholders(chunk)})",
+                    chunk,
+                )
+
+        await self._db.write(run)
+
     async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
         ids = _check_ids(request_ids)
         if not ids:
@@ -460,7 +478,8 @@ class SqliteMessageStorage:
             changed = await execute(
                 conn,
                 "UPDATE covey_messages SET processed = 0, processed_at = NULL, reply = NULL, "
-                "reply_is_error = 0, lease_until = NULL, failures = 0, last_error = NULL "
+                "reply_is_error = 0, lease_until = NULL, failures = 0, attempts = 0, starts = 0, "
+                "last_error = NULL "
                 "WHERE id = ?",
                 (request_id,),
             )

@@ -48,7 +48,8 @@ CREATE TABLE covey_messages (
     reply_is_error INTEGER NOT NULL DEFAULT 0,
     -- reschedules after failed runs and the last one's error (see migration 0003)
     failures       INTEGER NOT NULL DEFAULT 0,
-    last_error     TEXT
+    last_error     TEXT,
+    starts         INTEGER NOT NULL DEFAULT 0
 );
 
 -- The delivery scan: unprocessed messages of a shard, highest priority first.

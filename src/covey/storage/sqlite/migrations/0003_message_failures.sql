@@ -4,3 +4,5 @@
 
 ALTER TABLE covey_messages ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE covey_messages ADD COLUMN last_error TEXT;
+-- starts counts runs that began (mark_started), so a re-run after a crash shows.
+ALTER TABLE covey_messages ADD COLUMN starts INTEGER NOT NULL DEFAULT 0;
