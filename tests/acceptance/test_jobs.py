@@ -137,9 +137,7 @@ async def test_5000_jobs_survive_a_sigkilled_runner(  # type: ignore[no-untyped-
     assert all(s.state == "succeeded" for s in rerun_status)
     # the attempt counts show the re-runs: a job whose run began on the killed runner
     # (its start was recorded) counts two attempts
-    runs_of = {r["key"]: r["n"] for r in await db.fetch(
-        "SELECT key, count(*) AS n FROM job_runs GROUP BY key HAVING count(*) > 1")}
-    assert all(s.attempts >= 2 for s in rerun_status) or not runs_of
+    assert all(s.attempts >= 2 for s in rerun_status), [s.attempts for s in rerun_status]
     print(f"\nSIGKILL: {total} jobs, {runs} runs ({runs - total} re-runs after the kill); "
           f"runs per job {dict(sorted(per_key.items()))}; max JobContext.attempt {max_attempt}; "
           f"sampled status attempts {dict(sorted(attempts.items()))}; status.attempts of the "
