@@ -26,7 +26,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/lint-imports
 
-SCENARIOS := storage volatile-rpc persisted-rpc failover handoff singleton-failover cron-accuracy
+SCENARIOS := storage volatile-rpc persisted-rpc failover handoff singleton-failover cron-accuracy \
+             jobs-throughput jobs-latency
 
 bench: $(STAMP)
 	for s in $(SCENARIOS); do $(PY) bench/run.py $$s --quick | tail -n 1; done
