@@ -234,3 +234,31 @@ async def test_dead_job_keeps_its_error_history() -> None:
         status = await handle.status()
         assert status.errors == ("ConnectionError: smtp down for hist@x",) * 3
         assert status.attempts == 3
+
+
+async def test_progress_and_keep_alive_show_in_the_status() -> None:
+    step = asyncio.Event()
+
+    def configure(cluster: covey.Cluster) -> None:
+        @cluster.job("long")
+        async def long(job: covey.JobContext, msg: Email) -> None:
+            await job.progress(0.5, "half way")
+            await job.keep_alive()
+            await step.wait()
+
+    async with TestCluster(runners=1, configure=configure) as tc:
+        long_def = JobDefinition(tc.client_member._job_specs[0] if tc.client_member._job_specs
+                                 else tc.runners[0]._job_specs[0], lambda: tc.client_member.jobs)
+        handle = await long_def.submit(Email(to="x"))
+        status = await handle.status()
+        deadline = asyncio.get_running_loop().time() + 5
+        while status.progress is None:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+            status = await handle.status()
+        assert status.state == "running" and status.progress == 0.5
+        assert status.progress_note == "half way" and status.heartbeat_at is not None
+        step.set()
+        await handle.result(timeout=5)
+        with pytest.raises(covey.ClusterError):
+            await covey.jobs.JobContext(1, "n", 1, 1, covey.RequestContext()).progress(2.0)

@@ -34,6 +34,7 @@ from covey.core import (
 from covey.entities import Entity, EntityClient, EntityRuntime
 from covey.jobs import JobDefinition, JobRunner, Jobs, JobSpec, Retry, priority_value
 from covey.jobs._definition import JOB_ENTITY, PriorityName
+from covey.jobs._jobs import progress_key
 from covey.sharding import (
     Envelope,
     Messenger,
@@ -337,6 +338,9 @@ class Cluster:
             self.job_runner.complete = self._messenger.complete
             self.job_runner.rerun = self._messenger.rerun
             self.job_runner.mark_started = self.storage.messages.mark_started
+            self.job_runner.report = self._jobs.report
+            storage = self.storage
+            self.job_runner.forget = lambda job_id: storage.state.delete(progress_key(job_id))
             self._messenger.deliverer = _Router(self.runtime, self.job_runner)
         self._singletons = SingletonManager(self._sharding, self.storage, self._clock,
                                             self.config.shards)

@@ -107,6 +107,8 @@ class JobStatus:
         last_error: the last failure (``"Type: message"``), if any.
         errors: the error history of a dead job.
         result: the handler's return value (plain data) once succeeded.
+        progress: the last ``job.progress()`` of a running job (0.0-1.0).
+        heartbeat_at: when the job last reported progress or ``keep_alive()``.
     """
 
     id: int
@@ -119,6 +121,9 @@ class JobStatus:
     scheduled_for: float | None = None
     errors: tuple[str, ...] = ()
     result: Any = None
+    progress: float | None = None
+    progress_note: str | None = None
+    heartbeat_at: float | None = None
 
     @property
     def done(self) -> bool:

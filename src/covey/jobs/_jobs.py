@@ -151,8 +151,33 @@ class Jobs:
             state, attempts = "running", max(attempts, m.failures + 1)
         else:
             state = "queued"
+        progress = note = beat = None
+        if state in ("running", "queued", "failed"):
+            stored = await self._storage.state.get(progress_key(m.id))
+            if stored is not None:
+                info2: dict[str, Any] = self._codec.decode(stored.value, dict[str, Any])
+                progress, note, beat = info2.get("p"), info2.get("n"), info2.get("t")
         return JobStatus(m.id, m.tag, state, attempts, last_error, record.created_at,
-                         record.processed_at, m.deliver_at, errors, result)
+                         record.processed_at, m.deliver_at, errors, result, progress, note, beat)
+
+    async def report(self, job_id: int, fraction: float | None, note: str | None) -> None:
+        """Store a running job's progress / heartbeat (last write wins)."""
+        key = progress_key(job_id)
+        for _ in range(3):
+            current = await self._storage.state.get(key)
+            data: dict[str, Any] = {} if current is None else self._codec.decode(
+                current.value, dict[str, Any])
+            if fraction is not None:
+                data["p"], data["n"] = fraction, note
+            data["t"] = self._clock.now()
+            try:
+                await self._storage.state.set(
+                    key, self._codec.encode(data),
+                    expected_version=None if current is None else current.version)
+                return
+            except ClusterError as exc:
+                if exc.reason is not Reason.VERSION_CONFLICT:
+                    raise
 
     async def _control(self, record: MessageRecord, tag: str, *, timeout: float = 5.0) -> Any:
         if not self._messenger.has_owner(record.message.address.shard):
@@ -239,6 +264,11 @@ class Jobs:
             if not dead:
                 return total
             total += await self._storage.messages.delete([s.id for s in dead])
+
+
+def progress_key(job_id: int) -> str:
+    """Where a job's progress and heartbeat live in the state store."""
+    return f"covey.job-progress/{job_id}"
 
 
 class JobDefinition(Generic[P]):

@@ -52,7 +52,7 @@ class JobContext:
     Attributes:
         job_id: the job's id (stable across attempts).
         name: the job's name.
-        attempt: 1 on the first run, +1 per retry.
+        attempt: 1 on the first run, +1 per retry or re-run after a runner died.
         max_attempts: the retry policy's limit.
         context: the tenant / request context the job was submitted under.
     """
@@ -62,10 +62,24 @@ class JobContext:
     attempt: int
     max_attempts: int
     context: RequestContext
+    _report: Callable[[int, float | None, str | None], Awaitable[None]] | None = None
 
     @property
     def last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
+
+    async def progress(self, fraction: float, note: str | None = None) -> None:
+        """Report progress (0.0-1.0) of a long job; ``status()`` shows it."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ClusterError("progress is a fraction from 0.0 to 1.0",
+                               reason=Reason.INVALID_ARGUMENT)
+        if self._report is not None:
+            await self._report(self.job_id, fraction, note)
+
+    async def keep_alive(self) -> None:
+        """Tell watchers a long job is still working (``status().heartbeat_at``)."""
+        if self._report is not None:
+            await self._report(self.job_id, None, None)
 
 
 class PrioritySemaphore:
@@ -119,6 +133,11 @@ class JobRunner:
         #: records pushed job starts in storage (set by the cluster)
         self.mark_started: Callable[[list[int]], Awaitable[None]] | None = None
         self._to_mark: list[int] = []
+        self._reported: set[int] = set()
+        #: drops a finished job's progress record (set by the cluster)
+        self.forget: Callable[[int], Awaitable[object]] | None = None
+        #: stores progress and heartbeats of running jobs (set by the cluster)
+        self.report: Callable[[int, float | None, str | None], Awaitable[None]] | None = None
         self._marking: asyncio.Task[None] | None = None
         #: completes a job with a fenced write on this runner (set by the cluster)
         self.complete: Callable[[ShardId, Reply], Awaitable[None]] | None = None
@@ -153,6 +172,11 @@ class JobRunner:
             await self.rerun(target)
             return Reply(message.id, self._codec.encode(True))
         return Reply(message.id, self._codec.encode(target in self.running))
+
+    async def _report(self, job_id: int, fraction: float | None, note: str | None) -> None:
+        assert self.report is not None
+        self._reported.add(job_id)
+        await self.report(job_id, fraction, note)
 
     def _started(self, job_id: int) -> None:
         if self.mark_started is None:
@@ -227,7 +251,8 @@ class JobRunner:
         context = RequestContext.from_headers(message.headers, ClusterPlacement(
             runner_id=self._runner_id, shard_id=str(message.address.shard),
             entity=f"{message.address.entity_type}/{message.address.entity_id}"))
-        job = JobContext(message.id, spec.name, attempt, spec.retry.max_attempts, context)
+        job = JobContext(message.id, spec.name, attempt, spec.retry.max_attempts, context,
+                         self._report if self.report is not None else None)
         with use_context(context):
             task = asyncio.ensure_future(spec.fn(job, payload))
         self.running[message.id] = task
@@ -253,6 +278,12 @@ class JobRunner:
             self._cancel_requested.discard(message.id)
             metrics.JOBS_RUNNING.labels(spec.name).dec()
             metrics.JOB_SECONDS.labels(spec.name).observe(self._clock.monotonic() - started)
+        if message.id in self._reported and self.forget is not None:
+            self._reported.discard(message.id)
+            try:
+                await self.forget(message.id)  # progress of a finished job is noise
+            except ClusterError as exc:
+                log.warning("could not drop the progress of job %d: %s", message.id, exc)
         try:
             encoded = self._codec.encode(result)
         except ClusterError as exc:
