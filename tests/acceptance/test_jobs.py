@@ -135,9 +135,14 @@ async def test_5000_jobs_survive_a_sigkilled_runner(  # type: ignore[no-untyped-
         "SELECT key FROM job_runs GROUP BY key HAVING count(*) > 1")]
     rerun_status = [await by_key[k].status() for k in rerun_keys]
     assert all(s.state == "succeeded" for s in rerun_status)
-    # the attempt counts show the re-runs: a job whose run began on the killed runner
-    # (its start was recorded) counts two attempts
-    assert all(s.attempts >= 2 for s in rerun_status), [s.attempts for s in rerun_status]
+    # the attempt counts show the re-runs: each start is recorded (batched, right after
+    # it begins), so the re-run of a job whose start had landed before the kill is its
+    # attempt 2 — status agrees with what the handler saw; a start still in flight at
+    # the kill is not counted (documented)
+    seen = {r["key"]: r["a"] for r in await db.fetch(
+        "SELECT key, max(attempt) AS a FROM job_runs GROUP BY key HAVING count(*) > 1")}
+    assert [s.attempts for s in rerun_status] == [seen[k] for k in rerun_keys]
+    assert not rerun_status or max(s.attempts for s in rerun_status) >= 2
     print(f"\nSIGKILL: {total} jobs, {runs} runs ({runs - total} re-runs after the kill); "
           f"runs per job {dict(sorted(per_key.items()))}; max JobContext.attempt {max_attempt}; "
           f"sampled status attempts {dict(sorted(attempts.items()))}; status.attempts of the "

@@ -136,15 +136,16 @@ class Jobs:
             if record.reply.is_error:
                 info: dict[str, Any] = self._codec.decode(record.reply.payload, dict[str, Any])
                 state = "cancelled" if info.get("state") == "cancelled" else "dead"
-                if info.get("ran"):
-                    attempts = max(attempts, m.failures + 1)
+                attempts = int(info.get("attempt") or 0)
                 if state == "dead":
                     errors = tuple(str(e) for e in info.get("errors") or [info.get("error")])
                     last_error = errors[-1] if errors else None
             else:
                 state = "succeeded"
-                attempts = max(attempts, m.failures + 1)
-                result = self._codec.decode(record.reply.payload, Any)
+                outcome: dict[str, Any] = self._codec.decode(record.reply.payload,
+                                                             dict[str, Any])
+                attempts = int(outcome.get("attempt") or attempts)
+                result = outcome.get("result")
         elif m.deliver_at is not None and m.deliver_at > now:
             state = "failed" if m.failures else "scheduled"
         elif await self._running(record):
@@ -216,7 +217,8 @@ class Jobs:
                 f"job {job_id} {'was cancelled' if cancelled else 'is dead'}: {info.get('error')}",
                 reason=Reason.JOB_CANCELLED if cancelled else Reason.JOB_DEAD,
                 job_id=job_id, error=str(info.get("error")))
-        return self._codec.decode(reply.payload, Any)
+        outcome: dict[str, Any] = self._codec.decode(reply.payload, dict[str, Any])
+        return outcome.get("result")
 
     async def cancel(self, job_id: int, *, timeout: float = 10.0) -> JobStatus:
         """Cancel a job: a queued one never runs, a running one is interrupted.

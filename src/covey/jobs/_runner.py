@@ -264,7 +264,8 @@ class JobRunner:
         except asyncio.CancelledError:
             if message.id in self._cancel_requested and not _being_cancelled():
                 log.info("job %s %d cancelled while running", spec.name, message.id)
-                return self._final(message.id, "cancelled", "cancelled while running", ran=True)
+                return self._final(message.id, "cancelled", "cancelled while running",
+                                   attempt=attempt)
             task.cancel()  # the runner is stopping or the shard moved: run it elsewhere
             raise
         except Exception as exc:
@@ -285,7 +286,9 @@ class JobRunner:
             except ClusterError as exc:
                 log.warning("could not drop the progress of job %d: %s", message.id, exc)
         try:
-            encoded = self._codec.encode(result)
+            # the attempt travels with the outcome: status() must not depend on the
+            # start record, which may land after the reply
+            encoded = self._codec.encode({"result": result, "attempt": attempt})
         except ClusterError as exc:
             return self._failed(spec, message, attempt, exc)
         metrics.JOBS_SUCCEEDED.labels(spec.name).inc()
@@ -304,12 +307,12 @@ class JobRunner:
             return Reschedule(self._clock.now() + delay, json.dumps(history))
         log.warning("job %s %d dead after attempt %d: %s", spec.name, message.id, attempt, error)
         metrics.JOBS_DEAD.labels(spec.name).inc()
-        return self._final(message.id, "dead", error, ran=True, errors=history)
+        return self._final(message.id, "dead", error, attempt=attempt, errors=history)
 
-    def _final(self, job_id: int, state: str, error: str, *, ran: bool = False,
+    def _final(self, job_id: int, state: str, error: str, *, attempt: int = 0,
                errors: list[str] | None = None) -> Reply:
         payload = self._codec.encode({
-            "state": state, "error": error, "ran": ran, "errors": errors or [error],
+            "state": state, "error": error, "attempt": attempt, "errors": errors or [error],
             "reason": Reason.HANDLER_FAILED.value,
         })
         return Reply(job_id, payload, is_error=True)
