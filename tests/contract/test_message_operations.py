@@ -119,3 +119,18 @@ async def test_mark_started_counts_a_run(storage: Storage, clock: TestClock) -> 
     await storage.messages.save_reply(Reply(pushed.id, b"x"), fence)
     await storage.messages.reset_request(pushed.id)
     assert (await storage.messages.inspect([pushed.id]))[pushed.id].message.starts == 0
+
+
+async def test_count_messages_groups_by_tag_priority_and_state(storage: Storage) -> None:
+    fence = await _fence(storage)
+    a1, a2 = msg("1", entity_type="covey.Job", tag="a"), msg("2", entity_type="covey.Job", tag="a")
+    b = msg("3", entity_type="covey.Job", tag="b", priority=10)
+    dead = msg("4", entity_type="covey.Job", tag="b", priority=10)
+    for m in (a1, a2, b, dead, msg("x", entity_type="Account")):
+        await storage.messages.save_request(m)
+    await storage.messages.save_reply(Reply(a2.id, b"ok"), fence)
+    await storage.messages.save_reply(Reply(dead.id, b"no", is_error=True), fence)
+    assert await storage.messages.count_messages("covey.Job") == [
+        ("a", 0, "processed", 1), ("a", 0, "unprocessed", 1),
+        ("b", 10, "error", 1), ("b", 10, "unprocessed", 1),
+    ]

@@ -262,3 +262,24 @@ async def test_progress_and_keep_alive_show_in_the_status() -> None:
         await handle.result(timeout=5)
         with pytest.raises(covey.ClusterError):
             await covey.jobs.JobContext(1, "n", 1, 1, covey.RequestContext()).progress(2.0)
+
+
+async def test_backlog_and_dead_letter_gauges() -> None:
+    from prometheus_client import REGISTRY
+
+    app = App()
+    async with TestCluster(runners=2, configure=app.configure) as tc:
+        jobs = client_defs(app, tc)
+        await jobs["send"].submit(Email(to="later@x"), delay=60, priority="low")
+        dead = await jobs["send"].submit(Email(to="forbidden"))
+        with pytest.raises(JobError):
+            await dead.result(timeout=5)
+        host = next(r for r in tc.runners if "covey.jobs-metrics" in r.singletons.running())
+        await host.singletons.stop()  # restart it so it samples now
+        await host.singletons.shards_acquired({host.singletons.shard_of(
+            host.singletons.specs["covey.jobs-metrics"]): host.sharding.owned[
+                host.singletons.shard_of(host.singletons.specs["covey.jobs-metrics"])]})
+        await until(lambda: REGISTRY.get_sample_value(
+            "covey_jobs_dead_letter", {"name": "email.send"}) == 1.0)
+        assert REGISTRY.get_sample_value(
+            "covey_jobs_backlog", {"name": "email.send", "priority": "-10"}) == 1.0

@@ -29,6 +29,7 @@ from covey.core import (
     RunnerAddress,
     ShardId,
     SystemClock,
+    metrics,
     shard_for,
 )
 from covey.entities import Entity, EntityClient, EntityRuntime
@@ -47,6 +48,7 @@ from covey.sharding import (
 from covey.singletons import (
     CronManager,
     CronSpec,
+    SingletonContext,
     SingletonHealth,
     SingletonManager,
     SingletonSpec,
@@ -56,6 +58,9 @@ from covey.singletons._singleton import SingletonFn
 from covey.storage import Message, Reply, Storage, WakeupSource, open_storage
 
 log = logging.getLogger("covey.cluster")
+
+JOBS_METRICS = "covey.jobs-metrics"
+JOBS_METRICS_INTERVAL = 10.0
 
 E = TypeVar("E", bound=Entity)
 
@@ -203,6 +208,26 @@ class Cluster:
 
         return declare
 
+    async def _sample_job_metrics(self, ctx: SingletonContext[None]) -> None:
+        """One runner (a singleton) exports the cluster-wide backlog and dead-letter."""
+        try:
+            while True:
+                rows = await self.storage.messages.count_messages(JOB_ENTITY)
+                metrics.JOBS_BACKLOG.clear()
+                metrics.JOBS_DEAD_LETTER.clear()
+                dead: dict[str, int] = {}
+                for name, priority, state, count in rows:
+                    if state == "unprocessed":
+                        metrics.JOBS_BACKLOG.labels(name, str(priority)).set(count)
+                    elif state == "error":
+                        dead[name] = dead.get(name, 0) + count
+                for name, count in dead.items():
+                    metrics.JOBS_DEAD_LETTER.labels(name).set(count)
+                await self._clock.sleep(JOBS_METRICS_INTERVAL)
+        finally:  # another runner exports them now: no stale values here
+            metrics.JOBS_BACKLOG.clear()
+            metrics.JOBS_DEAD_LETTER.clear()
+
     @property
     def jobs(self) -> Jobs:
         """Status, results, cancel and the dead-letter of jobs."""
@@ -342,6 +367,10 @@ class Cluster:
             storage = self.storage
             self.job_runner.forget = lambda job_id: storage.state.delete(progress_key(job_id))
             self._messenger.deliverer = _Router(self.runtime, self.job_runner)
+        if self._job_specs and not self.client_only and not any(
+                s.name == JOBS_METRICS for s in self._singleton_specs):
+            self._singleton_specs.append(
+                SingletonSpec(JOBS_METRICS, self._sample_job_metrics, None, None))
         self._singletons = SingletonManager(self._sharding, self.storage, self._clock,
                                             self.config.shards)
         for spec in self._singleton_specs:

@@ -42,6 +42,14 @@ CRON_LATENESS = Histogram(
     ["name"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+JOBS_BACKLOG = Gauge(
+    "covey_jobs_backlog", "Stored jobs not finished yet (queued, scheduled, retrying), "
+    "cluster-wide; exported by one runner", ["name", "priority"],
+)
+JOBS_DEAD_LETTER = Gauge(
+    "covey_jobs_dead_letter", "Dead jobs in the dead-letter, cluster-wide; exported by one "
+    "runner", ["name"],
+)
 JOBS_RUNNING = Gauge("covey_jobs_running", "Jobs running on this runner", ["name"])
 JOBS_QUEUED = Gauge(
     "covey_jobs_queued", "Jobs delivered to this runner waiting for a slot", ["name", "priority"]
@@ -55,7 +63,9 @@ JOB_SECONDS = Histogram(
 )
 
 __all__ = [
+    "JOBS_BACKLOG",
     "JOBS_DEAD",
+    "JOBS_DEAD_LETTER",
     "JOBS_FAILED",
     "JOBS_QUEUED",
     "JOBS_RUNNING",

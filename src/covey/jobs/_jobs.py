@@ -133,18 +133,16 @@ class Jobs:
         attempts = max(m.starts, m.failures)
         now = self._clock.now()
         if record.reply is not None:
+            outcome: dict[str, Any] = self._codec.decode(record.reply.payload, dict[str, Any])
+            attempts = int(outcome.get("attempt") or 0)
             if record.reply.is_error:
-                info: dict[str, Any] = self._codec.decode(record.reply.payload, dict[str, Any])
-                state = "cancelled" if info.get("state") == "cancelled" else "dead"
-                attempts = int(info.get("attempt") or 0)
-                if state == "dead":
-                    errors = tuple(str(e) for e in info.get("errors") or [info.get("error")])
-                    last_error = errors[-1] if errors else None
+                state = "dead"
+                errors = tuple(str(e) for e in outcome.get("errors") or [outcome.get("error")])
+                last_error = errors[-1] if errors else None
+            elif outcome.get("state") == "cancelled":
+                state = "cancelled"
             else:
                 state = "succeeded"
-                outcome: dict[str, Any] = self._codec.decode(record.reply.payload,
-                                                             dict[str, Any])
-                attempts = int(outcome.get("attempt") or attempts)
                 result = outcome.get("result")
         elif m.deliver_at is not None and m.deliver_at > now:
             state = "failed" if m.failures else "scheduled"
@@ -210,14 +208,14 @@ class Jobs:
         if reply is None:
             reply = await self._messenger.wait_for_reply(
                 Envelope(record.message, persisted=True), timeout=timeout)
-        if reply.is_error:
-            info: dict[str, Any] = self._codec.decode(reply.payload, dict[str, Any])
-            cancelled = info.get("state") == "cancelled"
-            raise JobError(
-                f"job {job_id} {'was cancelled' if cancelled else 'is dead'}: {info.get('error')}",
-                reason=Reason.JOB_CANCELLED if cancelled else Reason.JOB_DEAD,
-                job_id=job_id, error=str(info.get("error")))
         outcome: dict[str, Any] = self._codec.decode(reply.payload, dict[str, Any])
+        if reply.is_error or outcome.get("state") == "cancelled":
+            cancelled = not reply.is_error
+            raise JobError(
+                f"job {job_id} {'was cancelled' if cancelled else 'is dead'}: "
+                f"{outcome.get('error')}",
+                reason=Reason.JOB_CANCELLED if cancelled else Reason.JOB_DEAD,
+                job_id=job_id, error=str(outcome.get("error")))
         return outcome.get("result")
 
     async def cancel(self, job_id: int, *, timeout: float = 10.0) -> JobStatus:
@@ -246,8 +244,7 @@ class Jobs:
 
     async def dead_letters(self, *, name: str | None = None, limit: int = 50) -> list[JobStatus]:
         """Dead jobs, newest first."""
-        found = await self.recent(state="error", name=name, limit=limit)
-        return [s for s in found if s.state == "dead"]
+        return await self.recent(state="error", name=name, limit=limit)
 
     async def retry_dead(self, job_id: int) -> JobHandle:
         """Requeue a dead job with its attempts reset."""

@@ -315,7 +315,8 @@ class JobRunner:
             "state": state, "error": error, "attempt": attempt, "errors": errors or [error],
             "reason": Reason.HANDLER_FAILED.value,
         })
-        return Reply(job_id, payload, is_error=True)
+        # only dead jobs are error replies: the dead-letter is exactly the error replies
+        return Reply(job_id, payload, is_error=state == "dead")
 
 
 def error_history(stored: str | None) -> list[str]:

@@ -169,6 +169,14 @@ class MessageStorage(Protocol):
         """
         ...
 
+    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
+        """How many messages of one entity type, grouped for metrics.
+
+        Returns ``(tag, priority, state, count)`` rows where state is
+        ``unprocessed``, ``processed`` or ``error``.
+        """
+        ...
+
     async def delete(self, request_ids: Collection[int]) -> int:
         """Delete these messages whatever their state; returns how many."""
         ...

@@ -288,6 +288,18 @@ class InMemoryMessageStorage:
                       key=lambda r: r.message.id, reverse=True)
         return [r.record() for r in rows[: max(limit, 0)]]
 
+    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
+        counts: dict[tuple[str, int, str], int] = {}
+        for row in self.rows.values():
+            m = row.message
+            if m.address.entity_type != entity_type:
+                continue
+            state = ("unprocessed" if row.reply is None
+                     else "error" if row.reply.is_error else "processed")
+            key = (m.tag, m.priority, state)
+            counts[key] = counts.get(key, 0) + 1
+        return [(t, p, s, n) for (t, p, s), n in sorted(counts.items())]
+
     async def delete(self, request_ids: Collection[int]) -> int:
         doomed = [i for i in set(request_ids) if i in self.rows]
         for i in doomed:

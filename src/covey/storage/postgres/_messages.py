@@ -192,6 +192,12 @@ class PostgresMessageStorage:
         self._sql_inspect = (
             f"SELECT {_RECORD_COLUMNS} FROM {s}.messages WHERE id = ANY($1::int8[])"
         )
+        self._sql_count = (
+            "SELECT tag, priority, CASE WHEN NOT processed THEN 'unprocessed'"
+            " WHEN reply_is_error THEN 'error' ELSE 'processed' END AS state, count(*)"
+            f" FROM {s}.messages WHERE entity_type = $1"
+            " GROUP BY tag, priority, state ORDER BY tag, priority, state"
+        )
         self._sql_list = f"SELECT {_RECORD_COLUMNS} FROM {s}.messages WHERE entity_type = $1"
         self._sql_delete = f"DELETE FROM {s}.messages WHERE id = ANY($1::int8[])"
         self._sql_clear = (
@@ -283,6 +289,13 @@ class PostgresMessageStorage:
             rows = await self._pool.fetch(self._sql_inspect, ids)
         records = [decode_record(r) for r in rows]
         return {r.message.id: r for r in records}
+
+    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
+        if not isinstance(entity_type, str):
+            raise ClusterError("entity_type must be a str", reason=Reason.INVALID_ARGUMENT)
+        with translated("counting messages"):
+            rows = await self._pool.fetch(self._sql_count, entity_type)
+        return [(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in rows]
 
     async def list_messages(
         self,

@@ -343,6 +343,23 @@ class SqliteMessageStorage:
 
         return await self._db.read(run)
 
+    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
+        if not isinstance(entity_type, str):
+            raise ClusterError("entity_type must be a str", reason=Reason.INVALID_ARGUMENT)
+
+        async def run(conn: aiosqlite.Connection) -> list[tuple[str, int, str, int]]:
+            rows = await fetchall(
+                conn,
+                "SELECT tag, priority, CASE WHEN processed = 0 THEN 'unprocessed' "
+                "WHEN reply_is_error = 1 THEN 'error' ELSE 'processed' END AS state, "
+                "count(*) FROM covey_messages WHERE entity_type = ? "
+                "GROUP BY tag, priority, state ORDER BY tag, priority, state",
+                (entity_type,),
+            )
+            return [(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+        return await self._db.read(run)
+
     async def list_messages(
         self,
         entity_type: str,
