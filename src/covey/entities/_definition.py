@@ -196,7 +196,3 @@ def rpc(
         return mark(fn)
     return mark
 
-
-def no_argument() -> Any:
-    """The sentinel ``RpcSpec.request_type`` for handlers without an argument."""
-    return _NO_ARG

@@ -60,7 +60,6 @@ class EntityRuntime:
         self._stopping: set[ShardId] = set()
         #: how long stopping shards wait for running handlers (shutdown grace)
         self.grace = 15.0
-        self.metrics_hook: Any = None
 
     def register(self, entity_type: type[Entity]) -> None:
         name = entity_type.__covey_type__

@@ -107,10 +107,6 @@ class Sharding:
         self._rebalance_lock = asyncio.Lock()
         self._on_change: list[Callable[[], None]] = []
 
-    @property
-    def is_client_only(self) -> bool:
-        return self.address is None
-
     # ---- lifecycle -------------------------------------------------------
 
     async def join(self) -> None:

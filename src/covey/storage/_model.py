@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from covey.core import ClusterError, EntityAddress, Reason, RunnerAddress, ShardId, StorageError
@@ -132,6 +132,39 @@ class StorageInfo:
 
 
 _INT64_MAX = (1 << 63) - 1
+
+
+def check_ids(request_ids: Collection[int]) -> list[int]:
+    """Distinct message ids, each checked to be an int (typed error otherwise)."""
+    ids = list(set(request_ids))
+    for request_id in ids:
+        if not isinstance(request_id, int) or isinstance(request_id, bool):
+            raise _bad("request_id", request_id)
+    return ids
+
+
+def check_reschedule(request_id: int, deliver_at: object, error: object, fence: Fence) -> None:
+    """Refuse malformed ``reschedule`` arguments with a typed error."""
+    check_reply(Reply(request_id, b""), fence)
+    if not isinstance(deliver_at, int | float) or isinstance(deliver_at, bool):
+        raise _bad("deliver_at", deliver_at)
+    if not isinstance(error, str):
+        raise _bad("error", error)
+
+
+def check_listing(entity_type: object, state: object, tag: object, limit: object,
+                  before_id: object) -> None:
+    """Refuse malformed ``list_messages`` arguments with a typed error."""
+    if not isinstance(entity_type, str):
+        raise _bad("entity_type", entity_type)
+    if state not in (None, "unprocessed", "processed", "error"):
+        raise _bad("state", state)
+    if tag is not None and not isinstance(tag, str):
+        raise _bad("tag", tag)
+    for name, value in (("limit", limit), ("before_id", before_id)):
+        if (value is not None or name == "limit") and (
+                not isinstance(value, int) or isinstance(value, bool)):
+            raise _bad(name, value)
 
 
 def _bad(what: str, value: object) -> ClusterError:

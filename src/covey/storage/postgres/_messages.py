@@ -23,8 +23,11 @@ from covey.storage._model import (
     MessageRecord,
     Reply,
     SaveResult,
+    check_ids,
+    check_listing,
     check_message,
     check_reply,
+    check_reschedule,
     decode_headers,
 )
 from covey.storage.postgres._errors import corrupt, translated
@@ -39,7 +42,6 @@ _RECORD_COLUMNS = (
     f"{_COLUMNS}, created_at, processed, processed_at, reply, reply_is_error,"
     " last_error, lease_until"
 )
-_STATES = (None, "unprocessed", "processed", "error")
 
 
 def decode_message(row: Any) -> Message:
@@ -90,22 +92,7 @@ def decode_record(row: Any) -> MessageRecord:
     )
 
 
-def _invalid(field: str, value: object) -> ClusterError:
-    return ClusterError(
-        f"invalid {field}: {value!r}", reason=Reason.INVALID_ARGUMENT, field=field
-    )
 
-
-def _check_int(field: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _invalid(field, value)
-
-
-def _check_ids(request_ids: Collection[int]) -> list[int]:
-    ids = list(set(request_ids))
-    for request_id in ids:
-        _check_int("request_id", request_id)
-    return ids
 
 
 def shard_arrays(shards: Collection[ShardId]) -> tuple[list[str], list[int]]:
@@ -244,11 +231,7 @@ class PostgresMessageStorage:
     async def reschedule(
         self, request_id: int, *, deliver_at: float, error: str, fence: Fence
     ) -> int:
-        check_reply(Reply(request_id, b""), fence)
-        if not isinstance(deliver_at, int | float) or isinstance(deliver_at, bool):
-            raise _invalid("deliver_at", deliver_at)
-        if not isinstance(error, str):
-            raise _invalid("error", error)
+        check_reschedule(request_id, deliver_at, error, fence)
         with translated("rescheduling a request"):
             async with self._pool.acquire() as conn, conn.transaction():
                 epoch = await conn.fetchval(
@@ -275,14 +258,14 @@ class PostgresMessageStorage:
         return int(failures)
 
     async def mark_started(self, request_ids: Collection[int]) -> None:
-        ids = _check_ids(request_ids)
+        ids = check_ids(request_ids)
         if not ids:
             return
         with translated("marking messages started"):
             await self._pool.execute(self._sql_started, ids)
 
     async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
-        ids = _check_ids(request_ids)
+        ids = check_ids(request_ids)
         if not ids:
             return {}
         with translated("inspecting messages"):
@@ -306,15 +289,7 @@ class PostgresMessageStorage:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[MessageRecord]:
-        if not isinstance(entity_type, str):
-            raise _invalid("entity_type", entity_type)
-        if state not in _STATES:
-            raise _invalid("state", state)
-        if tag is not None and not isinstance(tag, str):
-            raise _invalid("tag", tag)
-        _check_int("limit", limit)
-        if before_id is not None:
-            _check_int("before_id", before_id)
+        check_listing(entity_type, state, tag, limit, before_id)
         if limit <= 0:
             return []
         query = self._sql_list
@@ -338,7 +313,7 @@ class PostgresMessageStorage:
         return [decode_record(r) for r in rows]
 
     async def delete(self, request_ids: Collection[int]) -> int:
-        ids = _check_ids(request_ids)
+        ids = check_ids(request_ids)
         if not ids:
             return 0
         with translated("deleting messages"):

@@ -27,8 +27,11 @@ from covey.storage._model import (
     Reply,
     Saved,
     SaveResult,
+    check_ids,
+    check_listing,
     check_message,
     check_reply,
+    check_reschedule,
     decode_headers,
     encode_headers,
 )
@@ -51,7 +54,6 @@ _RECORD_COLUMNS = (
     f"{_COLUMNS}, created_at, processed, processed_at, reply, reply_is_error, "
     "last_error, lease_until"
 )
-_STATES = (None, "unprocessed", "processed", "error")
 _INSERT = (
     "INSERT INTO covey_messages (id, entity_type, entity_id, shard_group, shard, tag, "
     "payload, headers, primary_key, dedupe_key, deliver_at, priority, created_at) "
@@ -130,22 +132,7 @@ def _record(row: Any) -> MessageRecord:
     )
 
 
-def _invalid(field: str, value: object) -> ClusterError:
-    return ClusterError(
-        f"invalid {field}: {value!r}", reason=Reason.INVALID_ARGUMENT, field=field
-    )
 
-
-def _check_int(field: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _invalid(field, value)
-
-
-def _check_ids(request_ids: Collection[int]) -> list[int]:
-    ids = list(request_ids)
-    for request_id in ids:
-        _check_int("request_id", request_id)
-    return ids
 
 
 def _reply(message_id: int, payload: object, is_error: object) -> Reply:
@@ -270,11 +257,7 @@ class SqliteMessageStorage:
     async def reschedule(
         self, request_id: int, *, deliver_at: float, error: str, fence: Fence
     ) -> int:
-        check_reply(Reply(request_id, b""), fence)
-        if not isinstance(deliver_at, int | float) or isinstance(deliver_at, bool):
-            raise _invalid("deliver_at", deliver_at)
-        if not isinstance(error, str):
-            raise _invalid("error", error)
+        check_reschedule(request_id, deliver_at, error, fence)
 
         async def op(conn: aiosqlite.Connection) -> int:
             row = await fetchone(
@@ -307,7 +290,7 @@ class SqliteMessageStorage:
         return await self._writer.submit(op)
 
     async def mark_started(self, request_ids: Collection[int]) -> None:
-        ids = _check_ids(request_ids)
+        ids = check_ids(request_ids)
         if not ids:
             return
 
@@ -323,7 +306,7 @@ class SqliteMessageStorage:
         await self._db.write(run)
 
     async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
-        ids = _check_ids(request_ids)
+        ids = check_ids(request_ids)
         if not ids:
             return {}
 
@@ -369,15 +352,7 @@ class SqliteMessageStorage:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[MessageRecord]:
-        if not isinstance(entity_type, str):
-            raise _invalid("entity_type", entity_type)
-        if state not in _STATES:
-            raise _invalid("state", state)
-        if tag is not None and not isinstance(tag, str):
-            raise _invalid("tag", tag)
-        _check_int("limit", limit)
-        if before_id is not None:
-            _check_int("before_id", before_id)
+        check_listing(entity_type, state, tag, limit, before_id)
         if limit <= 0:
             return []
         where = ["entity_type = ?"]
@@ -405,7 +380,7 @@ class SqliteMessageStorage:
         return await self._db.read(run)
 
     async def delete(self, request_ids: Collection[int]) -> int:
-        ids = _check_ids(request_ids)
+        ids = check_ids(request_ids)
         if not ids:
             return 0
 
