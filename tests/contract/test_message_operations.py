@@ -134,3 +134,19 @@ async def test_count_messages_groups_by_tag_priority_and_state(storage: Storage)
         ("a", 0, "processed", 1), ("a", 0, "unprocessed", 1),
         ("b", 10, "error", 1), ("b", 10, "unprocessed", 1),
     ]
+
+
+async def test_next_due_is_the_earliest_future_delivery(storage: Storage,
+                                                       clock: TestClock) -> None:
+    from covey.core import ShardId
+
+    assert await storage.messages.next_due([S1]) is None
+    soon, later = msg(deliver_at=clock.now() + 5), msg(deliver_at=clock.now() + 50)
+    elsewhere = msg(shard=ShardId("default", 9), deliver_at=clock.now() + 1)
+    now = msg(deliver_at=clock.now() - 1)
+    for m in (later, soon, elsewhere, now):
+        await storage.messages.save_request(m)
+    assert await storage.messages.next_due([S1]) == pytest.approx(clock.now() + 5)
+    await clock.advance(6)
+    assert await storage.messages.next_due([S1]) == pytest.approx(clock.now() + 44)
+    assert await storage.messages.next_due([]) is None

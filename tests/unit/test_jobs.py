@@ -283,3 +283,22 @@ async def test_backlog_and_dead_letter_gauges() -> None:
             "covey_jobs_dead_letter", {"name": "email.send"}) == 1.0)
         assert REGISTRY.get_sample_value(
             "covey_jobs_backlog", {"name": "email.send", "priority": "-10"}) == 1.0
+
+
+async def test_a_delayed_job_runs_on_time_after_its_runner_died() -> None:
+    from covey.core import ShardingOptions
+
+    app = App()
+    # a 30 s safety poll: only the new owner's due-time lookup can start it on time
+    options = ShardingOptions(heartbeat_interval=0.2, runner_ttl=5.0, membership_interval=0.05,
+                              lock_refresh_interval=0.5, poll_interval=30.0,
+                              shutdown_grace=2.0, call_timeout=10.0)
+    async with TestCluster(runners=2, configure=app.configure, sharding=options) as tc:
+        handle = await client_defs(app, tc)["send"].submit(Email(to="delayed@x"), delay=1.0)
+        submitted = asyncio.get_running_loop().time()
+        shard = (await tc.storage.messages.inspect([handle.id]))[handle.id].message.address.shard
+        owner = next(i for i, r in enumerate(tc.runners) if shard in r.sharding.owned)
+        await tc.kill(owner)
+        # nobody waits on the job (a waiter's push would also set the new owner's timer)
+        await until(lambda: ("delayed@x", 1) in app.sent, timeout=3.0)
+        assert asyncio.get_running_loop().time() - submitted >= 1.0  # not early either

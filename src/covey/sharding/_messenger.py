@@ -92,6 +92,7 @@ class Messenger:
         self._inflight: dict[int, asyncio.Future[Reply]] = {}
         self._inflight_shard: dict[int, ShardId] = {}
         self._retry_at: dict[int, float] = {}
+        self._need_due = False
         self._completed: collections.OrderedDict[int, Reply] = collections.OrderedDict()
         self._read_wake = asyncio.Event()
         self._timers: list[float] = []
@@ -117,6 +118,7 @@ class Messenger:
     # ---- ShardListener ---------------------------------------------------
 
     async def shards_acquired(self, shards: dict[ShardId, int]) -> None:
+        self._need_due = True  # delayed messages stored there: learn when they come due
         self.poke()
 
     async def shards_lost(self, shards: set[ShardId], *, graceful: bool) -> None:
@@ -492,6 +494,8 @@ class Messenger:
     async def _read_loop(self) -> None:
         while True:
             await _sleep_or_wake(self._clock, self._read_wake, self._options.poll_interval)
+            if not self._read_wake.is_set():
+                self._need_due = True  # the safety poll also re-learns due times
             self._read_wake.clear()
             try:
                 await self._read_once()
@@ -511,6 +515,11 @@ class Messenger:
                 self._read_pending += 1
                 self._spawn(self._process_read(Envelope(message, persisted=True, read=True)))
             if len(messages) < batch_size:
+                if self._need_due:
+                    self._need_due = False
+                    due = await self._storage.messages.next_due(shards)
+                    if due is not None:
+                        self.schedule(due)
                 return
 
     async def _process_read(self, envelope: Envelope) -> None:

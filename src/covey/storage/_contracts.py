@@ -181,6 +181,14 @@ class MessageStorage(Protocol):
         """Delete these messages whatever their state; returns how many."""
         ...
 
+    async def next_due(self, shards: Collection[ShardId]) -> float | None:
+        """The earliest future ``deliver_at`` among unprocessed messages of ``shards``.
+
+        A new owner uses it to set its delivery timer for delayed messages it has
+        not seen pushed (``None``: nothing is waiting for a later time).
+        """
+        ...
+
     async def get(self, request_id: int) -> Message | None:
         """The stored request, processed or not."""
         ...

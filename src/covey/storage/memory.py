@@ -306,6 +306,14 @@ class InMemoryMessageStorage:
             self._drop(i)
         return len(doomed)
 
+    async def next_due(self, shards: Collection[ShardId]) -> float | None:
+        now = self._clock.now()
+        wanted = set(shards)
+        due = [row.message.deliver_at for row in self.rows.values()
+               if row.reply is None and row.message.address.shard in wanted
+               and row.message.deliver_at is not None and row.message.deliver_at > now]
+        return min(due) if due else None
+
     async def get(self, request_id: int) -> Message | None:
         row = self.rows.get(request_id)
         return row.message if row else None

@@ -143,6 +143,11 @@ class PostgresMessageStorage:
             " ORDER BY priority DESC, id LIMIT $3 FOR UPDATE SKIP LOCKED)"
             f" RETURNING {_COLUMNS}"
         )
+        self._sql_next_due = (
+            f"SELECT min(deliver_at) FROM {s}.messages WHERE NOT processed"
+            " AND deliver_at > $3"
+            " AND (shard_group, shard) IN (SELECT * FROM unnest($1::text[], $2::int4[]))"
+        )
         self._sql_get = f"SELECT {_COLUMNS} FROM {s}.messages WHERE id = $1"
         self._sql_replies = (
             f"SELECT id, reply, reply_is_error FROM {s}.messages"
@@ -337,6 +342,15 @@ class PostgresMessageStorage:
         messages = [decode_message(r) for r in rows]
         messages.sort(key=lambda m: (-m.priority, m.id))
         return messages
+
+    async def next_due(self, shards: Collection[ShardId]) -> float | None:
+        if not shards:
+            return None
+        groups, numbers = shard_arrays(shards)
+        with translated("reading the next due time"):
+            due = await self._pool.fetchval(self._sql_next_due, groups, numbers,
+                                            self._clock.now())
+        return None if due is None else float(due)
 
     async def get(self, request_id: int) -> Message | None:
         with translated("reading a message"):

@@ -423,6 +423,22 @@ class SqliteMessageStorage:
 
         return await self._db.write(run)
 
+    async def next_due(self, shards: Collection[ShardId]) -> float | None:
+        if not shards:
+            return None
+        where, params = _shard_filter(shards)
+
+        async def run(conn: aiosqlite.Connection) -> float | None:
+            row = await fetchone(
+                conn,
+                "SELECT min(deliver_at) FROM covey_messages WHERE processed = 0 "
+                f"AND deliver_at > ? AND {where}",
+                [self._clock.now(), *params],
+            )
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._db.read(run)
+
     async def get(self, request_id: int) -> Message | None:
         async def run(conn: aiosqlite.Connection) -> Message | None:
             row = await fetchone(
