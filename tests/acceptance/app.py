@@ -9,15 +9,12 @@ every run, so tests can tell effects from re-deliveries.
 from __future__ import annotations
 
 import asyncio
-import os
 
-import asyncpg
 from pydantic import BaseModel
 
 import covey
 
-_pool: asyncpg.Pool | None = None
-_pool_lock = asyncio.Lock()
+from ._app_pool import AppPool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS app_effects (key text PRIMARY KEY, runner text NOT NULL);
@@ -26,19 +23,7 @@ CREATE TABLE IF NOT EXISTS app_runs (id bigserial PRIMARY KEY, key text NOT NULL
 """
 
 
-async def app_pool() -> asyncpg.Pool:
-    global _pool
-    async with _pool_lock:
-        if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["COVEY_DATABASE_URL"],
-                                              min_size=1, max_size=4)
-            async with _pool.acquire() as conn:
-                await conn.execute("SELECT pg_advisory_lock(42)")
-                try:
-                    await conn.execute(SCHEMA)
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock(42)")
-        return _pool
+app_pool = AppPool(max_size=4, schema=SCHEMA, lock_key=42)
 
 
 class Apply(BaseModel):

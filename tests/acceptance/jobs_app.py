@@ -16,7 +16,6 @@ Every handler records what it did in the application's own tables:
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import asyncpg
@@ -24,6 +23,8 @@ from pydantic import BaseModel
 
 import covey
 from covey.jobs import JobDefinition
+
+from ._app_pool import AppPool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS job_effects (key text PRIMARY KEY, runner text NOT NULL);
@@ -35,10 +36,6 @@ CREATE TABLE IF NOT EXISTS job_cancelled (key text PRIMARY KEY, runner text NOT 
 CREATE TABLE IF NOT EXISTS job_flags (name text PRIMARY KEY);
 """
 
-_pool: asyncpg.Pool | None = None
-_pool_lock = asyncio.Lock()
-
-
 async def create_schema(url: str) -> None:
     """Create the application's tables (the test does it before it starts runners)."""
     conn = await asyncpg.connect(url)
@@ -48,13 +45,7 @@ async def create_schema(url: str) -> None:
         await conn.close()
 
 
-async def app_pool() -> asyncpg.Pool:
-    global _pool
-    async with _pool_lock:
-        if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["COVEY_DATABASE_URL"],
-                                              min_size=1, max_size=8)
-        return _pool
+app_pool = AppPool(max_size=8)  # the test creates the tables before runners start
 
 
 class Work(BaseModel):

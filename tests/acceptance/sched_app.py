@@ -11,10 +11,11 @@ import datetime as dt
 import os
 import time
 
-import asyncpg
 from pydantic import BaseModel
 
 import covey
+
+from ._app_pool import AppPool
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cron_runs (
@@ -25,23 +26,7 @@ CREATE TABLE IF NOT EXISTS singleton_lives (
     last_seen double precision NOT NULL, start_count integer NOT NULL);
 """
 
-_pool: asyncpg.Pool | None = None
-_lock = asyncio.Lock()
-
-
-async def pool() -> asyncpg.Pool:
-    global _pool
-    async with _lock:
-        if _pool is None:
-            _pool = await asyncpg.create_pool(os.environ["COVEY_DATABASE_URL"],
-                                              min_size=1, max_size=3)
-            async with _pool.acquire() as conn:
-                await conn.execute("SELECT pg_advisory_lock(43)")
-                try:
-                    await conn.execute(SCHEMA)
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock(43)")
-        return _pool
+pool = AppPool(max_size=3, schema=SCHEMA, lock_key=43)
 
 
 class Counter(BaseModel):

@@ -5,7 +5,7 @@ tree, serialization of typed payloads, configuration and the clock. Nothing here
 does I/O.
 """
 
-from covey.core._clock import Clock, SystemClock, TestClock
+from covey.core._clock import Clock, SystemClock, TestClock, being_cancelled, sleep_or_wake
 from covey.core._config import (
     DEFAULT_DATABASE_URL,
     CoveyConfig,
@@ -103,10 +103,12 @@ __all__ = [
     "TransportOptions",
     "USER_HEADER",
     "VersionConflict",
+    "being_cancelled",
     "codec_for",
     "current_context",
     "parse_snowflake",
     "shard_for",
+    "sleep_or_wake",
     "stable_hash",
     "to_plain",
     "use_context",

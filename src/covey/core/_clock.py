@@ -92,3 +92,22 @@ class TestClock:
     def sleepers(self) -> int:
         """How many sleeps are pending (cancelled ones excluded)."""
         return sum(1 for *_, f in self._sleepers if not f.done())
+
+
+async def sleep_or_wake(clock: Clock, event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``seconds`` pass on ``clock`` or ``event`` is set (it is not cleared)."""
+    if event.is_set():
+        return
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waiter.cancel()
+
+
+def being_cancelled() -> bool:
+    """Whether the current task itself is being cancelled (not just something it awaits)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -27,6 +27,7 @@ from covey.core import (
     RequestContext,
     RunnerAddress,
     ShardId,
+    being_cancelled,
     metrics,
     use_context,
 )
@@ -137,7 +138,7 @@ class EntityRuntime:
             try:
                 result = await asyncio.shield(task)
             except asyncio.CancelledError:
-                if task.cancelled() and not _being_cancelled():
+                if task.cancelled() and not being_cancelled():
                     # the shard was taken away while the handler ran: not completed here
                     raise EntityError(f"{message.address} stopped: its shard moved",
                                       reason=Reason.NOT_OWNER) from None
@@ -230,7 +231,3 @@ class EntityRuntime:
             await self._clock.sleep(min(max(min(idle_times) / 2, 1.0), 30.0))
             await self.reap()
 
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0

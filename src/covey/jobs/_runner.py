@@ -30,6 +30,7 @@ from covey.core import (
     Reason,
     RequestContext,
     ShardId,
+    being_cancelled,
     metrics,
     use_context,
 )
@@ -262,7 +263,7 @@ class JobRunner:
         try:
             result = await asyncio.wait_for(asyncio.shield(task), spec.timeout)
         except asyncio.CancelledError:
-            if message.id in self._cancel_requested and not _being_cancelled():
+            if message.id in self._cancel_requested and not being_cancelled():
                 log.info("job %s %d cancelled while running", spec.name, message.id)
                 return self._final(message.id, "cancelled", "cancelled while running",
                                    attempt=attempt)
@@ -329,8 +330,4 @@ def error_history(stored: str | None) -> list[str]:
         return [stored]
     return [str(e) for e in value] if isinstance(value, list) else [str(value)]
 
-
-def _being_cancelled() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 

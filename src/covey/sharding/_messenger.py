@@ -25,6 +25,7 @@ import contextlib
 import heapq
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from covey.core import (
@@ -39,6 +40,7 @@ from covey.core import (
     ShardId,
     StorageError,
     TransportError,
+    sleep_or_wake,
 )
 from covey.sharding._envelope import Envelope, Reschedule, error_for
 from covey.sharding._sharding import Sharding
@@ -159,9 +161,7 @@ class Messenger:
         if isinstance(result, Duplicate):
             if result.reply is not None:
                 return None if discard else result.reply
-            envelope = Envelope(
-                _with_id(envelope.message, result.original_id), persisted=True
-            )
+            envelope = Envelope(replace(envelope.message, id=result.original_id), persisted=True)
         if discard:
             await self._push_quietly(envelope)
             return None
@@ -485,7 +485,7 @@ class Messenger:
             delay = self._timers[0] - self._clock.now()
             if delay > 0:
                 self._timer_wake.clear()
-                await _sleep_or_wake(self._clock, self._timer_wake, delay)
+                await sleep_or_wake(self._clock, self._timer_wake, delay)
                 continue
             while self._timers and self._timers[0] <= self._clock.now():
                 heapq.heappop(self._timers)
@@ -493,7 +493,7 @@ class Messenger:
 
     async def _read_loop(self) -> None:
         while True:
-            await _sleep_or_wake(self._clock, self._read_wake, self._options.poll_interval)
+            await sleep_or_wake(self._clock, self._read_wake, self._options.poll_interval)
             if not self._read_wake.is_set():
                 self._need_due = True  # the safety poll also re-learns due times
             self._read_wake.clear()
@@ -536,12 +536,6 @@ class Messenger:
         task.add_done_callback(self._tasks.discard)
 
 
-def _with_id(message: Any, message_id: int) -> Any:
-    from dataclasses import replace
-
-    return replace(message, id=message_id)
-
-
 def _reply_from(answer: Body, request_id: int) -> Reply:
     if answer.get("ok"):
         payload = answer.get("p")
@@ -555,15 +549,3 @@ def _reply_from(answer: Body, request_id: int) -> Reply:
     details = answer.get("d") if isinstance(answer.get("d"), dict) else {}
     raise error_for(reason, str(answer.get("m", "")), dict(details or {}))
 
-
-async def _sleep_or_wake(clock: Clock, event: asyncio.Event, seconds: float) -> None:
-    """Wait until ``seconds`` pass on ``clock`` or ``event`` is set."""
-    if event.is_set():
-        return
-    sleeper = asyncio.ensure_future(clock.sleep(seconds))
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        sleeper.cancel()
-        waiter.cancel()

@@ -38,6 +38,7 @@ from covey.core import (
     SnowflakeGenerator,
     StorageError,
     metrics,
+    sleep_or_wake,
 )
 from covey.sharding._assignment import assign
 from covey.storage import RunnerInfo, Storage
@@ -222,7 +223,9 @@ class Sharding:
 
     async def _membership_loop(self) -> None:
         while True:
-            await self._sleep_or_wake(self._membership_wake, self._options.membership_interval)
+            await sleep_or_wake(self._clock, self._membership_wake,
+                                self._options.membership_interval)
+            self._membership_wake.clear()
             try:
                 await self.refresh_membership()
             except StorageError as exc:
@@ -285,7 +288,8 @@ class Sharding:
                 self._options.acquire_retry_interval if self._pending
                 else self._options.lock_refresh_interval
             )
-            await self._sleep_or_wake(self._rebalance_wake, interval)
+            await sleep_or_wake(self._clock, self._rebalance_wake, interval)
+            self._rebalance_wake.clear()
             try:
                 await self.rebalance()
             except StorageError as exc:
@@ -324,13 +328,3 @@ class Sharding:
             self._assignment_changed.notify_all()
         for callback in self._on_change:
             callback()
-
-    async def _sleep_or_wake(self, event: asyncio.Event, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        waiter = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waiter.cancel()
-            event.clear()

@@ -143,6 +143,25 @@ def check_ids(request_ids: Collection[int]) -> list[int]:
     return ids
 
 
+def check_state_key(key: object) -> None:
+    """Refuse a state key that is not a non-empty string."""
+    if not isinstance(key, str) or not key:
+        raise _bad("key", key)
+
+
+def check_state_write(key: object, value: object, expected_version: object,
+                      fence: object) -> None:
+    """Refuse malformed ``StateStore.set`` arguments with a typed error."""
+    check_state_key(key)
+    if not isinstance(value, bytes):
+        raise _bad("value", value)
+    if expected_version is not None and (
+            not isinstance(expected_version, int) or isinstance(expected_version, bool)):
+        raise _bad("expected_version", expected_version)
+    if fence is not None and not isinstance(fence, Fence):
+        raise _bad("fence", fence)
+
+
 def check_reschedule(request_id: int, deliver_at: object, error: object, fence: Fence) -> None:
     """Refuse malformed ``reschedule`` arguments with a typed error."""
     check_reply(Reply(request_id, b""), fence)

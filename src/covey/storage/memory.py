@@ -14,11 +14,9 @@ from typing import Literal
 from covey.core import (
     AlreadyProcessed,
     Clock,
-    ClusterError,
     EntityAddress,
     FencedOut,
     MessageNotFound,
-    Reason,
     RunnerAddress,
     ShardId,
     StorageError,
@@ -40,6 +38,7 @@ from covey.storage._model import (
     Versioned,
     check_message,
     check_reply,
+    check_state_write,
 )
 
 _STALE_RUNNER = 300.0  # seconds; a row older than this frees its machine id
@@ -382,10 +381,7 @@ class InMemoryStateStore:
     async def set(
         self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
     ) -> int:
-        if not isinstance(key, str) or not isinstance(value, bytes):
-            raise ClusterError(
-                "state keys are str and values bytes", reason=Reason.INVALID_ARGUMENT
-            )
+        check_state_write(key, value, expected_version, fence)
         if fence is not None and self._runners.current_epoch(fence.shard) != fence.epoch:
             raise FencedOut(f"epoch {fence.epoch} of shard {fence.shard} is no longer current",
                             shard=str(fence.shard), epoch=fence.epoch)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from covey.core import ClusterError, Reason, VersionConflict
+from covey.core import VersionConflict
 from covey.storage._group_commit import GroupCommit
-from covey.storage._model import Fence, Versioned
+from covey.storage._model import Fence, Versioned, check_state_key, check_state_write
 from covey.storage.postgres._errors import translated
 from covey.storage.postgres._writer import Op, StateOp
 
@@ -40,7 +40,7 @@ class PostgresStateStore:
         self._sql_delete_at = f"DELETE FROM {s}.state WHERE key = $1 AND version = $2"
 
     async def get(self, key: str) -> Versioned | None:
-        _check_key(key)
+        check_state_key(key)
         with translated("reading state"):
             row = await self._pool.fetchrow(self._sql_get, key)
         if row is None:
@@ -50,21 +50,7 @@ class PostgresStateStore:
     async def set(
         self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
     ) -> int:
-        _check_key(key)
-        if not isinstance(value, bytes):
-            raise ClusterError(
-                f"state value must be bytes, not {type(value).__name__}",
-                reason=Reason.INVALID_ARGUMENT,
-                field="value",
-            )
-        if expected_version is not None and (
-            not isinstance(expected_version, int) or isinstance(expected_version, bool)
-        ):
-            raise ClusterError(
-                f"invalid expected_version: {expected_version!r}",
-                reason=Reason.INVALID_ARGUMENT,
-                field="expected_version",
-            )
+        check_state_write(key, value, expected_version, fence)
         if fence is not None:
             return cast(
                 int, await self._batcher.submit(StateOp(key, value, expected_version, fence))
@@ -85,7 +71,7 @@ class PostgresStateStore:
         return int(version)
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
-        _check_key(key)
+        check_state_key(key)
         with translated("deleting state"):
             if expected_version is None:
                 status = await self._pool.execute(self._sql_delete, key)
@@ -94,8 +80,3 @@ class PostgresStateStore:
         return bool(status != "DELETE 0")
 
 
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key:
-        raise ClusterError(
-            f"invalid state key: {key!r}", reason=Reason.INVALID_ARGUMENT, field="key"
-        )

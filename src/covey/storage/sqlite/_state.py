@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import aiosqlite
 
-from covey.core import ClusterError, Reason, StorageError, VersionConflict
-from covey.storage._model import Fence, Versioned
+from covey.core import Reason, StorageError, VersionConflict
+from covey.storage._model import Fence, Versioned, check_state_key, check_state_write
 from covey.storage.sqlite._connection import SqliteDatabase, execute, fetchone
 from covey.storage.sqlite._runners import check_fence
 from covey.storage.sqlite._writer import SqliteGroupWriter
-
-
-def _check_key(key: object) -> None:
-    if not isinstance(key, str):
-        raise ClusterError(
-            f"invalid state key: {key!r}", reason=Reason.INVALID_ARGUMENT, field="key"
-        )
 
 
 class SqliteStateStore:
@@ -34,7 +27,7 @@ class SqliteStateStore:
         self._writer = writer
 
     async def get(self, key: str) -> Versioned | None:
-        _check_key(key)
+        check_state_key(key)
 
         async def run(conn: aiosqlite.Connection) -> Versioned | None:
             row = await fetchone(
@@ -56,17 +49,7 @@ class SqliteStateStore:
     async def set(
         self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
     ) -> int:
-        _check_key(key)
-        if not isinstance(value, bytes):
-            raise ClusterError(
-                f"state value must be bytes, got {type(value).__name__}",
-                reason=Reason.INVALID_ARGUMENT,
-                field="value",
-            )
-        if fence is not None and not isinstance(fence, Fence):
-            raise ClusterError(
-                f"invalid fence: {fence!r}", reason=Reason.INVALID_ARGUMENT, field="fence"
-            )
+        check_state_write(key, value, expected_version, fence)
 
         async def op(conn: aiosqlite.Connection) -> int:
             if fence is not None:
@@ -101,7 +84,7 @@ class SqliteStateStore:
         return await self._writer.submit(op)
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
-        _check_key(key)
+        check_state_key(key)
 
         async def run(conn: aiosqlite.Connection) -> bool:
             if expected_version is None:
