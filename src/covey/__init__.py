@@ -5,6 +5,7 @@ everything else lives in the layer subpackages (``covey.core``,
 ``covey.storage``, ``covey.sharding``, ``covey.entities``, …). See ``docs/``.
 """
 
+from covey import context as context  # the ASGI middleware: covey.context.RequestContextMiddleware
 from covey.cluster import Cluster
 from covey.core import (
     ClusterError,

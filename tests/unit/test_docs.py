@@ -1,0 +1,121 @@
+"""Every ```python block in ``docs/*.md`` and ``README.md`` runs.
+
+Each block is a program of its own: it is written to a file in a fresh temporary
+directory and run there by this interpreter, in a subprocess with a timeout and
+no ``COVEY_*`` settings, so ``covey.Cluster.from_env()`` opens the embedded
+SQLite default (``covey.db``) inside that directory. A block that needs
+PostgreSQL says so with the invisible marker ``<!-- docs-test: postgres -->`` on
+the line(s) before it; it then runs with ``COVEY_DATABASE_URL`` set to a database
+of its own (skipped, loudly, when the test server is down).
+
+Shell, text and other fenced blocks are not run. A block that is not meant to be
+a program must not be marked ``python``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# A fence may be indented (inside a list item); its code is then dedented.
+FENCE = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
+POSTGRES_MARK = re.compile(r"<!--\s*docs-test:\s*postgres\s*-->\s*\Z")
+TIMEOUT = 30  # seconds for one block; they take about one
+
+
+@dataclass(frozen=True)
+class Block:
+    document: str  # relative to the repository root
+    index: int  # 0-based, in the order of the document
+    line: int  # where the code starts, 1-based
+    code: str
+    needs_postgres: bool
+
+
+def blocks() -> list[Block]:
+    found = []
+    for path in DOCUMENTS:
+        text = path.read_text(encoding="utf-8")
+        for index, match in enumerate(FENCE.finditer(text)):
+            found.append(Block(
+                document=path.relative_to(ROOT).as_posix(),
+                index=index,
+                line=text.count("\n", 0, match.start(2)) + 1,
+                code=textwrap.dedent(match.group(2)),
+                needs_postgres=POSTGRES_MARK.search(text, 0, match.start()) is not None,
+            ))
+    return found
+
+
+BLOCKS = blocks()
+
+
+def test_the_documents_have_python_blocks() -> None:
+    # Guards the extraction itself: a broken pattern would make every test below vanish.
+    assert len(BLOCKS) >= 10
+    assert {b.document for b in BLOCKS} >= {"README.md", "docs/entities.md", "docs/jobs.md"}
+
+
+@pytest.mark.parametrize(
+    "block", BLOCKS, ids=[f"{b.document}[{b.index}]" for b in BLOCKS]
+)
+def test_block_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
+    if block.needs_postgres:
+        env["COVEY_DATABASE_URL"] = request.getfixturevalue("fresh_pg_database")
+    program = tmp_path / "block.py"
+    program.write_text(block.code, encoding="utf-8")
+    try:
+        result = subprocess.run(
+            [sys.executable, str(program)], cwd=tmp_path, env=env,
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{block.document}, block at line {block.line}: still running after "
+                    f"{TIMEOUT} s\n{exc.stdout!r}\n{exc.stderr!r}", pytrace=False)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{block.document}, block at line {block.line} exited {result.returncode}\n"
+            f"--- stdout\n{result.stdout}--- stderr\n{result.stderr}",
+            pytrace=False,
+        )
+
+
+FAILOVER = """
+import asyncio
+from covey.testing import TestCluster
+from readme_bank import Account, Deposit
+
+async def main() -> None:
+    async with TestCluster(Account, runners=3) as cluster:
+        account = cluster.client(Account, "acct-1")
+        assert await account.deposit(Deposit(txn_id="t1", amount=5)) == 5
+        await cluster.kill(cluster.owner_index(Account, "acct-1"))  # crash its runner
+        after = await account.deposit(Deposit(txn_id="t2", amount=7))
+        assert after == 12, f"the balance after a failover is {after}, not 12"
+
+asyncio.run(main())
+"""
+
+
+def test_the_readme_account_keeps_its_balance_across_a_failover(tmp_path: Path) -> None:
+    # The README's first example is what most people copy: its balance must
+    # survive the crash of the runner hosting the account.
+    readme = next(b for b in BLOCKS if b.document == "README.md")
+    (tmp_path / "readme_bank.py").write_text(readme.code, encoding="utf-8")
+    (tmp_path / "failover.py").write_text(FAILOVER, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
+    result = subprocess.run(
+        [sys.executable, "failover.py"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )
+    assert result.returncode == 0, result.stderr
