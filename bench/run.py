@@ -24,6 +24,8 @@ SCENARIOS: dict[str, str] = {
     "cron-accuracy": "scenarios.cron_accuracy",
     "jobs-throughput": "scenarios.jobs_throughput",
     "jobs-latency": "scenarios.jobs_latency",
+    "store-growth": "scenarios.store_growth",
+    "transport": "scenarios.transport",
 }
 
 

@@ -304,6 +304,30 @@ async def test_garbage_before_handshake_is_dropped(
     assert await client.request(addr(srv), {"ok": 1}, timeout=5.0) == {"echo": {"ok": 1}}
 
 
+async def test_error_frame_from_a_client_only_member_keeps_the_connection(
+    server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client-only caller (no advertised address) may report an error; we log it."""
+    srv, handlers = server
+    reader, writer = await _raw_handshake(addr(srv))  # advertises no address
+    try:
+        with caplog.at_level(logging.WARNING, logger="covey.transport"):
+            writer.write(_frame({"t": "err", "i": None, "r": "frame_too_large",
+                                 "m": "your reply was too big", "x": {"limit": 5}}))
+            writer.write(_frame({"t": "err", "i": 3, "r": "remote_failure", "m": "late"}))
+            writer.write(_frame({"t": "req", "i": 7, "b": {"ok": 1}}))
+            async with asyncio.timeout(5.0):
+                answer = await _read_frame(reader)
+        assert answer == {"t": "res", "i": 7, "b": {"echo": {"ok": 1}}}
+        assert "your reply was too big" in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert handlers.callers == [None]
+        assert srv.open_connections == 1
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def test_error_frame_without_id_fails_the_oversized_request() -> None:
     """A peer that did not announce its limit refuses our frame after reading its header."""
 
@@ -482,15 +506,26 @@ async def test_server_drops_a_client_that_stops_answering_pings() -> None:
         await srv.close()
 
 
-async def test_handshake_timeout_drops_a_mute_client() -> None:
+async def test_handshake_timeout_drops_a_mute_client(client: TcpTransport) -> None:
     srv = TcpTransport("127.0.0.1", 0, secret=SECRET,
                        options=TransportOptions(connect_timeout=0.2))
-    await srv.start(Handlers().on_request, Handlers().on_notify)
+    handlers = Handlers()
+    await srv.start(handlers.on_request, handlers.on_notify)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", addr(srv).port)
-        await _read_until_eof(reader)
+        assert (await _read_frame(reader))["t"] == "challenge"
+        await wait_until(lambda: srv.open_connections == 1)
+        # Say nothing: the server must hang up on its own (EOF), long before
+        # this deadline, while we still hold our end open.
+        async with asyncio.timeout(5.0):
+            assert await reader.read() == b""
+        assert not writer.is_closing()
+        await wait_until(lambda: srv.open_connections == 0)
         writer.close()
         await writer.wait_closed()
+        # ... and it keeps serving.
+        assert await client.request(addr(srv), {"ok": 1}, timeout=5.0) == {"echo": {"ok": 1}}
+        assert handlers.callers == [None]
     finally:
         await srv.close()
 

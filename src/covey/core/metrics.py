@@ -29,6 +29,18 @@ HANDLER_SECONDS = Histogram(
 FENCED_TOTAL = Counter(
     "covey_fenced_total", "Shards dropped because a lock was lost or a write was fenced out"
 )
+TRANSPORT_REJECTED = Counter(
+    "covey_transport_rejected_total", "Runner transport connections and frames refused "
+    "(auth_failed, malformed, frame_too_large, handshake_timeout)", ["reason"],
+)
+WAKEUP_LISTENER_UP = Gauge(
+    "covey_wakeup_listener_up",
+    "1 while this runner's PostgreSQL LISTEN connection (commit wake-ups) is up, else 0",
+)
+MESSAGES_PURGED = Counter(
+    "covey_messages_purged_total",
+    "Processed messages deleted after the retention (counted by the runner that purged)",
+)
 
 SINGLETON_LAST_BEAT = Gauge(
     "covey_singleton_last_beat_timestamp_seconds",
@@ -78,7 +90,10 @@ __all__ = [
     "HANDLER_SECONDS",
     "MESSAGES_FAILED",
     "MESSAGES_HANDLED",
+    "MESSAGES_PURGED",
     "RUNNERS_LIVE",
     "SHARDS_OWNED",
     "SINGLETON_LAST_BEAT",
+    "TRANSPORT_REJECTED",
+    "WAKEUP_LISTENER_UP",
 ]

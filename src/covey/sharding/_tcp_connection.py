@@ -34,6 +34,10 @@ from covey.sharding._frames import (
     FrameEncoder,
     FrameError,
     IncomingFrameTooLarge,
+    brief,
+    hello_problem,
+    is_body,
+    limit_problem,
 )
 from covey.sharding._transport import (
     Body,
@@ -70,6 +74,7 @@ class Connection(asyncio.Protocol):
         self.outgoing = outgoing
         self._transport: asyncio.Transport | None = None
         self._remote = "?"
+        self._host = "?"  # the remote IP alone: refusals are rate-limited per host
         self._decoder = FrameDecoder(min(_HANDSHAKE_FRAME_BYTES, owner.options.max_frame_bytes))
         self._ready = False
         self.is_closed = False
@@ -98,6 +103,7 @@ class Connection(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if peername:
             self._remote = f"{peername[0]}:{peername[1]}"
+            self._host = str(peername[0])
         _set_nodelay(transport)
         self._owner.connection_opened(self)
         if not self.outgoing:
@@ -114,9 +120,11 @@ class Connection(asyncio.Protocol):
             self._refuse_oversized(exc)
             return
         except FrameError as exc:
-            self._drop(f"protocol error: {exc}")
+            self._reject("malformed", f"protocol error: {exc}")
             return
         pending = self._pending
+        # Fields are checked before use: a wrong-shaped frame must not reach a
+        # handler, nor raise in here (asyncio would drop the connection silently).
         for frame in frames:
             if self.is_closed:
                 return
@@ -124,19 +132,34 @@ class Connection(asyncio.Protocol):
             if not self._ready:
                 self._handshake(kind, frame)
             elif kind == RES:
-                entry = pending.pop(frame.get("i"), None)  # type: ignore[arg-type]
+                rid, body = frame.get("i"), frame.get("b")
+                if type(rid) is not int or not is_body(body):
+                    self._reject("malformed", "res frame without an int id and a map body")
+                    return
+                entry = pending.pop(rid, None)
                 if entry is not None and not entry[0].done():
-                    entry[0].set_result(frame.get("b"))  # type: ignore[arg-type]
+                    entry[0].set_result(body)
             elif kind == REQ:
-                self._owner.spawn(self._owner.answer(self, frame.get("i"), frame.get("b")))
+                rid, body = frame.get("i"), frame.get("b")
+                if type(rid) is not int:
+                    self._reject("malformed", "req frame without an int id")
+                    return
+                if is_body(body):
+                    self._owner.spawn(self._owner.answer(self, rid, body))
+                else:
+                    self._refuse_request(rid, body)
             elif kind == ERR:
                 self._on_error_frame(frame)
             elif kind == NOTE:
-                self._owner.spawn(self._owner.deliver(self, frame.get("b")))
+                body = frame.get("b")
+                if not is_body(body):
+                    self._reject("malformed", "note frame without a map body")
+                    return
+                self._owner.spawn(self._owner.deliver(self, body))
             elif kind == PING:
                 self._write(_PONG_FRAME)
             elif kind != PONG:
-                self._drop(f"unexpected {kind!r} frame")
+                self._reject("malformed", f"unexpected {brief(kind)} frame")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shut(peer_unavailable(self.peer, "connection lost" + (f": {exc}" if exc else "")))
@@ -218,17 +241,16 @@ class Connection(asyncio.Protocol):
             expected = hmac.new(owner.secret, self._nonce, hashlib.sha256).digest()
             mac = frame.get("mac")
             if not isinstance(mac, bytes) or not hmac.compare_digest(mac, expected):
-                logger.warning("refused runner connection from %s: wrong cluster secret",
-                               self._remote)
+                owner.rejections.record(self._host, "auth_failed", "refused runner "
+                                        f"connection from {self._remote}: wrong cluster secret")
                 self._write(owner.encoder.encode({"t": DENIED, "m": "wrong cluster secret"}))
                 self._close_gracefully(None)
                 return
+            if (problem := hello_problem(frame)) is not None:  # once the secret is proven
+                self._reject("malformed", problem)
+                return
             advertised = frame.get("a")
             if advertised is not None:
-                if not (isinstance(advertised, list) and len(advertised) == 2
-                        and isinstance(advertised[0], str) and type(advertised[1]) is int):
-                    self._drop(f"malformed advertised address {advertised!r}")
-                    return
                 self.peer = RunnerAddress(advertised[0], advertised[1])
             self._learn_limit(frame)
             self._write(owner.encoder.encode({"t": WELCOME, "m": self._options.max_frame_bytes}))
@@ -240,6 +262,9 @@ class Connection(asyncio.Protocol):
                 "t": HELLO, "v": PROTOCOL_VERSION, "mac": mac, "m": self._options.max_frame_bytes,
                 "a": [address.host, address.port] if address is not None else None}))
         elif self.outgoing and kind == WELCOME:
+            if (problem := limit_problem(frame)) is not None:
+                self._reject("malformed", problem)
+                return
             self._learn_limit(frame)
             self._become_ready()
             if not self.welcomed.done():
@@ -251,7 +276,7 @@ class Connection(asyncio.Protocol):
                 self.welcomed.set_exception(error)
             self._close_gracefully(error)
         else:
-            self._drop(f"unexpected {kind!r} frame during the handshake")
+            self._reject("malformed", f"unexpected {brief(kind)} frame during the handshake")
 
     def _learn_limit(self, frame: dict[str, Any]) -> None:
         limit = frame.get("m")
@@ -268,7 +293,8 @@ class Connection(asyncio.Protocol):
     def _handshake_expired(self) -> None:
         self._timer = None
         if not self._ready and not self.is_closed:
-            self._drop(f"no handshake within {self._options.connect_timeout}s")
+            self._reject("handshake_timeout",
+                         f"no handshake within {self._options.connect_timeout}s")
 
     def _heartbeat(self) -> None:
         # A timer, not a task: one per connection, cancelled when it closes, and
@@ -288,9 +314,19 @@ class Connection(asyncio.Protocol):
     # -- failures ---------------------------------------------------------------
 
     def _on_error_frame(self, frame: dict[str, Any]) -> None:
-        assert self.peer is not None
-        error = error_from_frame(self.peer, frame.get("r"), frame.get("m"), frame.get("x"))
         rid = frame.get("i")
+        if rid is not None and type(rid) is not int:
+            self._reject("malformed", "err frame with an id that is not an int")
+            return
+        error = error_from_frame(self.peer, frame.get("r"), frame.get("m"), frame.get("x"))
+        if not self.outgoing:
+            # We send no requests on a connection we accepted (its peer may be
+            # client-only, without an address): the peer reports a frame of ours
+            # it refused, e.g. a reply over its limit. Worth a log line, no more.
+            self._owner.rejections.record(
+                self._host, "peer_error", f"runner {self.describe()} reported an error: "
+                f"{error.reason.value}: {brief(str(error))}", counted=False)
+            return
         if rid is not None:
             entry = self._pending.pop(rid, None)
             if entry is not None and not entry[0].done():
@@ -306,12 +342,29 @@ class Connection(asyncio.Protocol):
                     future.set_exception(error)
 
     def _refuse_oversized(self, exc: IncomingFrameTooLarge) -> None:
-        logger.warning("closing runner connection from %s: %s", self.describe(), exc)
+        # Before the handshake a big frame is garbage (HTTP reads as a huge length).
+        self._owner.rejections.record(
+            self._host, "frame_too_large" if self._ready else "malformed",
+            f"closing runner connection from {self.describe()}: {exc}")
         if self._ready:
             self._write(self._owner.encoder.encode({
                 "t": ERR, "i": None, "r": Reason.FRAME_TOO_LARGE.value, "m": str(exc),
                 "x": {"size": exc.size, "limit": exc.limit}}))
         self._close_gracefully(None)
+
+    def _refuse_request(self, rid: int, body: Any) -> None:
+        """Answer a request whose body is not a map with a typed error; keep the connection."""
+        why = f"a request body must be a map with text keys, not {brief(body)}"
+        self._owner.rejections.record(
+            self._host, "malformed", f"refused a request from runner {self.describe()}: {why}")
+        self._write(self._owner.encoder.encode({
+            "t": ERR, "i": rid, "r": Reason.PAYLOAD_INVALID.value, "m": why, "x": {}}))
+
+    def _reject(self, reason: str, why: str) -> None:
+        """Drop a connection that broke the protocol: counted, logged rate-limited."""
+        self._owner.rejections.record(
+            self._host, reason, f"dropping runner connection {self.describe()}: {why}")
+        self.abort(peer_unavailable(self.peer, why))
 
     def _drop(self, why: str) -> None:
         logger.warning("dropping runner connection %s: %s", self.describe(), why)

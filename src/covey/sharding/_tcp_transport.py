@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from covey.core import (
+    Clock,
     ConfigError,
     Reason,
     RunnerAddress,
@@ -26,6 +27,7 @@ from covey.core import (
     TransportOptions,
 )
 from covey.sharding._frames import ERR, NOTE, REQ, RES, FrameEncoder
+from covey.sharding._rejections import RejectionLog
 from covey.sharding._tcp_connection import Connection
 from covey.sharding._transport import (
     Body,
@@ -64,13 +66,15 @@ class TcpTransport:
             three of ``tls_cert``, ``tls_key`` and ``tls_ca`` enable mutual TLS).
         advertise_host: the host peers should dial, when ``host`` is a wildcard
             or not reachable from them (the pod IP in Kubernetes).
+        clock: the time source for summarising refused connections in the log.
 
     Raises:
         ConfigError: TLS is half configured or its files cannot be loaded.
     """
 
     def __init__(self, host: str, port: int, *, secret: str | None,
-                 options: TransportOptions, advertise_host: str | None = None) -> None:
+                 options: TransportOptions, advertise_host: str | None = None,
+                 clock: Clock | None = None) -> None:
         self._host = host
         self._port = port
         self.secret = (secret or "").encode()
@@ -91,6 +95,9 @@ class TcpTransport:
         self._connections: set[Connection] = set()  # every open one, both directions
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lost_callbacks: list[PeerLostCallback] = []
+        # Refused connections: all counted, logged once per host and reason, then
+        # summarised, so a port scan or a wrong secret in a loop cannot flood the log.
+        self.rejections = RejectionLog(clock)
         self.closed = False
 
     @property
@@ -150,6 +157,7 @@ class TcpTransport:
         if self._server is not None:
             await self._server.wait_closed()
         self._ready.clear()
+        self.rejections.close()
 
     # The contract takes a per-call timeout (ASYNC109): the connection enforces it
     # with one timer handle, far cheaper than asyncio.timeout() on the hot path.
@@ -296,7 +304,7 @@ class TcpTransport:
         if established and not self.closed:
             call_lost_callbacks(self._lost_callbacks, peer)
 
-    async def answer(self, conn: Connection, rid: Any, body: Any) -> None:
+    async def answer(self, conn: Connection, rid: int, body: Body) -> None:
         """Run the request handler for one incoming request and send its outcome."""
         try:
             if self.on_request is None:
@@ -316,7 +324,7 @@ class TcpTransport:
             with contextlib.suppress(TransportError):
                 await conn.send(data)
 
-    async def deliver(self, conn: Connection, body: Any) -> None:
+    async def deliver(self, conn: Connection, body: Body) -> None:
         """Run the notify handler for one incoming notification."""
         try:
             if self.on_notify is not None:

@@ -19,6 +19,7 @@ event loop, for tests).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -100,14 +101,20 @@ def failure_details(exc: BaseException) -> tuple[str, str, dict[str, Any]]:
         details
 
 
-def error_from_frame(peer: RunnerAddress, reason: Any, message: Any,
+def error_from_frame(peer: RunnerAddress | None, reason: Any, message: Any,
                      details: Any) -> TransportError:
-    """Rebuild the caller-side error from an ``err`` frame's fields."""
-    try:
-        parsed = Reason(reason)
-    except ValueError:
-        parsed = Reason.REMOTE_FAILURE
-    error = TransportError(str(message), reason=parsed, peer=str(peer))
+    """Rebuild the caller-side error from an ``err`` frame's fields.
+
+    The fields come from the wire: a reason this version does not know (or that
+    is not text) becomes ``remote_failure``, a message that is not text a generic
+    one, and details that are not a map are dropped.
+    """
+    parsed = Reason.REMOTE_FAILURE
+    if type(reason) is str:
+        with contextlib.suppress(ValueError):
+            parsed = Reason(reason)
+    text = message if type(message) is str else "the peer reported an error without a message"
+    error = TransportError(text, reason=parsed, peer=str(peer))
     if isinstance(details, dict):
         # Set after construction: a "message" detail would clash with the
         # constructor's own parameter of that name.
