@@ -31,9 +31,15 @@ from covey.core._errors import (
 )
 from covey.core._ids import (
     DEFAULT_GROUP,
+    MAX_ENTITY_ID_BYTES,
+    MAX_HEADER_VALUE_BYTES,
+    MAX_HEADERS,
+    MAX_KEY_BYTES,
+    MAX_NAME_BYTES,
     EntityAddress,
     RunnerAddress,
     ShardId,
+    check_text,
     shard_for,
     stable_hash,
 )
@@ -54,6 +60,7 @@ from covey.core._serialization import (
     codec_for,
     to_plain,
     validate,
+    validate_value,
 )
 from covey.core._snowflake import (
     EPOCH_MS,
@@ -79,7 +86,12 @@ __all__ = [
     "FencedOut",
     "JobError",
     "JsonCodec",
+    "MAX_ENTITY_ID_BYTES",
+    "MAX_HEADERS",
+    "MAX_HEADER_VALUE_BYTES",
+    "MAX_KEY_BYTES",
     "MAX_MACHINE_ID",
+    "MAX_NAME_BYTES",
     "MessageNotFound",
     "MigrationError",
     "MsgpackCodec",
@@ -104,6 +116,7 @@ __all__ = [
     "USER_HEADER",
     "VersionConflict",
     "being_cancelled",
+    "check_text",
     "codec_for",
     "current_context",
     "parse_snowflake",
@@ -113,4 +126,5 @@ __all__ = [
     "to_plain",
     "use_context",
     "validate",
+    "validate_value",
 ]

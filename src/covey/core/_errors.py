@@ -7,7 +7,8 @@ exist so ``except`` clauses can be narrow where that reads better::
     ClusterError                     reason
     ├── ConfigError                  config_invalid
     ├── SerializationError           payload_invalid, payload_unknown_type
-    ├── StorageError                 storage_unavailable, storage_corrupt
+    ├── StorageError                 storage_unavailable, storage_corrupt,
+    │                                invalid_argument (the database refused the data)
     │   ├── ShardCountMismatch       shard_count_mismatch
     │   ├── MigrationError           migration_failed
     │   ├── FencedOut                fenced

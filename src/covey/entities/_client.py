@@ -6,19 +6,30 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from covey.core import (
+    MAX_KEY_BYTES,
+    MAX_NAME_BYTES,
     EntityAddress,
+    EntityError,
     MsgpackCodec,
+    Reason,
     SnowflakeGenerator,
+    check_text,
     current_context,
     shard_for,
-    to_plain,
-    validate,
+    validate_value,
 )
 from covey.entities._definition import Entity, RpcSpec
 from covey.sharding import Envelope, Messenger, raise_error_reply
 from covey.storage import Message
 
 _MISSING: Any = object()
+
+
+class _UnknownRpc(EntityError, AttributeError):
+    """An ``EntityError`` (reason ``unknown_rpc``) that is also an ``AttributeError``,
+    so ``hasattr`` and ``getattr`` with a default keep working on clients."""
+
+    default_reason = Reason.UNKNOWN_RPC
 
 
 class EntityClient:
@@ -28,6 +39,12 @@ class EntityClient:
     decodes the reply into the handler's declared return type. A handler that
     raised comes back as :class:`covey.EntityError` (``details["error_type"]``
     and ``details["message"]`` describe the remote exception).
+
+    What the client can know is refused before anything is sent or stored, with
+    a non-retryable error: an entity id that breaks its limits
+    (``invalid_argument``, raised by the constructor), an RPC the type does not
+    declare (``unknown_rpc``), a missing or superfluous argument
+    (``invalid_argument``).
     """
 
     def __init__(
@@ -52,17 +69,23 @@ class EntityClient:
         self._transaction = transaction
         self._codec = MsgpackCodec()
         group = entity_type.__covey_options__.shard_group
-        self.address = EntityAddress(
-            entity_type.__covey_type__, entity_id, shard_for(entity_id, shards, group)
-        )
+        name = check_text("entity_type", entity_type.__covey_type__, max_bytes=MAX_NAME_BYTES)
+        # shard_for refuses an id no backend can store, before any call is made
+        self.address = EntityAddress(name, entity_id, shard_for(entity_id, shards, group))
 
     def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
         spec = self._type.__covey_rpcs__.get(name)
         if spec is None:
-            raise AttributeError(f"{self._type.__name__} has no rpc {name!r}")
+            if name.startswith("_"):  # probing by Python and tools (copy, pickle, IPython)
+                raise AttributeError(name)
+            raise _UnknownRpc(f"{self._type.__name__} has no rpc {name!r}",
+                             entity_type=self.address.entity_type, rpc=name)
 
-        async def call(argument: Any = _MISSING) -> Any:
-            return await self._call(spec, argument)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if kwargs or len(args) > 1:
+                raise EntityError(f"{name}() takes at most one positional argument",
+                                  reason=Reason.INVALID_ARGUMENT, field="argument", rpc=name)
+            return await self._call(spec, args[0] if args else _MISSING)
 
         call.__name__ = name
         return call
@@ -70,20 +93,25 @@ class EntityClient:
     async def _call(self, spec: RpcSpec, argument: Any) -> Any:
         if spec.takes_argument:
             if argument is _MISSING:
-                raise TypeError(f"{spec.name}() needs its argument")
-            declared = spec.request_type
-            if not (isinstance(declared, type) and isinstance(argument, declared)):
-                argument = validate(to_plain(argument), declared)  # typed error before sending
-            payload = self._codec.encode(argument)
-        else:
-            payload = b""
+                raise EntityError(f"{spec.name}() needs its argument",
+                                  reason=Reason.INVALID_ARGUMENT, field="argument", rpc=spec.name)
+            # validated even when it is an instance of the declared type (typed error)
+            argument = validate_value(argument, spec.request_type)
+        elif argument is not _MISSING:
+            raise EntityError(f"{spec.name}() takes no argument",
+                              reason=Reason.INVALID_ARGUMENT, field="argument", rpc=spec.name)
+        primary_key = spec.primary_key(argument) if spec.primary_key else None
+        if primary_key is not None:
+            # before encoding: a key the payload cannot carry either (a lone
+            # surrogate) is refused as the key it is, invalid_argument
+            check_text("primary_key", primary_key, max_bytes=MAX_KEY_BYTES)
         message = Message(
             id=self._snowflake.next_id(),
             address=self.address,
             tag=spec.name,
-            payload=payload,
+            payload=self._codec.encode(argument) if spec.takes_argument else b"",
             headers=dict(self._headers()) if self._headers else current_context().to_headers(),
-            primary_key=spec.primary_key(argument) if spec.primary_key else None,
+            primary_key=primary_key,
         )
         reply = await self._messenger.call(
             Envelope(message, spec.persisted), timeout=self._timeout, discard=self._discard,

@@ -21,7 +21,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, overload
 
-from covey.core import DEFAULT_GROUP, ClusterError, EntityAddress, Reason, RunnerAddress
+from covey.core import (
+    DEFAULT_GROUP,
+    MAX_NAME_BYTES,
+    ClusterError,
+    EntityAddress,
+    Reason,
+    RunnerAddress,
+    check_text,
+)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -106,9 +114,11 @@ class Entity:
     ) -> None:
         super().__init_subclass__()
         cls.__covey_type__ = type or cls.__name__
-        if not cls.__covey_type__ or "/" in cls.__covey_type__:
+        # a name no backend can store is refused here, not at its first call
+        check_text("type", cls.__covey_type__, max_bytes=MAX_NAME_BYTES)
+        if "/" in cls.__covey_type__:
             raise ClusterError(f"invalid entity type name {cls.__covey_type__!r}",
-                               reason=Reason.INVALID_ARGUMENT)
+                               reason=Reason.INVALID_ARGUMENT, field="type")
         try:
             cls.__covey_options__ = EntityOptions(**options)
         except TypeError as exc:

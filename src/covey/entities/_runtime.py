@@ -82,18 +82,22 @@ class EntityRuntime:
     # ---- delivery --------------------------------------------------------
 
     async def deliver(self, envelope: Envelope) -> Reply:
+        """Run the envelope's handler here; its failure is an error ``Reply``.
+
+        An unknown entity type or RPC raises ``unknown_entity_type`` /
+        ``unknown_rpc`` for a volatile envelope; a persisted one is answered with
+        that error as its reply, so it is stored and the message never read again
+        (like a payload that cannot be decoded).
+        """
         message = envelope.message
         address = message.address
         entity_type = self.types.get(address.entity_type)
-        if entity_type is None:
-            raise EntityError(f"unknown entity type {address.entity_type!r}",
-                              reason=Reason.UNKNOWN_ENTITY_TYPE,
-                              entity_type=address.entity_type)
-        spec = entity_type.__covey_rpcs__.get(message.tag)
-        if spec is None:
-            raise EntityError(f"{address.entity_type} has no rpc {message.tag!r}",
-                              reason=Reason.UNKNOWN_RPC, entity_type=address.entity_type,
-                              rpc=message.tag)
+        spec = None if entity_type is None else entity_type.__covey_rpcs__.get(message.tag)
+        if entity_type is None or spec is None:
+            unknown = _unknown(address.entity_type, message.tag, known_type=entity_type is not None)
+            if envelope.persisted:
+                return Reply(message.id, error_payload(unknown), is_error=True)
+            raise unknown
         if address.shard in self._stopping:
             raise EntityError(f"shard {address.shard} is stopping", reason=Reason.NOT_OWNER)
         try:
@@ -231,3 +235,10 @@ class EntityRuntime:
             await self._clock.sleep(min(max(min(idle_times) / 2, 1.0), 30.0))
             await self.reap()
 
+
+def _unknown(entity_type: str, tag: str, *, known_type: bool) -> EntityError:
+    if not known_type:
+        return EntityError(f"unknown entity type {entity_type!r}",
+                           reason=Reason.UNKNOWN_ENTITY_TYPE, entity_type=entity_type)
+    return EntityError(f"{entity_type} has no rpc {tag!r}", reason=Reason.UNKNOWN_RPC,
+                       entity_type=entity_type, rpc=tag)

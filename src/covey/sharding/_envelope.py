@@ -1,7 +1,13 @@
-"""Envelopes: a message on its way to an entity, and how it crosses the wire."""
+"""Envelopes: a message on its way to an entity, and how it crosses the wire.
+
+Every message, volatile or persisted, crosses the transport in one frame, so
+one size limit applies to all of them *before* anything is sent or stored:
+:func:`check_size` against :func:`max_message_bytes`.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +19,51 @@ from covey.core import (
     Reason,
     SerializationError,
     ShardId,
+    TransportError,
 )
 from covey.storage import Message, Reply
 
 _codec = MsgpackCodec()
+
+#: Room a frame keeps for everything of an envelope but its payload and headers:
+#: ids, names and keys within their limits (``covey.core.check_text``) and the
+#: framing take well under 8 KiB; the rest is headroom.
+ENVELOPE_ALLOWANCE = 64 * 1024
+
+
+def max_message_bytes(max_frame_bytes: int) -> int:
+    """The most payload and header bytes one message may carry.
+
+    ``max_frame_bytes`` (``COVEY_TRANSPORT_MAX_FRAME_BYTES``) minus
+    :data:`ENVELOPE_ALLOWANCE` (minus half the frame for frames under 128 KiB):
+    16 MiB - 64 KiB with the defaults.
+    """
+    return max_frame_bytes - min(ENVELOPE_ALLOWANCE, max_frame_bytes // 2)
+
+
+def message_bytes(message: Message) -> int:
+    """What :func:`check_size` counts: the payload plus header names and values (UTF-8)."""
+    return len(message.payload) + sum(
+        len(k.encode()) + len(v.encode()) for k, v in message.headers.items())
+
+
+def check_size(message: Message, max_frame_bytes: int) -> None:
+    """Refuse a message too big for one frame, before it is sent or stored.
+
+    Raises:
+        TransportError: reason ``frame_too_large`` (not retryable): payload and
+            headers exceed :func:`max_message_bytes` of ``max_frame_bytes``;
+            ``details["size"]`` and ``details["limit"]`` in bytes.
+    """
+    limit = max_message_bytes(max_frame_bytes)
+    size = message_bytes(message)
+    if size > limit:
+        raise TransportError(
+            f"message of {size} bytes (payload and headers) exceeds the limit of {limit} "
+            f"bytes (COVEY_TRANSPORT_MAX_FRAME_BYTES less {ENVELOPE_ALLOWANCE} for the "
+            "envelope); nothing was sent or stored",
+            reason=Reason.FRAME_TOO_LARGE, size=size, limit=limit, field="payload",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +102,7 @@ class Envelope:
                 payload=_bytes(body["p"]),
                 headers={_str(k): _str(v) for k, v in dict(body["h"]).items()},
                 primary_key=None if body["k"] is None else _str(body["k"]),
-                deliver_at=None if body["d"] is None else float(body["d"]),
+                deliver_at=None if body["d"] is None else _time(body["d"]),
                 priority=_int(body["r"]),
                 failures=_int(body.get("f", 0)),
                 starts=_int(body.get("st", 0)),
@@ -71,6 +118,13 @@ def _int(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"expected an integer, got {type(value).__name__}")
     return value
+
+
+def _time(value: Any) -> float:
+    seconds = float(value)
+    if not math.isfinite(seconds):  # a timer set for it would never sleep
+        raise ValueError(f"deliver_at is not a finite time: {value!r}")
+    return seconds
 
 
 def _str(value: Any) -> str:

@@ -1,7 +1,16 @@
 """asyncpg failures as covey errors.
 
-A lost or unreachable server is ``storage_unavailable`` (retryable); the cause is
-always chained so the original asyncpg error stays visible in tracebacks.
+Only what trying again may cure is ``storage_unavailable`` (retryable): a lost or
+unreachable server, and the transient SQLSTATEs of :data:`TRANSIENT_SQLSTATES`
+(serialization failure, deadlock, lock not available, statement timeout,
+insufficient resources, shutdown, a read-only standby during a failover). The
+rest never succeeds on a retry, so callers must not retry it until their
+deadline: a data error (class 22 — NUL or bad encoding, a number out of range —,
+class 23 integrity, 54 program limit such as an index row too large) is
+``invalid_argument``; anything else (42 syntax or undefined object, a missing
+privilege, corruption) is ``storage_corrupt``: the database is not in a state this
+code can use. ``details["sqlstate"]`` keeps the code; the cause is always chained
+so the original asyncpg error stays visible in tracebacks.
 """
 
 from __future__ import annotations
@@ -13,6 +22,22 @@ from collections.abc import Iterator
 import asyncpg
 
 from covey.core import ClusterError, Reason, StorageError
+
+#: SQLSTATE codes (or two-character classes) for which a retry may succeed.
+TRANSIENT_SQLSTATES = frozenset({
+    "08",  # connection exception
+    "53",  # insufficient resources (disk full, out of memory, too many connections)
+    "40001",  # serialization failure
+    "40P01",  # deadlock detected
+    "40003",  # statement completion unknown
+    "55P03",  # lock not available (lock_timeout)
+    "55006",  # object in use
+    "57014",  # query cancelled (statement_timeout)
+    "57P01", "57P02", "57P03", "57P05",  # admin/crash shutdown, cannot connect now, idle
+    "25006",  # read-only transaction: a standby promoted during a failover
+})
+#: SQLSTATE classes of errors in the data a statement was given.
+_DATA_CLASSES = frozenset({"22", "23", "54"})
 
 #: Failures of the connection itself, not of one statement: every op on that
 #: connection fails the same way, so group commit must not split the batch.
@@ -36,16 +61,36 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, StorageError):
         return exc.reason is Reason.STORAGE_UNAVAILABLE and isinstance(
             exc.__cause__, CONNECTION_ERRORS
-        )
-    return isinstance(exc, CONNECTION_ERRORS)
+        ) and not _bad_input(exc.__cause__)
+    return isinstance(exc, CONNECTION_ERRORS) and not _bad_input(exc)
+
+
+def _bad_input(exc: BaseException) -> bool:
+    """asyncpg's client-side ``DataError`` (an ``InterfaceError`` and a ``ValueError``:
+    a query argument it cannot encode) or a text that is not encodable at all."""
+    return isinstance(exc, UnicodeError) or (
+        isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError))
+
+
+def _sqlstate(exc: BaseException) -> str:
+    return str(getattr(exc, "sqlstate", "") or "")
+
+
+def _transient(sqlstate: str) -> bool:
+    return sqlstate in TRANSIENT_SQLSTATES or sqlstate[:2] in TRANSIENT_SQLSTATES
 
 
 def translate(exc: BaseException, what: str) -> BaseException:
     """The covey error for an exception raised while doing ``what``."""
     if isinstance(exc, ClusterError):
         return exc
-    if isinstance(exc, CONNECTION_ERRORS):
+    if _bad_input(exc):
         error: ClusterError = StorageError(
+            f"PostgreSQL cannot take the data of {what}: {type(exc).__name__}: {exc}",
+            reason=Reason.INVALID_ARGUMENT,
+        )
+    elif isinstance(exc, CONNECTION_ERRORS):
+        error = StorageError(
             f"PostgreSQL is unavailable ({what}): {type(exc).__name__}: {exc}",
             reason=Reason.STORAGE_UNAVAILABLE,
         )
@@ -58,11 +103,20 @@ def translate(exc: BaseException, what: str) -> BaseException:
             field="id",
         )
     elif isinstance(exc, asyncpg.PostgresError):
-        # Serialization failures, deadlocks, lock timeouts: trying again may work.
+        sqlstate = _sqlstate(exc)
+        if _transient(sqlstate) or isinstance(exc, asyncpg.InvalidCachedStatementError):
+            # serialization failures, deadlocks, lock timeouts; a cached plan that a
+            # schema change invalidated (asyncpg prepares it again on the retry)
+            reason = Reason.STORAGE_UNAVAILABLE
+        elif sqlstate[:2] in _DATA_CLASSES:  # the data given: a retry fails the same way
+            reason = Reason.INVALID_ARGUMENT
+        else:  # 42 (undefined table/column, privilege), XX (corruption), …
+            reason = Reason.STORAGE_CORRUPT
         error = StorageError(
-            f"PostgreSQL refused {what}: {type(exc).__name__}: {exc}",
-            reason=Reason.STORAGE_UNAVAILABLE,
-            sqlstate=getattr(exc, "sqlstate", None),
+            f"PostgreSQL refused {what} (SQLSTATE {sqlstate or '?'}): "
+            f"{type(exc).__name__}: {exc}",
+            reason=reason,
+            sqlstate=sqlstate or None,
         )
     else:
         return exc

@@ -6,7 +6,13 @@ from typing import Any, cast
 
 from covey.core import VersionConflict
 from covey.storage._group_commit import GroupCommit
-from covey.storage._model import Fence, Versioned, check_state_key, check_state_write
+from covey.storage._model import (
+    Fence,
+    Versioned,
+    check_state_delete,
+    check_state_key,
+    check_state_write,
+)
 from covey.storage.postgres._errors import translated
 from covey.storage.postgres._writer import Op, StateOp
 
@@ -71,7 +77,7 @@ class PostgresStateStore:
         return int(version)
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
-        check_state_key(key)
+        check_state_delete(key, expected_version)
         with translated("deleting state"):
             if expected_version is None:
                 status = await self._pool.execute(self._sql_delete, key)

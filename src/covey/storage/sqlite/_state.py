@@ -5,7 +5,13 @@ from __future__ import annotations
 import aiosqlite
 
 from covey.core import Reason, StorageError, VersionConflict
-from covey.storage._model import Fence, Versioned, check_state_key, check_state_write
+from covey.storage._model import (
+    Fence,
+    Versioned,
+    check_state_delete,
+    check_state_key,
+    check_state_write,
+)
 from covey.storage.sqlite._connection import SqliteDatabase, execute, fetchone
 from covey.storage.sqlite._runners import check_fence
 from covey.storage.sqlite._writer import SqliteGroupWriter
@@ -84,7 +90,7 @@ class SqliteStateStore:
         return await self._writer.submit(op)
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
-        check_state_key(key)
+        check_state_delete(key, expected_version)
 
         async def run(conn: aiosqlite.Connection) -> bool:
             if expected_version is None:
