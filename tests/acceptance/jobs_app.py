@@ -11,6 +11,10 @@ Every handler records what it did in the application's own tables:
 - ``job_starts``: start order of ``serial`` and ``cancellable`` runs (bigserial id);
 - ``job_cancelled``: a running handler that saw ``CancelledError``;
 - ``job_flags``: switches the test flips (``release``, ``fail:<key>``).
+
+The ``JobsBacklog`` entity answers, on the runner that hosts it, how many jobs
+wait there for a slot (the ``covey_jobs_queued`` gauge), so a test can wait for
+a backlog to form instead of sleeping.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncpg
 from pydantic import BaseModel
 
 import covey
+from covey.core import metrics
 from covey.jobs import JobDefinition
 
 from ._app_pool import AppPool
@@ -50,6 +55,21 @@ app_pool = AppPool(max_size=8)  # the test creates the tables before runners sta
 
 class Work(BaseModel):
     key: str
+
+
+class Backlog(covey.Entity, type="JobsBacklog"):
+    """Reports the jobs waiting for a slot on the runner that hosts this instance."""
+
+    @covey.rpc
+    async def waiting(self, name: str) -> dict[str, Any]:
+        by_priority: dict[str, int] = {}
+        for family in metrics.JOBS_QUEUED.collect():
+            for sample in family.samples:
+                if sample.labels.get("name") == name:
+                    key = sample.labels["priority"]
+                    by_priority[key] = by_priority.get(key, 0) + int(sample.value)
+        return {"runner": str(covey.current_context().cluster.runner_id),
+                "by_priority": by_priority}
 
 
 def _runner(job: covey.JobContext) -> str:
@@ -112,6 +132,7 @@ def declare(cluster: covey.Cluster) -> dict[str, JobDefinition[Any]]:
 
 def make_cluster() -> covey.Cluster:
     cluster = covey.Cluster.from_env()
+    cluster.register(Backlog)
     declare(cluster)
     return cluster
 

@@ -73,6 +73,21 @@ async def jobs_client(fresh_pg_database: str, db: asyncpg.Connection,
         yield cluster, defs
 
 
+async def _waiting(cluster: covey.Cluster, name: str, runners: int = 3) -> dict[str, int]:
+    """Jobs of ``name`` waiting for a slot, per priority, summed over the runners."""
+    seen: dict[str, dict[str, int]] = {}
+    for i in range(300):  # entity ids until each runner has answered for itself
+        answer = await cluster.client(jobs_app.Backlog, f"probe-{i}").waiting(name)
+        seen[answer["runner"]] = answer["by_priority"]
+        if len(seen) == runners:
+            break
+    assert len(seen) == runners, seen
+    total: collections.Counter[str] = collections.Counter()
+    for by_priority in seen.values():
+        total.update(by_priority)
+    return dict(total)
+
+
 async def _job_counts(db: asyncpg.Connection, tag: str) -> tuple[int, int]:
     row = await db.fetchrow(
         "SELECT count(*) FILTER (WHERE processed) AS done, count(*) AS total"
@@ -152,7 +167,7 @@ async def test_5000_jobs_survive_a_sigkilled_runner(  # type: ignore[no-untyped-
 async def test_priority_orders_each_runners_backlog(  # type: ignore[no-untyped-def]
     jobs_client, db: asyncpg.Connection
 ) -> None:
-    _, defs = jobs_client
+    cluster, defs = jobs_client
     serial = defs["serial"]
     # blockers spread over shards: each runner (concurrency 1) runs one and queues the
     # rest above everything else (priority 100), so every runner has a backlog
@@ -162,7 +177,12 @@ async def test_priority_orders_each_runners_backlog(  # type: ignore[no-untyped-
     # low first: FIFO would start them first
     low = await serial.submit([Work(key=f"low{i}") for i in range(20)], priority="low")
     high = await serial.submit([Work(key=f"high{i}") for i in range(20)], priority="high")
-    await asyncio.sleep(1.0)  # the pushes reach their runners and queue behind the blockers
+
+    async def queued_behind_the_blockers() -> bool:  # every push reached its runner
+        waiting = await _waiting(cluster, "serial")
+        return waiting.get("10", 0) == 20 and waiting.get("-10", 0) == 20
+
+    await wait_until(queued_behind_the_blockers, timeout=20)
     assert await db.fetchval(
         "SELECT count(*) FROM job_starts WHERE key NOT LIKE 'block%'") == 0
     await db.execute("INSERT INTO job_flags (name) VALUES ('release')")
@@ -197,7 +217,7 @@ async def test_cancel_queued_and_running(jobs_client, db: asyncpg.Connection) ->
     with pytest.raises(JobError) as info:
         await running.result(timeout=5)
     assert info.value.reason is Reason.JOB_CANCELLED
-    await asyncio.sleep(0.5)
+    # a cancelled job's outcome is stored: it is never delivered again, nothing to wait for
     assert (await later.status()).state == "cancelled"
     assert await db.fetchval("SELECT count(*) FROM job_runs WHERE key = 'later'") == 0
 
@@ -235,7 +255,7 @@ async def test_dedupe_under_50_concurrent_submits(jobs_client, db: asyncpg.Conne
     assert len({h.id for h in handles}) == 1
     assert sum(1 for h in handles if not h.duplicate) == 1
     assert await handles[0].result(timeout=10) == "once"
-    await asyncio.sleep(0.3)
+    # one job stored and finished: no second run can come (nothing to wait for)
     assert await db.fetchval("SELECT count(*) FROM job_effects WHERE key = 'once'") == 1
     assert await db.fetchval("SELECT count(*) FROM job_runs WHERE key = 'once'") == 1
     assert await _job_counts(db, "effect") == (1, 1)
@@ -269,7 +289,7 @@ async def test_transactional_submit(  # type: ignore[no-untyped-def]
     with pytest.raises(JobError) as info:
         await dropped.status()
     assert info.value.reason is Reason.JOB_NOT_FOUND
-    await asyncio.sleep(0.5)
+    # the rolled-back job was never stored, so no runner can run it (nothing to wait for)
     assert await db.fetchval("SELECT count(*) FROM job_runs WHERE key = 'rolled-back'") == 0
     assert await db.fetchval("SELECT count(*) FROM job_effects WHERE key = 'committed'") == 1
     assert await _job_counts(db, "effect") == (1, 1)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 import covey
-from covey.core import JobError, Reason, SerializationError
+from covey.core import ClusterError, JobError, Reason, SerializationError
 from covey.jobs import JobDefinition, Retry, exponential
 from covey.testing import TestCluster
 
@@ -302,3 +304,236 @@ async def test_a_delayed_job_runs_on_time_after_its_runner_died() -> None:
         # nobody waits on the job (a waiter's push would also set the new owner's timer)
         await until(lambda: ("delayed@x", 1) in app.sent, timeout=3.0)
         assert asyncio.get_running_loop().time() - submitted >= 1.0  # not early either
+
+
+async def _stored_jobs(tc: TestCluster) -> int:
+    return len(await tc.storage.messages.list_messages("covey.Job", limit=1000))
+
+
+def _refused(info: pytest.ExceptionInfo[ClusterError], field: str) -> None:
+    """A caller mistake: typed, non-retryable, naming the argument."""
+    assert info.value.reason is Reason.INVALID_ARGUMENT, info.value
+    assert not info.value.retryable
+    assert info.value.details.get("field") == field, info.value.details
+
+
+BAD_DELAYS: tuple[Any, ...] = ("soon", -1, -0.5, float("nan"), float("inf"), float("-inf"),
+                               True, [1.0])
+BAD_PRIORITIES: tuple[Any, ...] = ("urgent", 32768, -32769, 10**20, True, 1.5, float("nan"))
+
+
+async def test_submit_refuses_bad_delays_and_priorities_before_storing() -> None:
+    app = App()
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        send = client_defs(app, tc)["send"]
+        for delay in BAD_DELAYS:
+            with pytest.raises(ClusterError) as info:
+                await send.submit(Email(to="x"), delay=delay)
+            _refused(info, "delay")
+        for priority in BAD_PRIORITIES:
+            with pytest.raises(ClusterError) as info:
+                await send.submit([Email(to="x")], priority=priority)
+            _refused(info, "priority")
+        for key in (42, b"k", "", "a\x00b", "\ud800", "k" * 2000):
+            with pytest.raises(ClusterError) as info:
+                await send.submit(Email(to="x"), dedupe_key=key)  # type: ignore[arg-type]
+            _refused(info, "dedupe_key")
+        assert await _stored_jobs(tc) == 0 and app.started == []
+        # the member keeps serving: the same submit with good values runs
+        handle = await send.submit(Email(to="ok"), delay=0.01, priority=-5, dedupe_key="ok")
+        assert await handle.result(timeout=5) == "sent to ok"
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_job_ids_outside_int64_are_not_found_and_storage_refuses_them(
+    backend: str, tmp_path: Path
+) -> None:
+    app = App()
+    url = "memory://" if backend == "memory" else f"sqlite:///{tmp_path / 'ids.db'}"
+    async with TestCluster(runners=1, configure=app.configure, database_url=url) as tc:
+        jobs = tc.client_member.jobs
+        for bad in (2**63, 2**64 + 1, 0, -1, -(2**63) - 1):
+            for ask in (partial(jobs.status, bad), partial(jobs.result, bad, timeout=1),
+                        partial(jobs.cancel, bad, timeout=1)):
+                with pytest.raises(JobError) as not_found:
+                    await ask()
+                assert not_found.value.reason is Reason.JOB_NOT_FOUND
+                assert not not_found.value.retryable
+        for wrong in ("12", 1.0, None, True):
+            with pytest.raises(ClusterError) as info:
+                await jobs.status(wrong)  # type: ignore[arg-type]
+            _refused(info, "job_id")
+        messages = tc.storage.messages
+        for ids in ([2**63], [0], [-7], [1, 2**64], ["1"], [1.0], [True]):
+            for method in (messages.inspect, messages.mark_started, messages.delete):
+                with pytest.raises(ClusterError) as info:
+                    await method(ids)  # type: ignore[arg-type]
+                _refused(info, "request_id")
+        handle = await client_defs(app, tc)["send"].submit(Email(to="still@x"))
+        assert await handle.result(timeout=5) == "sent to still@x"
+        assert (await messages.inspect([2**63 - 1])) == {}  # the largest id is a valid one
+
+
+async def test_submit_by_name_from_a_member_that_does_not_declare_the_job() -> None:
+    app = App()
+
+    def runners_only(cluster: covey.Cluster) -> None:
+        if not cluster.client_only:  # the client member declares nothing
+            app.configure(cluster)
+
+    async with TestCluster(runners=2, configure=runners_only) as tc:
+        jobs = tc.client_member.jobs
+        handle = await jobs.submit("email.send", Email(to="model@x"))  # a model: plain data
+        assert handle.name == "email.send" and not handle.duplicate
+        assert await handle.result(timeout=5) == "sent to model@x"
+        plain = await jobs.submit("email.send", {"to": "plain@x"}, priority="high")
+        assert await plain.result(timeout=5) == "sent to plain@x"
+        batch = await jobs.submit("email.send", [Email(to=f"b{i}@x") for i in range(3)],
+                                  priority=5)
+        assert [await h.result(timeout=5) for h in batch] == [f"sent to b{i}@x" for i in range(3)]
+        first = await jobs.submit("email.send", {"to": "once@x"}, dedupe_key="welcome:7")
+        again = await jobs.submit("email.send", {"to": "once@x"}, dedupe_key="welcome:7")
+        assert again.duplicate and again.id == first.id
+        later = await jobs.submit("email.send", {"to": "later@x"}, delay=30)
+        assert (await later.status()).state == "scheduled"
+        await later.cancel()
+        # not declared here, so a payload that does not fit is found by the runner: dead
+        wrong = await jobs.submit("email.send", {"to": 42})
+        with pytest.raises(JobError) as dead:
+            await wrong.result(timeout=5)
+        assert dead.value.reason is Reason.JOB_DEAD
+        stored = await _stored_jobs(tc)
+        for call, field in (
+            (lambda: jobs.submit("email.send", {"to": "x"}, priority="urgent"), "priority"),
+            (lambda: jobs.submit("email.send", {"to": "x"}, delay="soon"), "delay"),
+            (lambda: jobs.submit("email.send", {"to": "x"}, delay=float("nan")), "delay"),
+            (lambda: jobs.submit("", {"to": "x"}), "name"),
+            (lambda: jobs.submit(42, {"to": "x"}), "name"),
+            (lambda: jobs.submit("email.send", [{"to": "x"}], dedupe_key="k"), "dedupe_key"),
+        ):
+            with pytest.raises(ClusterError) as info:
+                await call()  # type: ignore[no-untyped-call]
+            _refused(info, field)
+        with pytest.raises(SerializationError) as unplain:
+            await jobs.submit("email.send", object())
+        assert unplain.value.reason is Reason.PAYLOAD_UNKNOWN_TYPE
+        assert await _stored_jobs(tc) == stored  # nothing refused was stored
+        assert sorted(t for t, _ in app.sent) == sorted(
+            ["model@x", "plain@x", "b0@x", "b1@x", "b2@x", "once@x"])
+
+
+async def test_submit_by_name_validates_against_a_local_declaration() -> None:
+    app = App()
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        jobs = tc.client_member.jobs
+        with pytest.raises(SerializationError) as info:
+            await jobs.submit("email.send", {"to": 42})
+        assert info.value.details["fields"] == ["to"]
+        assert await _stored_jobs(tc) == 0
+        handle = await jobs.submit("email.send", {"to": "typed@x"}, priority="low")
+        assert await handle.result(timeout=5) == "sent to typed@x"
+        assert (await tc.storage.messages.inspect([handle.id]))[handle.id].message.priority == -10
+
+
+async def test_a_cluster_that_is_not_started_says_which_and_what_to_do() -> None:
+    from covey.core import CoveyConfig
+
+    config = CoveyConfig(database_url="postgresql://app:s3cret@db.example:5432/shop")
+    cluster = covey.Cluster(config, client_only=True)
+
+    @cluster.job("noop")
+    async def noop(job: covey.JobContext, msg: Email) -> None:
+        return None
+
+    for attempt in (lambda: cluster.jobs.status(1), lambda: noop.submit(Email(to="x")),
+                    lambda: cluster.jobs.submit("noop", {"to": "x"})):
+        with pytest.raises(ClusterError) as info:
+            await attempt()  # type: ignore[no-untyped-call]
+        text = str(info.value)
+        assert info.value.reason is Reason.INVALID_ARGUMENT
+        assert "db.example:5432/shop" in text and "s3cret" not in text
+        assert "client-only" in text
+        assert "async with cluster:" in text and "await cluster.start()" in text
+
+
+async def test_jobs_carry_the_submitters_tenant_and_other_tenants_cannot_see_them() -> None:
+    app = App()
+    async with TestCluster(runners=2, configure=app.configure) as tc:
+        send = client_defs(app, tc)["send"]
+        jobs = tc.client_member.jobs
+        with covey.use_context(covey.RequestContext(tenant_id="acme")):
+            done = await send.submit(Email(to="acme@x"))
+            later = await jobs.submit("email.send", {"to": "later@x"}, delay=30)
+        untenanted = await send.submit(Email(to="nobody@x"))
+        assert await jobs.result(done.id, tenant="acme", timeout=5) == "sent to acme@x"
+        status = await jobs.status(done.id, tenant="acme")
+        assert status.tenant == "acme" and status.state == "succeeded"
+        assert (await done.status()).tenant == "acme"  # no tenant given: no check
+        assert (await jobs.status(untenanted.id)).tenant is None
+        for job_id, tenant in ((done.id, "globex"), (later.id, "globex"), (done.id, ""),
+                               (untenanted.id, "acme")):
+            for ask in (partial(jobs.status, job_id, tenant=tenant),
+                        partial(jobs.result, job_id, tenant=tenant, timeout=1),
+                        partial(jobs.cancel, job_id, tenant=tenant, timeout=1)):
+                with pytest.raises(JobError) as info:
+                    await ask()
+                assert info.value.reason is Reason.JOB_NOT_FOUND
+                assert tenant not in str(info.value) or not tenant  # reveals nothing
+        assert (await jobs.status(later.id)).state == "scheduled"  # another tenant's cancel
+        assert (await jobs.cancel(later.id, tenant="acme")).state == "cancelled"
+        with pytest.raises(ClusterError) as bad:
+            await jobs.status(done.id, tenant=42)  # type: ignore[arg-type]
+        _refused(bad, "tenant")
+        assert "later@x" not in [t for t, _ in app.sent]
+
+
+def test_job_declarations_refuse_bad_options() -> None:
+    from covey.core import CoveyConfig
+
+    cluster = covey.Cluster(CoveyConfig(database_url="memory://"), client_only=True)
+
+    async def handler(job: covey.JobContext, msg: Email) -> None:
+        return None
+
+    for options, field in (
+        ({"timeout": float("nan")}, "timeout"), ({"timeout": -1}, "timeout"),
+        ({"timeout": 0}, "timeout"), ({"timeout": "1"}, "timeout"),
+        ({"concurrency": 0}, "concurrency"), ({"concurrency": 1.5}, "concurrency"),
+        ({"priority": "urgent"}, "priority"), ({"retry": 3}, "retry"),
+    ):
+        with pytest.raises(ClusterError) as info:
+            cluster.job("x", **options)(handler)
+        _refused(info, field)
+    for name in ("", "a\x00b", "n" * 256, 42):
+        with pytest.raises(ClusterError) as info:
+            cluster.job(name)(handler)  # type: ignore[arg-type]
+        _refused(info, "name")
+    cluster.job("x", timeout=2.5)(handler)
+    with pytest.raises(ClusterError) as info:
+        cluster.job("x")(handler)
+    _refused(info, "name")
+
+
+async def test_a_job_without_a_payload_annotation_takes_plain_data() -> None:
+    def configure(cluster: covey.Cluster) -> None:
+        @cluster.job("plain")
+        async def plain(job, payload):  # type: ignore[no-untyped-def]
+            return payload
+
+    async with TestCluster(runners=1, configure=configure) as tc:
+        handle = await tc.client_member.jobs.submit("plain", Email(to="p@x"))
+        assert await handle.result(timeout=5) == {"to": "p@x"}
+
+
+async def test_a_payload_nested_too_deep_is_a_typed_error() -> None:
+    app = App()
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        deep: Any = "leaf"
+        for _ in range(10_000):
+            deep = [deep]
+        for submit in (lambda: tc.client_member.jobs.submit("email.send", {"to": deep}),
+                       lambda: tc.client_member.jobs.submit("undeclared", {"to": deep})):
+            with pytest.raises(SerializationError) as info:
+                await submit()
+            assert not info.value.retryable
+        assert await _stored_jobs(tc) == 0

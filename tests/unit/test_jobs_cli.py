@@ -122,6 +122,10 @@ def test_unknown_job_exits_2(env: dict[str, str]) -> None:
     assert result.exit_code == 2
     assert "error (job_not_found)" in result.stderr and "123" in result.stderr
     assert cli(env, "dlq", "retry", "123").exit_code == 2
+    for huge in (str(2**63), str(10**30), "0", "-5"):  # ids no job can have
+        result = cli(env, "status", "--", huge)
+        assert result.exit_code == 2, result.output
+        assert "error (job_not_found)" in result.stderr
 
 
 def test_retrying_a_job_that_is_not_dead_exits_2(env: dict[str, str], filled: Jobs) -> None:
@@ -156,3 +160,38 @@ async def test_cancel_and_dlq_retry_against_a_live_runner(env: dict[str, str]) -
         assert result.exit_code == 0, result.output
         assert f"job {bad.id} (greet) requeued" in result.stdout
         assert await cluster.jobs.result(bad.id, timeout=10) == "hello bad"
+
+
+def test_ls_state_cancelled_finds_cancelled_jobs_and_status_shows_the_tenant(
+    env: dict[str, str]
+) -> None:
+    async def fill() -> tuple[int, list[int]]:
+        app = Jobs()
+        async with runner_cluster(env, app):
+            with covey.use_context(covey.RequestContext(tenant_id="acme")):
+                later = await app.greet.submit(Greeting(to="later"), delay=3600)
+            assert (await later.cancel()).state == "cancelled"
+            # newer finished jobs: the cancelled one is not in the first page of them
+            done = await app.greet.submit([Greeting(to=f"n{i}") for i in range(6)])
+            for handle in done:
+                await handle.result(timeout=10)
+            return later.id, [h.id for h in done]
+
+    cancelled, done = asyncio.run(fill())
+    result = cli(env, "ls", "--state", "cancelled", "--limit", "1")
+    assert result.exit_code == 0, result.output
+    assert "jobs (1)" in result.stdout and str(cancelled) in result.stdout
+    succeeded = cli(env, "ls", "--state", "succeeded")
+    assert "jobs (6)" in succeeded.stdout and str(cancelled) not in succeeded.stdout
+    assert "jobs (0)" in cli(env, "ls", "--state", "dead").stdout
+    status = cli(env, "status", str(cancelled))
+    assert status.exit_code == 0, status.output
+    assert "cancelled" in status.stdout
+    assert ["tenant", "acme"] in _rows(status.stdout)
+    assert ["tenant", "-"] in _rows(cli(env, "status", str(done[0])).stdout)
+
+
+def _rows(table: str) -> list[list[str]]:
+    """The cells of each row of a printed table."""
+    return [[cell.strip() for cell in line.strip("│┃ ").split("│")]
+            for line in table.splitlines()]

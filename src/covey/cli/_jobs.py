@@ -25,16 +25,19 @@ from covey.jobs import Jobs, JobStatus
 
 T = TypeVar("T")
 
-#: user-facing state -> the storage state that holds it
+#: user-facing state -> the storage state that holds it (only dead jobs are error
+#: replies: a cancelled job's reply is a plain one, see JobRunner._final)
 _STORAGE_STATE: dict[str, str] = {
     "queued": "unprocessed",
     "scheduled": "unprocessed",
     "running": "unprocessed",
     "failed": "unprocessed",
     "succeeded": "processed",
-    "cancelled": "error",
+    "cancelled": "processed",
     "dead": "error",
 }
+#: jobs read per page when several user states share a storage state
+_PAGE = 500
 STATES = tuple(_STORAGE_STATE)
 
 _NEEDS_RUNNERS = (
@@ -82,6 +85,7 @@ def status_table(s: JobStatus) -> Table:
     table.add_row("id", str(s.id))
     table.add_row("name", s.name)
     table.add_row("state", s.state)
+    table.add_row("tenant", s.tenant if s.tenant is not None else "-")
     table.add_row("attempts", str(s.attempts))
     table.add_row("created", _iso(s.created_at))
     if s.scheduled_for is not None:
@@ -139,11 +143,18 @@ def ls(state: str | None, name: str | None, limit: int) -> None:
     async def action(j: Jobs) -> list[JobStatus]:
         if state is None:
             return await j.recent(name=name, limit=limit)
-        storage_state = _STORAGE_STATE[state]
-        # several user states share a storage state ("processed" also holds the
-        # error replies): read a wider window, then filter
-        found = await j.recent(state=storage_state, name=name, limit=min(limit * 4, 1000))
-        return [s for s in found if s.state == state][:limit]
+        # several user states share a storage state (succeeded and cancelled jobs
+        # are both processed): page back through it until enough match
+        found: list[JobStatus] = []
+        before: int | None = None
+        while len(found) < limit:
+            page = await j.recent(state=_STORAGE_STATE[state], name=name, limit=_PAGE,
+                                  before_id=before)
+            found += [s for s in page if s.state == state]
+            if len(page) < _PAGE:
+                break
+            before = page[-1].id
+        return found[:limit]
 
     found = _with_jobs(action)
     _console().print(jobs_table(found, title=f"jobs ({len(found)})"))

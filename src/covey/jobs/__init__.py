@@ -5,6 +5,7 @@ runners by shard, starts as soon as it is stored (pushed to its owner, no pollin
 loop), survives runner death, and keeps its id across retries.
 """
 
+from covey.jobs._declared import JobDefinition
 from covey.jobs._definition import (
     Backoff,
     JobSpec,
@@ -13,7 +14,7 @@ from covey.jobs._definition import (
     exponential,
     priority_value,
 )
-from covey.jobs._jobs import JobDefinition, JobHandle, Jobs
+from covey.jobs._jobs import JobHandle, Jobs
 from covey.jobs._runner import JobContext, JobRunner, PrioritySemaphore
 
 __all__ = [

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from covey.core import ClusterError, Reason
+from covey.core import (
+    MAX_ENTITY_ID_BYTES,
+    MAX_NAME_BYTES,
+    ClusterError,
+    JobError,
+    Reason,
+    check_text,
+)
 
 JOB_ENTITY = "covey.Job"
 
@@ -18,21 +27,84 @@ JobState = Literal["queued", "scheduled", "running", "succeeded", "failed", "can
 TERMINAL: frozenset[str] = frozenset({"succeeded", "cancelled", "dead"})
 
 
+#: The ids a job (a stored message) can have: positive signed 64-bit ints.
+MAX_JOB_ID = (1 << 63) - 1
+#: The longest dedupe key (UTF-8 bytes): ``name:key`` is the job's entity id, and
+#: a job name is at most MAX_NAME_BYTES.
+MAX_DEDUPE_KEY_BYTES = MAX_ENTITY_ID_BYTES - MAX_NAME_BYTES - 1
+
+
+def invalid(field_name: str, problem: str) -> ClusterError:
+    """A caller mistake in argument ``field_name`` (non-retryable, ``details["field"]``)."""
+    return ClusterError(f"invalid {field_name}: {problem}", reason=Reason.INVALID_ARGUMENT,
+                        field=field_name)
+
+
 def priority_value(priority: PriorityName | int) -> int:
-    """``high``/``normal``/``low`` or an int (higher runs first) as the stored int."""
-    if isinstance(priority, bool):
-        raise ClusterError("priority must be high, normal, low or an int",
-                           reason=Reason.INVALID_ARGUMENT)
-    if isinstance(priority, int):
+    """``high``/``normal``/``low`` or an int (higher runs first) as the stored int.
+
+    Raises:
+        ClusterError: ``invalid_argument`` (``details["field"] == "priority"``) for
+            an unknown name, a non-int or an int outside -32768..32767.
+    """
+    if isinstance(priority, int) and not isinstance(priority, bool):
         if not -32768 <= priority <= 32767:
-            raise ClusterError(f"priority {priority} out of range",
-                               reason=Reason.INVALID_ARGUMENT)
+            raise invalid("priority", f"{priority} is out of range (-32768..32767)")
         return priority
-    try:
+    if isinstance(priority, str) and priority in PRIORITIES:
         return PRIORITIES[priority]
-    except KeyError:
-        raise ClusterError(f"unknown priority {priority!r} (high, normal, low or an int)",
-                           reason=Reason.INVALID_ARGUMENT) from None
+    raise invalid("priority", f"{priority!r} is not high, normal, low or an int")
+
+
+def check_seconds(field_name: str, value: object) -> float:
+    """A finite, non-negative number of seconds (an int, a float or a ``timedelta``).
+
+    NaN, infinities, negatives, bools and strings are refused with a typed error:
+    a NaN start time would never compare as due, and ``"soon"`` is a caller bug.
+    """
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(field_name, f"{value!r} is not a number of seconds")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float
+        raise invalid(field_name, f"{value!r} is too large") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise invalid(field_name, f"{value!r} is not a finite number of seconds >= 0")
+    return seconds
+
+
+def check_dedupe_key(dedupe_key: object) -> str | None:
+    """``None`` or a non-empty string of at most :data:`MAX_DEDUPE_KEY_BYTES`.
+
+    No NUL and no lone surrogates (every backend must store it as text).
+    """
+    if dedupe_key is None:
+        return None
+    return check_text("dedupe_key", dedupe_key, max_bytes=MAX_DEDUPE_KEY_BYTES)
+
+
+def check_job_name(name: object) -> str:
+    """A job name: a non-empty string of at most ``MAX_NAME_BYTES``, no NUL."""
+    return check_text("name", name, max_bytes=MAX_NAME_BYTES)
+
+
+def check_job_id(job_id: object) -> int:
+    """An int; one no job can have (outside 1..2**63-1) is ``job_not_found``."""
+    if not isinstance(job_id, int) or isinstance(job_id, bool):
+        raise invalid("job_id", f"{job_id!r} is not an int")
+    if not 0 < job_id <= MAX_JOB_ID:
+        # not a malformed request: just an id that names no job (as a deleted one)
+        raise JobError(f"no job with id {job_id}", reason=Reason.JOB_NOT_FOUND, job_id=job_id)
+    return job_id
+
+
+def check_tenant(tenant: object) -> str | None:
+    """``None`` (no tenant check) or the tenant a caller acts for."""
+    if tenant is not None and not isinstance(tenant, str):
+        raise invalid("tenant", f"{tenant!r} is not a string")
+    return tenant
 
 
 @dataclass(frozen=True)
@@ -109,6 +181,8 @@ class JobStatus:
         result: the handler's return value (plain data) once succeeded.
         progress: the last ``job.progress()`` of a running job (0.0-1.0).
         heartbeat_at: when the job last reported progress or ``keep_alive()``.
+        tenant: the tenant of the request context it was submitted under
+            (``covey.current_context().tenant_id``), if any.
     """
 
     id: int
@@ -124,6 +198,7 @@ class JobStatus:
     progress: float | None = None
     progress_note: str | None = None
     heartbeat_at: float | None = None
+    tenant: str | None = None
 
     @property
     def done(self) -> bool:

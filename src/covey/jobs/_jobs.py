@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, overload
 
 from covey.core import (
+    TENANT_HEADER,
     Clock,
     ClusterError,
     EntityAddress,
@@ -17,8 +19,7 @@ from covey.core import (
     SnowflakeGenerator,
     current_context,
     shard_for,
-    to_plain,
-    validate,
+    validate_value,
 )
 from covey.jobs._definition import (
     JOB_ENTITY,
@@ -27,13 +28,24 @@ from covey.jobs._definition import (
     JobState,
     JobStatus,
     PriorityName,
+    check_dedupe_key,
+    check_job_id,
+    check_job_name,
+    check_seconds,
+    check_tenant,
+    invalid,
     priority_value,
 )
 from covey.jobs._runner import CANCEL_TAG, RETRY_TAG, RUNNING_TAG, error_history
 from covey.sharding import Envelope, Messenger
-from covey.storage import Duplicate, Message, MessageRecord, Storage
-
-P = TypeVar("P")
+from covey.storage import (
+    Duplicate,
+    Message,
+    MessageRecord,
+    SaveResult,
+    Storage,
+    TransactionalMessages,
+)
 
 
 @dataclass(frozen=True)
@@ -55,70 +67,152 @@ class JobHandle:
         return await self.jobs.cancel(self.id)
 
 
+Delay = float | dt.timedelta
+
+
 class Jobs:
-    """Status, results, cancel and the dead-letter (``cluster.jobs``)."""
+    """Submit by name, status, results, cancel and the dead-letter (``cluster.jobs``).
+
+    Args:
+        specs: the jobs declared in this process, by name: submits by name
+            validate their payloads against these.
+    """
 
     def __init__(self, storage: Storage, messenger: Messenger, snowflake: SnowflakeGenerator,
-                 clock: Clock, shards: int) -> None:
+                 clock: Clock, shards: int, specs: Mapping[str, JobSpec] | None = None) -> None:
         self._storage = storage
         self._messenger = messenger
         self._snowflake = snowflake
         self._clock = clock
         self._shards = shards
+        self._specs: Mapping[str, JobSpec] = specs if specs is not None else {}
         self._codec = MsgpackCodec()
 
     # ---- submitting ------------------------------------------------------
 
-    def message(self, spec: JobSpec, payload: Any, *, dedupe_key: str | None,
-                delay: float | None, priority: PriorityName | int | None) -> Message:
-        declared = spec.payload_type
-        if not (isinstance(declared, type) and isinstance(payload, declared)):
-            payload = validate(to_plain(payload), declared)  # typed error naming the field
+    def message(self, job: JobSpec | str, payload: Any, *, dedupe_key: str | None,
+                delay: Delay | None, priority: PriorityName | int | None) -> Message:
+        """The stored form of one job; every argument is checked first (typed errors).
+
+        ``job`` is a declared job, or a job name: a name declared in this process
+        is validated against its payload model, any other is sent as plain data
+        (the runner that declares it validates it and dead-letters a misfit).
+        """
+        spec = job if isinstance(job, JobSpec) else self._specs.get(check_job_name(job))
+        name = job.name if isinstance(job, JobSpec) else job
+        dedupe_key = check_dedupe_key(dedupe_key)
+        seconds = None if delay is None else check_seconds("delay", delay)
+        stored_priority = priority_value(priority) if priority is not None else (
+            spec.priority if spec is not None else 0)
+        # validated even when it is an instance of the model (model_construct(),
+        # changed since); plain data for an undeclared name. Typed errors.
+        payload = validate_value(payload, Any if spec is None else spec.payload_type)
         job_id = self._snowflake.next_id()
-        entity_id = f"{spec.name}:{dedupe_key}" if dedupe_key is not None else str(job_id)
-        return Message(
+        entity_id = f"{name}:{dedupe_key}" if dedupe_key is not None else str(job_id)
+        return self._messenger.checked(Message(  # the size limit of every message
             id=job_id,
             address=EntityAddress(JOB_ENTITY, entity_id, shard_for(entity_id, self._shards)),
-            tag=spec.name,
+            tag=name,
             payload=self._codec.encode(payload),
             headers=current_context().to_headers(),
             primary_key="job" if dedupe_key is not None else None,
-            deliver_at=None if not delay else self._clock.now() + float(delay),
-            priority=spec.priority if priority is None else priority_value(priority),
-        )
+            deliver_at=None if not seconds else self._clock.now() + seconds,
+            priority=stored_priority,
+        ))
 
-    async def submit(self, spec: JobSpec, messages: Sequence[Message],
-                     transaction: Any = None) -> list[JobHandle]:
+    @overload
+    async def submit(self, name: str, payload: list[Any] | tuple[Any, ...], *,
+                     dedupe_key: None = None, delay: Delay | None = None,
+                     priority: PriorityName | int | None = None,
+                     conn: Any = None) -> list[JobHandle]: ...
+    @overload
+    async def submit(self, name: str, payload: Any, *, dedupe_key: str | None = None,
+                     delay: Delay | None = None, priority: PriorityName | int | None = None,
+                     conn: Any = None) -> JobHandle: ...
+    async def submit(self, name: str, payload: Any, *, dedupe_key: str | None = None,
+                     delay: Delay | None = None, priority: PriorityName | int | None = None,
+                     conn: Any = None) -> JobHandle | list[JobHandle]:
+        """Enqueue job(s) by name, from a process that need not declare the job.
+
+        Takes the arguments of :meth:`JobDefinition.submit`. When ``name`` is
+        declared in this process the payload is validated against its model;
+        otherwise it is sent as plain data (pydantic models are converted) and the
+        runner that declares the job validates it (a misfit is dead-lettered).
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the argument
+                (``details["field"]``: ``name``, ``delay``, ``priority``,
+                ``dedupe_key``, ``conn``); SerializationError for a payload that
+                does not fit its declared model or cannot be plain data. Nothing
+                is stored then.
+        """
+        return await self.submit_job(name, payload, dedupe_key=dedupe_key, delay=delay,
+                                     priority=priority, conn=conn)
+
+    async def submit_job(self, job: JobSpec | str, payload: Any, *, dedupe_key: str | None,
+                         delay: Delay | None, priority: PriorityName | int | None,
+                         conn: Any) -> JobHandle | list[JobHandle]:
+        """One job, or a list of them (``payload`` a list or tuple) in one round trip."""
+        batch = isinstance(payload, list | tuple)
+        if batch and dedupe_key is not None:
+            raise invalid("dedupe_key", "a dedupe key applies to one job, not a batch")
+        items = list(payload) if batch else [payload]
+        messages = [self.message(job, p, dedupe_key=dedupe_key, delay=delay, priority=priority)
+                    for p in items]
+        handles = await self.enqueue(messages, transaction=conn)
+        return handles if batch else handles[0]
+
+    async def enqueue(self, messages: Sequence[Message],
+                      transaction: Any = None) -> list[JobHandle]:
+        """Store job messages and push them to their owners; a handle per message.
+
+        A job whose dedupe key is taken gives the first job's handle
+        (``duplicate=True``), also inside the application's ``transaction``.
+        """
+        if not messages:
+            return []
         if transaction is not None:
-            for m in messages:
-                await self._messenger.call(Envelope(m, persisted=True), timeout=30,
-                                           discard=True, transaction=transaction)
-            return [JobHandle(m.id, spec.name, self) for m in messages]
+            store = self._storage.messages
+            if not isinstance(store, TransactionalMessages):
+                raise invalid("conn", "submitting inside the application's transaction "
+                              f"needs PostgreSQL (this cluster uses {self._storage.backend})")
+            # the owners are woken at commit (NOTIFY): nothing to push now
+            return self._handles(messages, await store.save_requests_in(transaction, messages))
         results = await self._storage.messages.save_requests(messages)
-        handles: list[JobHandle] = []
-        wake: list[Envelope] = []
-        for message, result in zip(messages, results, strict=True):
-            if isinstance(result, Duplicate):
-                handles.append(JobHandle(result.original_id, spec.name, self, duplicate=True))
-                continue
-            handles.append(JobHandle(message.id, spec.name, self))
-            wake.append(Envelope(message, persisted=True))
+        handles = self._handles(messages, results)
+        wake = [Envelope(m, persisted=True) for m, h in zip(messages, handles, strict=True)
+                if not h.duplicate]
         if wake:
             await self._messenger.push_many(wake)
         return handles
 
+    def _handles(self, messages: Sequence[Message],
+                 results: Sequence[SaveResult]) -> list[JobHandle]:
+        return [JobHandle(r.original_id, m.tag, self, duplicate=True) if isinstance(r, Duplicate)
+                else JobHandle(m.id, m.tag, self)
+                for m, r in zip(messages, results, strict=True)]
+
     # ---- asking ----------------------------------------------------------
 
-    async def _record(self, job_id: int) -> MessageRecord:
+    async def _record(self, job_id: int, tenant: str | None = None) -> MessageRecord:
+        job_id = check_job_id(job_id)
+        tenant = check_tenant(tenant)
         record = (await self._storage.messages.inspect([job_id])).get(job_id)
-        if record is None or record.message.address.entity_type != JOB_ENTITY:
+        if record is None or record.message.address.entity_type != JOB_ENTITY or (
+                tenant is not None and record.message.headers.get(TENANT_HEADER) != tenant):
+            # another tenant's job is "not found": the answer must not reveal it exists
             raise JobError(f"no job with id {job_id}", reason=Reason.JOB_NOT_FOUND,
                            job_id=job_id)
         return record
 
-    async def status(self, job_id: int) -> JobStatus:
-        """Where the job stands now."""
-        return await self._status(await self._record(job_id))
+    async def status(self, job_id: int, *, tenant: str | None = None) -> JobStatus:
+        """Where the job stands now.
+
+        Args:
+            tenant: act for this tenant only: another tenant's job (or one
+                submitted without a tenant) is ``job_not_found``.
+        """
+        return await self._status(await self._record(job_id, tenant))
 
     async def _status(self, record: MessageRecord) -> JobStatus:
         m = record.message
@@ -157,7 +251,8 @@ class Jobs:
                 info2: dict[str, Any] = self._codec.decode(stored.value, dict[str, Any])
                 progress, note, beat = info2.get("p"), info2.get("n"), info2.get("t")
         return JobStatus(m.id, m.tag, state, attempts, last_error, record.created_at,
-                         record.processed_at, m.deliver_at, errors, result, progress, note, beat)
+                         record.processed_at, m.deliver_at, errors, result, progress, note, beat,
+                         tenant=m.headers.get(TENANT_HEADER))
 
     async def report(self, job_id: int, fraction: float | None, note: str | None) -> None:
         """Store a running job's progress / heartbeat (last write wins)."""
@@ -196,14 +291,19 @@ class Jobs:
         except ClusterError:
             return False
 
-    async def result(self, job_id: int, *, timeout: float = 30.0) -> Any:
+    async def result(self, job_id: int, *, timeout: float = 30.0,
+                     tenant: str | None = None) -> Any:
         """Wait for the job's outcome; its handler's return value.
+
+        Args:
+            tenant: act for this tenant only (see :meth:`status`).
 
         Raises:
             JobError: ``job_dead`` (``details["error"]``), ``job_cancelled``, or
                 ``job_not_found``; EntityError ``timeout`` when it is not done in time.
         """
-        record = await self._record(job_id)
+        timeout = check_seconds("timeout", timeout)
+        record = await self._record(job_id, tenant)
         reply = record.reply
         if reply is None:
             reply = await self._messenger.wait_for_reply(
@@ -218,12 +318,18 @@ class Jobs:
                 job_id=job_id, error=str(outcome.get("error")))
         return outcome.get("result")
 
-    async def cancel(self, job_id: int, *, timeout: float = 10.0) -> JobStatus:
+    async def cancel(self, job_id: int, *, timeout: float = 10.0,
+                     tenant: str | None = None) -> JobStatus:
         """Cancel a job: a queued one never runs, a running one is interrupted.
 
         Returns the final status (``cancelled``, or what it reached first).
+
+        Args:
+            tenant: act for this tenant only (see :meth:`status`): another
+                tenant's job is ``job_not_found`` and is left alone.
         """
-        record = await self._record(job_id)
+        timeout = check_seconds("timeout", timeout)
+        record = await self._record(job_id, tenant)
         if record.reply is None:
             await self._control(record, CANCEL_TAG)
         deadline = self._clock.monotonic() + timeout
@@ -236,10 +342,14 @@ class Jobs:
     # ---- operating -------------------------------------------------------
 
     async def recent(self, *, state: str | None = None, name: str | None = None,
-                   limit: int = 50) -> list[JobStatus]:
-        """Recent jobs, newest first (``state``: unprocessed, processed or error)."""
+                     limit: int = 50, before_id: int | None = None) -> list[JobStatus]:
+        """Recent jobs, newest first (``state``: unprocessed, processed or error).
+
+        ``before_id``: only jobs older than this one (the next page).
+        """
         records = await self._storage.messages.list_messages(
-            JOB_ENTITY, state=state, tag=name, limit=limit)  # type: ignore[arg-type]
+            JOB_ENTITY, state=state, tag=name, limit=limit,  # type: ignore[arg-type]
+            before_id=before_id)
         return [await self._status(r) for r in records]
 
     async def dead_letters(self, *, name: str | None = None, limit: int = 50) -> list[JobStatus]:
@@ -268,52 +378,3 @@ class Jobs:
 def progress_key(job_id: int) -> str:
     """Where a job's progress and heartbeat live in the state store."""
     return f"covey.job-progress/{job_id}"
-
-
-class JobDefinition(Generic[P]):
-    """What ``@cluster.job`` returns: the handler, plus ``submit``."""
-
-    def __init__(self, spec: JobSpec, jobs: Any) -> None:
-        self.spec = spec
-        self._jobs = jobs  # a callable returning the started cluster's Jobs
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Call the handler directly (tests)."""
-        return await self.spec.fn(*args, **kwargs)
-
-    @overload
-    async def submit(  # type: ignore[overload-overlap]
-                     self, payload: Sequence[P], *, dedupe_key: None = None,
-                     delay: float | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> list[JobHandle]: ...
-    @overload
-    async def submit(self, payload: P, *, dedupe_key: str | None = None,
-                     delay: float | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> JobHandle: ...
-    async def submit(self, payload: Any, *, dedupe_key: str | None = None,
-                     delay: float | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> JobHandle | list[JobHandle]:
-        """Enqueue one job (or a list, in one round trip); returns handle(s).
-
-        Args:
-            dedupe_key: a second submit with the same key returns the first job's
-                handle (``handle.duplicate``) and enqueues nothing.
-            delay: seconds before the job may start.
-            priority: ``high``/``normal``/``low`` or an int; orders a backlog.
-            conn: an asyncpg connection in the application's transaction: the
-                jobs exist only if it commits (PostgreSQL).
-        """
-        jobs: Jobs = self._jobs()
-        batch = isinstance(payload, list | tuple)
-        if batch and dedupe_key is not None:
-            raise ClusterError("dedupe_key applies to one job, not a batch",
-                               reason=Reason.INVALID_ARGUMENT)
-        items = list(payload) if batch else [payload]
-        messages = [jobs.message(self.spec, p, dedupe_key=dedupe_key, delay=delay,
-                                 priority=priority) for p in items]
-        handles = await jobs.submit(self.spec, messages, transaction=conn)
-        return handles if batch else handles[0]
