@@ -10,6 +10,7 @@ Durations are seconds (floats allowed). A malformed value is a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 from collections.abc import Mapping
@@ -39,8 +40,14 @@ class StorageOptions:
         shard_lease: how long a SQLite/memory shard lease lasts without refresh.
         message_lease: how long a message read from storage is reserved for the
             reader before another read may hand it out again.
-        retention: how long processed messages are kept before purge.
+        retention: how long processed messages are kept before purge (0: purge
+            at the next interval; ``inf``: never). Dead-lettered jobs are kept
+            until an operator retries or purges them.
         connect_timeout: the bound on opening a database connection.
+        purge_interval: how often one runner purges processed messages older
+            than ``retention``.
+        purge_batch: the most rows one purge statement deletes; a pass repeats
+            batches until one comes back short.
     """
 
     schema: str = "covey"
@@ -53,6 +60,8 @@ class StorageOptions:
     message_lease: float = 30.0
     retention: float = 7 * 24 * 3600.0
     connect_timeout: float = 10.0
+    purge_interval: float = 60.0
+    purge_batch: int = 1000
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,7 @@ class CoveyConfig:
         if not self.storage.schema.isidentifier():
             raise ConfigError(f"storage schema must be an identifier: {self.storage.schema!r}",
                               setting="storage.schema")
+        _check_retention(self.storage)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CoveyConfig:
@@ -168,6 +178,21 @@ class CoveyConfig:
         out: dict[str, str] = {}
         _describe(CoveyConfig, "COVEY_", out)
         return out
+
+
+def _check_retention(options: StorageOptions) -> None:
+    """Refuse retention settings that would purge wrongly or spin."""
+    bad: tuple[str, str, object] | None = None
+    if not options.retention >= 0:  # NaN fails too
+        bad = ("retention", "a number of seconds >= 0 (inf: keep forever)", options.retention)
+    elif not 0 < options.purge_interval < math.inf:
+        bad = ("purge_interval", "a number of seconds > 0", options.purge_interval)
+    elif options.purge_batch < 1:
+        bad = ("purge_batch", "at least 1", options.purge_batch)
+    if bad is not None:
+        name, wanted, value = bad
+        raise ConfigError(f"storage.{name} (COVEY_STORAGE_{name.upper()}) must be {wanted}, "
+                          f"got {value!r}", setting=f"storage.{name}")
 
 
 def _read(cls: type[Any], prefix: str, env: Mapping[str, str]) -> dict[str, Any]:

@@ -25,6 +25,12 @@ from covey.core import (
     VersionConflict,
 )
 from covey.storage._base import StorageLifecycle, check_shards
+from covey.storage._checks import (
+    check_max_age,
+    check_registration,
+    check_runner_address,
+    check_runner_shards,
+)
 from covey.storage._model import (
     Duplicate,
     Fence,
@@ -36,8 +42,18 @@ from covey.storage._model import (
     SaveResult,
     StorageInfo,
     Versioned,
+    check_address,
+    check_counting,
+    check_ids,
+    check_limit,
+    check_listing,
     check_message,
+    check_purge,
     check_reply,
+    check_reschedule,
+    check_shard_ids,
+    check_state_delete,
+    check_state_key,
     check_state_write,
 )
 
@@ -77,6 +93,7 @@ class InMemoryRunnerStorage:
     async def register(
         self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
     ) -> int:
+        check_registration(address, groups, weight)
         now = self._clock.now()
         for other, info in list(self._runners.items()):
             if other != address and info.last_heartbeat < now - _STALE_RUNNER:
@@ -94,6 +111,7 @@ class InMemoryRunnerStorage:
         return machine_id
 
     async def heartbeat(self, address: RunnerAddress) -> bool:
+        check_runner_address(address)
         info = self._runners.get(address)
         if info is None:
             return False
@@ -101,6 +119,7 @@ class InMemoryRunnerStorage:
         return True
 
     async def live_runners(self, max_age: float) -> list[RunnerInfo]:
+        check_max_age(max_age)
         cutoff = self._clock.now() - max_age
         return sorted(
             (i for i in self._runners.values() if i.last_heartbeat >= cutoff),
@@ -108,15 +127,18 @@ class InMemoryRunnerStorage:
         )
 
     async def unregister(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         self._runners.pop(address, None)
 
     async def expire(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         self._runners.pop(address, None)
         await self.release_all(address)
 
     async def acquire(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> dict[ShardId, int]:
+        check_runner_shards(address, shards, serving=True)
         now = self._clock.now()
         held: dict[ShardId, int] = {}
         for shard in shards:
@@ -135,6 +157,7 @@ class InMemoryRunnerStorage:
     async def refresh(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> set[ShardId]:
+        check_runner_shards(address, shards)
         now = self._clock.now()
         kept: set[ShardId] = set()
         for shard in shards:
@@ -145,6 +168,7 @@ class InMemoryRunnerStorage:
         return kept
 
     async def release(self, address: RunnerAddress, shards: Collection[ShardId]) -> None:
+        check_runner_shards(address, shards)
         for shard in shards:
             lease = self.leases.get(shard)
             if lease is not None and lease.owner == address:
@@ -152,6 +176,7 @@ class InMemoryRunnerStorage:
                 lease.until = 0.0
 
     async def release_all(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         await self.release(address, list(self.leases))
 
     def current_epoch(self, shard: ShardId) -> int:
@@ -223,6 +248,8 @@ class InMemoryMessageStorage:
         row.lease_until = None
 
     async def unprocessed(self, shards: Collection[ShardId], *, limit: int) -> list[Message]:
+        check_shard_ids(shards)
+        check_limit(limit)
         now = self._clock.now()
         wanted = set(shards)
         due = [
@@ -243,7 +270,7 @@ class InMemoryMessageStorage:
     async def reschedule(
         self, request_id: int, *, deliver_at: float, error: str, fence: Fence
     ) -> int:
-        check_reply(Reply(request_id, b""), fence)
+        check_reschedule(request_id, deliver_at, error, fence)
         row = self._completable(request_id, fence)
         row.message = replace(row.message, deliver_at=float(deliver_at),
                               failures=row.message.failures + 1, last_error=str(error))
@@ -252,13 +279,13 @@ class InMemoryMessageStorage:
         return row.message.failures
 
     async def mark_started(self, request_ids: Collection[int]) -> None:
-        for request_id in request_ids:
+        for request_id in check_ids(request_ids):
             row = self.rows.get(request_id)
             if row is not None and row.reply is None:
                 row.message = replace(row.message, starts=row.message.starts + 1)
 
     async def inspect(self, request_ids: Collection[int]) -> dict[int, MessageRecord]:
-        return {i: self.rows[i].record() for i in request_ids if i in self.rows}
+        return {i: self.rows[i].record() for i in check_ids(request_ids) if i in self.rows}
 
     async def list_messages(
         self,
@@ -269,6 +296,8 @@ class InMemoryMessageStorage:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[MessageRecord]:
+        check_listing(entity_type, state, tag, limit, before_id)
+
         def wanted(row: _Row) -> bool:
             m = row.message
             if m.address.entity_type != entity_type or (tag is not None and m.tag != tag):
@@ -287,7 +316,10 @@ class InMemoryMessageStorage:
                       key=lambda r: r.message.id, reverse=True)
         return [r.record() for r in rows[: max(limit, 0)]]
 
-    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
+    async def count_messages(
+        self, entity_type: str, *, with_processed: bool = True
+    ) -> list[tuple[str, int, str, int]]:
+        check_counting(entity_type, with_processed)
         counts: dict[tuple[str, int, str], int] = {}
         for row in self.rows.values():
             m = row.message
@@ -295,17 +327,20 @@ class InMemoryMessageStorage:
                 continue
             state = ("unprocessed" if row.reply is None
                      else "error" if row.reply.is_error else "processed")
+            if state == "processed" and not with_processed:
+                continue
             key = (m.tag, m.priority, state)
             counts[key] = counts.get(key, 0) + 1
         return [(t, p, s, n) for (t, p, s), n in sorted(counts.items())]
 
     async def delete(self, request_ids: Collection[int]) -> int:
-        doomed = [i for i in set(request_ids) if i in self.rows]
+        doomed = [i for i in check_ids(request_ids) if i in self.rows]
         for i in doomed:
             self._drop(i)
         return len(doomed)
 
     async def next_due(self, shards: Collection[ShardId]) -> float | None:
+        check_shard_ids(shards)
         now = self._clock.now()
         wanted = set(shards)
         due = [row.message.deliver_at for row in self.rows.values()
@@ -314,10 +349,12 @@ class InMemoryMessageStorage:
         return min(due) if due else None
 
     async def get(self, request_id: int) -> Message | None:
+        check_ids([request_id])
         row = self.rows.get(request_id)
         return row.message if row else None
 
     async def replies_for(self, request_ids: Collection[int]) -> dict[int, Reply]:
+        check_ids(request_ids)
         out: dict[int, Reply] = {}
         for request_id in request_ids:
             row = self.rows.get(request_id)
@@ -326,12 +363,14 @@ class InMemoryMessageStorage:
         return out
 
     async def reset_shards(self, shards: Collection[ShardId]) -> None:
+        check_shard_ids(shards)
         wanted = set(shards)
         for row in self.rows.values():
             if row.message.address.shard in wanted:
                 row.lease_until = None
 
     async def reset_request(self, request_id: int) -> None:
+        check_ids([request_id])
         row = self.rows.get(request_id)
         if row is None:
             raise MessageNotFound(f"no message with id {request_id}", message_id=request_id)
@@ -342,6 +381,7 @@ class InMemoryMessageStorage:
         row.message = replace(row.message, failures=0, attempts=0, starts=0, last_error=None)
 
     async def clear_address(self, address: EntityAddress) -> int:
+        check_address(address)
         doomed = [
             i for i, row in self.rows.items()
             if row.reply is None
@@ -352,11 +392,16 @@ class InMemoryMessageStorage:
             self._drop(i)
         return len(doomed)
 
-    async def purge(self, before: float) -> int:
+    async def purge(
+        self, before: float, *, limit: int = 1000, keep_errors_of: Collection[str] = ()
+    ) -> int:
+        kept = set(check_purge(before, limit, keep_errors_of))
         doomed = [
             i for i, row in self.rows.items()
-            if row.processed_at is not None and row.processed_at < before
-        ]
+            if row.reply is not None and row.processed_at is not None
+            and row.processed_at < before
+            and not (row.reply.is_error and row.message.address.entity_type in kept)
+        ][:limit]
         for i in doomed:
             self._drop(i)
         return len(doomed)
@@ -376,6 +421,7 @@ class InMemoryStateStore:
         self._values: dict[str, Versioned] = {}
 
     async def get(self, key: str) -> Versioned | None:
+        check_state_key(key)
         return self._values.get(key)
 
     async def set(
@@ -397,6 +443,7 @@ class InMemoryStateStore:
         return version
 
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
+        check_state_delete(key, expected_version)
         current = self._values.get(key)
         if current is None:
             return False

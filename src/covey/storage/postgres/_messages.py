@@ -8,10 +8,8 @@ from typing import Any, Literal, cast
 from covey.core import (
     AlreadyProcessed,
     Clock,
-    ClusterError,
     EntityAddress,
     MessageNotFound,
-    Reason,
     ShardId,
     StorageError,
     StorageOptions,
@@ -23,11 +21,16 @@ from covey.storage._model import (
     MessageRecord,
     Reply,
     SaveResult,
+    check_address,
+    check_counting,
     check_ids,
+    check_limit,
     check_listing,
     check_message,
+    check_purge,
     check_reply,
     check_reschedule,
+    check_shard_ids,
     decode_headers,
 )
 from covey.storage.postgres._errors import corrupt, translated
@@ -184,11 +187,17 @@ class PostgresMessageStorage:
         self._sql_inspect = (
             f"SELECT {_RECORD_COLUMNS} FROM {s}.messages WHERE id = ANY($1::int8[])"
         )
+        # One arm per state, each on its partial index (messages_address,
+        # messages_errors), so counting the backlog and the dead letters never
+        # reads the (many) successful replies; $2 = false skips those.
         self._sql_count = (
-            "SELECT tag, priority, CASE WHEN NOT processed THEN 'unprocessed'"
-            " WHEN reply_is_error THEN 'error' ELSE 'processed' END AS state, count(*)"
-            f" FROM {s}.messages WHERE entity_type = $1"
-            " GROUP BY tag, priority, state ORDER BY tag, priority, state"
+            f"SELECT tag, priority, 'unprocessed', count(*) FROM {s}.messages"
+            " WHERE NOT processed AND entity_type = $1 GROUP BY tag, priority"
+            f" UNION ALL SELECT tag, priority, 'error', count(*) FROM {s}.messages"
+            " WHERE processed AND reply_is_error AND entity_type = $1 GROUP BY tag, priority"
+            f" UNION ALL SELECT tag, priority, 'processed', count(*) FROM {s}.messages"
+            " WHERE $2 AND processed AND NOT reply_is_error AND entity_type = $1"
+            " GROUP BY tag, priority ORDER BY 1, 2, 3"
         )
         self._sql_list = f"SELECT {_RECORD_COLUMNS} FROM {s}.messages WHERE entity_type = $1"
         self._sql_delete = f"DELETE FROM {s}.messages WHERE id = ANY($1::int8[])"
@@ -196,9 +205,19 @@ class PostgresMessageStorage:
             f"DELETE FROM {s}.messages WHERE entity_type = $1 AND entity_id = $2"
             " AND NOT processed"
         )
-        self._sql_purge = (
-            f"DELETE FROM {s}.messages WHERE processed AND processed_at < $1"
+        # One purge batch: successful replies (a range scan of messages_purge,
+        # oldest first), or error replies of the types not kept (messages_errors).
+        # FOR UPDATE SKIP LOCKED re-checks each row as it is locked (a dead
+        # letter being retried is no longer processed) and never waits on a row
+        # another transaction holds.
+        purge = (
+            f"DELETE FROM {s}.messages WHERE id IN (SELECT id FROM {s}.messages"
+            " WHERE processed AND {outcome} AND processed_at < $1{keep}"
+            " ORDER BY processed_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
         )
+        self._sql_purge = purge.format(outcome="NOT reply_is_error", keep="")
+        self._sql_purge_errors = purge.format(
+            outcome="reply_is_error", keep=" AND entity_type <> ALL($3::text[])")
 
     async def save_requests_in(
         self, connection: Any, messages: Sequence[Message]
@@ -278,11 +297,12 @@ class PostgresMessageStorage:
         records = [decode_record(r) for r in rows]
         return {r.message.id: r for r in records}
 
-    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
-        if not isinstance(entity_type, str):
-            raise ClusterError("entity_type must be a str", reason=Reason.INVALID_ARGUMENT)
+    async def count_messages(
+        self, entity_type: str, *, with_processed: bool = True
+    ) -> list[tuple[str, int, str, int]]:
+        check_counting(entity_type, with_processed)
         with translated("counting messages"):
-            rows = await self._pool.fetch(self._sql_count, entity_type)
+            rows = await self._pool.fetch(self._sql_count, entity_type, with_processed)
         return [(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in rows]
 
     async def list_messages(
@@ -326,6 +346,8 @@ class PostgresMessageStorage:
         return _count(status)
 
     async def unprocessed(self, shards: Collection[ShardId], *, limit: int) -> list[Message]:
+        check_shard_ids(shards)
+        check_limit(limit)
         if not shards or limit <= 0:
             return []
         groups, numbers = shard_arrays(shards)
@@ -344,6 +366,7 @@ class PostgresMessageStorage:
         return messages
 
     async def next_due(self, shards: Collection[ShardId]) -> float | None:
+        check_shard_ids(shards)
         if not shards:
             return None
         groups, numbers = shard_arrays(shards)
@@ -353,11 +376,13 @@ class PostgresMessageStorage:
         return None if due is None else float(due)
 
     async def get(self, request_id: int) -> Message | None:
+        check_ids([request_id])
         with translated("reading a message"):
             row = await self._pool.fetchrow(self._sql_get, request_id)
         return None if row is None else decode_message(row)
 
     async def replies_for(self, request_ids: Collection[int]) -> dict[int, Reply]:
+        check_ids(request_ids)
         ids = list(set(request_ids))
         if not ids:
             return {}
@@ -371,6 +396,7 @@ class PostgresMessageStorage:
         return out
 
     async def reset_shards(self, shards: Collection[ShardId]) -> None:
+        check_shard_ids(shards)
         if not shards:
             return
         groups, numbers = shard_arrays(shards)
@@ -378,22 +404,32 @@ class PostgresMessageStorage:
             await self._pool.execute(self._sql_reset_shards, groups, numbers)
 
     async def reset_request(self, request_id: int) -> None:
+        check_ids([request_id])
         with translated("resetting a request"):
             status = await self._pool.execute(self._sql_reset_request, request_id)
         if _count(status) == 0:
             raise MessageNotFound(f"no stored request has id {request_id}", request_id=request_id)
 
     async def clear_address(self, address: EntityAddress) -> int:
+        check_address(address)
         with translated("clearing an entity's messages"):
             status = await self._pool.execute(
                 self._sql_clear, address.entity_type, address.entity_id
             )
         return _count(status)
 
-    async def purge(self, before: float) -> int:
+    async def purge(
+        self, before: float, *, limit: int = 1000, keep_errors_of: Collection[str] = ()
+    ) -> int:
+        kept = check_purge(before, limit, keep_errors_of)
         with translated("purging processed messages"):
-            status = await self._pool.execute(self._sql_purge, float(before))
-        return _count(status)
+            # successful replies first, then the error replies not kept: kept
+            # dead letters are never walked over by the first, common, statement
+            done = _count(await self._pool.execute(self._sql_purge, float(before), limit))
+            if done < limit:
+                done += _count(await self._pool.execute(self._sql_purge_errors,
+                                                        float(before), limit - done, kept))
+        return done
 
 
 def _count(status: str) -> int:

@@ -57,8 +57,11 @@ CREATE TABLE messages (
 -- The runner's read: unprocessed messages of its shards, by priority then id.
 CREATE INDEX messages_unprocessed
     ON messages (shard_group, shard, priority DESC, id) WHERE NOT processed;
--- purge(before): processed rows by completion time.
-CREATE INDEX messages_purge ON messages (processed_at) WHERE processed;
+-- purge(): successful replies by completion time (see migration 0005).
+CREATE INDEX messages_purge ON messages (processed_at) WHERE processed AND NOT reply_is_error;
+-- purge() and count_messages(): error replies (dead letters among them) by type.
+CREATE INDEX messages_errors ON messages (entity_type, processed_at)
+    WHERE processed AND reply_is_error;
 -- clear_address(): unprocessed rows of one entity.
 CREATE INDEX messages_address ON messages (entity_type, entity_id) WHERE NOT processed;
 

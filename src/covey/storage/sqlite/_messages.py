@@ -11,7 +11,6 @@ import aiosqlite
 from covey.core import (
     AlreadyProcessed,
     Clock,
-    ClusterError,
     EntityAddress,
     MessageNotFound,
     Reason,
@@ -27,11 +26,16 @@ from covey.storage._model import (
     Reply,
     Saved,
     SaveResult,
+    check_address,
+    check_counting,
     check_ids,
+    check_limit,
     check_listing,
     check_message,
+    check_purge,
     check_reply,
     check_reschedule,
+    check_shard_ids,
     decode_headers,
     encode_headers,
 )
@@ -326,19 +330,21 @@ class SqliteMessageStorage:
 
         return await self._db.read(run)
 
-    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
-        if not isinstance(entity_type, str):
-            raise ClusterError("entity_type must be a str", reason=Reason.INVALID_ARGUMENT)
+    async def count_messages(
+        self, entity_type: str, *, with_processed: bool = True
+    ) -> list[tuple[str, int, str, int]]:
+        check_counting(entity_type, with_processed)
+        # One arm per state, each on its partial index, so counting the backlog
+        # and the dead letters never reads the (many) successful replies.
+        arms = [_COUNT_ARM.format(state="unprocessed", where="processed = 0"),
+                _COUNT_ARM.format(state="error", where="processed = 1 AND reply_is_error = 1")]
+        if with_processed:
+            arms.append(_COUNT_ARM.format(state="processed",
+                                          where="processed = 1 AND reply_is_error = 0"))
+        query = " UNION ALL ".join(arms) + " ORDER BY 1, 2, 3"
 
         async def run(conn: aiosqlite.Connection) -> list[tuple[str, int, str, int]]:
-            rows = await fetchall(
-                conn,
-                "SELECT tag, priority, CASE WHEN processed = 0 THEN 'unprocessed' "
-                "WHEN reply_is_error = 1 THEN 'error' ELSE 'processed' END AS state, "
-                "count(*) FROM covey_messages WHERE entity_type = ? "
-                "GROUP BY tag, priority, state ORDER BY tag, priority, state",
-                (entity_type,),
-            )
+            rows = await fetchall(conn, query, (entity_type,) * len(arms))
             return [(str(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in rows]
 
         return await self._db.read(run)
@@ -397,6 +403,8 @@ class SqliteMessageStorage:
         return await self._db.write(run)
 
     async def unprocessed(self, shards: Collection[ShardId], *, limit: int) -> list[Message]:
+        check_shard_ids(shards)
+        check_limit(limit)
         if not shards or limit <= 0:
             return []
         where, params = _shard_filter(shards)
@@ -424,6 +432,7 @@ class SqliteMessageStorage:
         return await self._db.write(run)
 
     async def next_due(self, shards: Collection[ShardId]) -> float | None:
+        check_shard_ids(shards)
         if not shards:
             return None
         where, params = _shard_filter(shards)
@@ -440,6 +449,7 @@ class SqliteMessageStorage:
         return await self._db.read(run)
 
     async def get(self, request_id: int) -> Message | None:
+        check_ids([request_id])
         async def run(conn: aiosqlite.Connection) -> Message | None:
             row = await fetchone(
                 conn, f"SELECT {_COLUMNS} FROM covey_messages WHERE id = ?", (request_id,)
@@ -449,6 +459,7 @@ class SqliteMessageStorage:
         return await self._db.read(run)
 
     async def replies_for(self, request_ids: Collection[int]) -> dict[int, Reply]:
+        check_ids(request_ids)
         async def run(conn: aiosqlite.Connection) -> dict[int, Reply]:
             replies: dict[int, Reply] = {}
             for chunk in _chunks(request_ids):
@@ -467,6 +478,7 @@ class SqliteMessageStorage:
         return await self._db.read(run)
 
     async def reset_shards(self, shards: Collection[ShardId]) -> None:
+        check_shard_ids(shards)
         if not shards:
             return
         where, params = _shard_filter(shards)
@@ -482,6 +494,7 @@ class SqliteMessageStorage:
         await self._db.write(run)
 
     async def reset_request(self, request_id: int) -> None:
+        check_ids([request_id])
         async def run(conn: aiosqlite.Connection) -> None:
             changed = await execute(
                 conn,
@@ -499,6 +512,7 @@ class SqliteMessageStorage:
         await self._db.write(run)
 
     async def clear_address(self, address: EntityAddress) -> int:
+        check_address(address)
         async def run(conn: aiosqlite.Connection) -> int:
             return await execute(
                 conn,
@@ -509,12 +523,34 @@ class SqliteMessageStorage:
 
         return await self._db.write(run)
 
-    async def purge(self, before: float) -> int:
+    async def purge(
+        self, before: float, *, limit: int = 1000, keep_errors_of: Collection[str] = ()
+    ) -> int:
+        kept = check_purge(before, limit, keep_errors_of)
+        # Successful replies (covey_messages_purge), then error replies except
+        # the kept types (covey_messages_errors): kept dead letters are never
+        # walked over by the first, common, statement.
+        keep = f" AND entity_type NOT IN ({placeholders(kept)})" if kept else ""
+
         async def run(conn: aiosqlite.Connection) -> int:
-            return await execute(
-                conn,
-                "DELETE FROM covey_messages WHERE processed = 1 AND processed_at < ?",
-                (before,),
-            )
+            done = await execute(conn, _PURGE.format(error=0, keep=""),
+                                 (float(before), limit))
+            if done < limit:
+                done += await execute(conn, _PURGE.format(error=1, keep=keep),
+                                      (float(before), *kept, limit - done))
+            return done
 
         return await self._db.write(run)
+
+
+#: One state's counts for ``count_messages``; ``state`` and ``where`` are filled in.
+_COUNT_ARM = (
+    "SELECT tag, priority, '{state}', count(*) FROM covey_messages"
+    " WHERE {where} AND entity_type = ? GROUP BY tag, priority"
+)
+#: One purge batch (see ``purge``); ``error`` and ``keep`` are filled in.
+_PURGE = (
+    "DELETE FROM covey_messages WHERE id IN (SELECT id FROM covey_messages"
+    " WHERE processed = 1 AND reply_is_error = {error} AND processed_at < ?{keep}"
+    " ORDER BY processed_at LIMIT ?)"
+)

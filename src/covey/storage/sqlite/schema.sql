@@ -1,6 +1,5 @@
 -- The whole covey schema for a fresh SQLite install: the result of applying
--- migrations/0001_initial.sql, 0002_state.sql and 0003_message_failures.sql
--- in order (a test checks it).
+-- migrations/0001_initial.sql … 0004_purge_index.sql in order (a test checks it).
 
 CREATE TABLE covey_meta (
     key   TEXT PRIMARY KEY,
@@ -62,10 +61,15 @@ CREATE INDEX covey_messages_entity
     ON covey_messages (entity_type, entity_id)
     WHERE processed = 0;
 
--- purge: processed messages by completion time.
-CREATE INDEX covey_messages_processed_at
+-- purge: successful replies by completion time (see migration 0004).
+CREATE INDEX covey_messages_purge
     ON covey_messages (processed_at)
-    WHERE processed = 1;
+    WHERE processed = 1 AND reply_is_error = 0;
+
+-- purge and count_messages: error replies (dead letters among them) by type.
+CREATE INDEX covey_messages_errors
+    ON covey_messages (entity_type, processed_at)
+    WHERE processed = 1 AND reply_is_error = 1;
 
 CREATE TABLE covey_state (
     key     TEXT PRIMARY KEY,
