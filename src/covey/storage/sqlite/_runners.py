@@ -18,6 +18,12 @@ from covey.core import (
     StorageError,
     StorageOptions,
 )
+from covey.storage._checks import (
+    check_max_age,
+    check_registration,
+    check_runner_address,
+    check_runner_shards,
+)
 from covey.storage._model import Fence, RunnerInfo
 from covey.storage.sqlite._connection import SqliteDatabase, execute, fetchall, fetchone
 
@@ -102,6 +108,7 @@ class SqliteRunnerStorage:
     async def register(
         self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
     ) -> int:
+        check_registration(address, groups, weight)
         key = str(address)
         groups_json = json.dumps(list(groups))
 
@@ -141,6 +148,7 @@ class SqliteRunnerStorage:
         return await self._db.write(run)
 
     async def heartbeat(self, address: RunnerAddress) -> bool:
+        check_runner_address(address)
         async def run(conn: aiosqlite.Connection) -> bool:
             changed = await execute(
                 conn,
@@ -152,6 +160,7 @@ class SqliteRunnerStorage:
         return await self._db.write(run)
 
     async def live_runners(self, max_age: float) -> list[RunnerInfo]:
+        check_max_age(max_age)
         async def run(conn: aiosqlite.Connection) -> list[RunnerInfo]:
             rows = await fetchall(
                 conn,
@@ -165,6 +174,7 @@ class SqliteRunnerStorage:
         return await self._db.read(run)
 
     async def unregister(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         async def run(conn: aiosqlite.Connection) -> None:
             await execute(conn, "DELETE FROM covey_runners WHERE address = ?", (str(address),))
 
@@ -173,6 +183,7 @@ class SqliteRunnerStorage:
     async def acquire(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> dict[ShardId, int]:
+        check_runner_shards(address, shards, serving=True)
         wanted = _shard_params(shards)
         owner = str(address)
 
@@ -216,6 +227,7 @@ class SqliteRunnerStorage:
     async def refresh(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> set[ShardId]:
+        check_runner_shards(address, shards)
         wanted = _shard_params(shards)
         owner = str(address)
 
@@ -238,6 +250,7 @@ class SqliteRunnerStorage:
         return await self._db.write(run)
 
     async def release(self, address: RunnerAddress, shards: Collection[ShardId]) -> None:
+        check_runner_shards(address, shards)
         wanted = _shard_params(shards)
 
         async def run(conn: aiosqlite.Connection) -> None:
@@ -253,6 +266,7 @@ class SqliteRunnerStorage:
             await self._db.write(run)
 
     async def release_all(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         async def run(conn: aiosqlite.Connection) -> None:
             await execute(
                 conn,
@@ -263,6 +277,7 @@ class SqliteRunnerStorage:
         await self._db.write(run)
 
     async def expire(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         async def run(conn: aiosqlite.Connection) -> None:
             await execute(conn, "DELETE FROM covey_runners WHERE address = ?", (str(address),))
             await execute(
