@@ -10,8 +10,12 @@ function hangs or fails) and again whenever it acquires the shard.
 
 A tick that comes due more than ``skip_if_older_than`` late (all runners were
 down) is skipped — logged and counted — instead of run, so a backlog never runs
-in a burst. A function that raises is logged and counted; the tick is not
-retried (that would run it twice).
+in a burst (``inf``: never skipped). A function that raises is logged and
+counted; the tick is not retried (that would run it twice).
+
+A declaration is checked when it is made (:func:`check_expression`,
+:func:`time_zone`, :class:`CronSpec`): a bad name, expression, time zone or
+``skip_if_older_than`` is refused with ``invalid_argument`` naming the option.
 """
 
 from __future__ import annotations
@@ -24,27 +28,30 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import BaseModel
 
 from covey.core import (
+    MAX_NAME_BYTES,
     Clock,
     ClusterError,
     EntityAddress,
     MsgpackCodec,
-    Reason,
     ShardId,
     SnowflakeGenerator,
+    check_text,
     metrics,
     shard_for,
 )
 from covey.entities import Entity, rpc
 from covey.sharding import Envelope, Messenger
+from covey.singletons._checks import check_name, check_seconds, invalid
 from covey.storage import Message
 
 log = logging.getLogger("covey.cron")
 
 CRON_ENTITY = "covey.Cron"
+_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,50 @@ class CronTick:
 CronFn = Callable[[CronTick], Awaitable[None]]
 
 
+def check_expression(expression: object) -> str:
+    """A cron expression: 5 fields, or 6 with seconds first, that fires at all.
+
+    Raises:
+        ClusterError: ``invalid_argument`` (``details["field"] == "expression"``)
+            for anything croniter does not accept, and for a valid-looking
+            expression no date matches (``"0 0 30 2 *"``: 30 February), which
+            would otherwise fail each time the next tick is computed.
+    """
+    text = check_text("expression", expression, max_bytes=MAX_NAME_BYTES)
+    six = len(text.split()) == 6
+    if len(text.split()) not in (5, 6) or not croniter.is_valid(text, second_at_beginning=six):
+        raise invalid("expression", f"{text!r} is not a cron expression (5 fields, or 6 "
+                                    "with seconds first)")
+    try:  # from a fixed instant: whether it ever fires does not depend on when we ask
+        croniter(text, _EPOCH, second_at_beginning=six).get_next(float)
+    except (CroniterError, ValueError) as exc:
+        raise invalid("expression", f"{text!r} never fires ({exc})") from None
+    return text
+
+
+def time_zone(tz: object) -> zoneinfo.ZoneInfo:
+    """The IANA time zone named ``tz``.
+
+    Raises:
+        ClusterError: ``invalid_argument`` (``details["field"] == "tz"``) for a
+            name that is not a ``str`` or names no zone (a path, a directory of
+            the zone database, NUL, ...).
+    """
+    name = check_text("tz", tz, max_bytes=MAX_NAME_BYTES)
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # OSError: "Europe" is a directory of the zone database, not a zone
+        raise invalid("tz", f"unknown time zone {name!r}") from None
+
+
 @dataclass(frozen=True)
 class CronSpec:
-    """A declared cron."""
+    """A declared cron.
+
+    Every field is checked when the spec is made (``invalid_argument`` naming
+    it); ``skip_if_older_than`` is seconds > 0, ``inf`` for never.
+    """
 
     name: str
     expression: str
@@ -79,13 +127,14 @@ class CronSpec:
     lookahead: float = 10.0
 
     def __post_init__(self) -> None:
-        fields = len(self.expression.split())
-        if fields not in (5, 6) or not croniter.is_valid(
-            self.expression, second_at_beginning=fields == 6
-        ):
-            raise ClusterError(
-                f"cron {self.name!r}: invalid expression {self.expression!r} (5 fields, or 6 "
-                "with seconds first)", reason=Reason.INVALID_ARGUMENT)
+        check_name(self.name)
+        check_expression(self.expression)
+        if not isinstance(self.tz, dt.tzinfo):
+            raise invalid("tz", f"{self.tz!r} is not a time zone")
+        skip = check_seconds("skip_if_older_than", self.skip_if_older_than, infinite=True)
+        object.__setattr__(self, "skip_if_older_than", skip)  # a timedelta becomes seconds
+        if not callable(self.fn):
+            raise invalid("fn", f"{self.fn!r} is not an async function")
 
     def after(self, instant: float) -> float:
         """The first scheduled instant strictly after ``instant`` (Unix seconds)."""
@@ -93,6 +142,15 @@ class CronSpec:
         it = croniter(self.expression, start,
                       second_at_beginning=len(self.expression.split()) == 6)
         return float(it.get_next(float))
+
+
+def cron_spec(name: str, expression: str, fn: CronFn, *, tz: str,
+              skip_if_older_than: dt.timedelta | float, from_previous: bool) -> CronSpec:
+    """A checked :class:`CronSpec` from what an application declares: a zone
+    name, and ``skip_if_older_than`` as seconds or a ``timedelta``."""
+    return CronSpec(check_name(name), check_expression(expression), fn, time_zone(tz),
+                    check_seconds("skip_if_older_than", skip_if_older_than, infinite=True),
+                    from_previous)
 
 
 class TickRequest(BaseModel):
@@ -123,8 +181,8 @@ class CronManager:
 
     def add(self, spec: CronSpec) -> None:
         if spec.name in self.specs:
-            raise ClusterError(f"cron {spec.name!r} is declared twice",
-                               reason=Reason.INVALID_ARGUMENT)
+            raise invalid("name", f"cron {spec.name!r} is declared twice")
+        self.shard_of(spec.name)  # a name no shard can be computed for is refused now
         self.specs[spec.name] = spec
 
     def shard_of(self, name: str) -> ShardId:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from covey.core import (
+    MAX_NAME_BYTES,
     Clock,
     ClusterError,
     ClusterPlacement,
@@ -30,11 +31,13 @@ from covey.core import (
     Reason,
     RequestContext,
     ShardId,
+    check_text,
     metrics,
     shard_for,
     use_context,
 )
 from covey.sharding import Sharding
+from covey.singletons._checks import check_name, check_seconds, invalid
 from covey.storage import Fence, Storage
 
 log = logging.getLogger("covey.singletons")
@@ -49,13 +52,31 @@ BACKOFF_MAX = 30.0
 
 @dataclass(frozen=True)
 class SingletonSpec:
-    """A declared singleton."""
+    """A declared singleton.
+
+    Every field is checked when the spec is made (``invalid_argument`` naming
+    it): the name and shard group are stored as text, ``expected_interval`` is
+    ``None`` (no dead-man's switch) or a finite number of seconds > 0 (a
+    ``timedelta`` becomes seconds), ``state_type`` is ``None`` or callable
+    without arguments (it makes the first state).
+    """
 
     name: str
     fn: SingletonFn
     state_type: type[Any] | None
     expected_interval: float | None
     group: str = "default"
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        check_text("shard_group", self.group, max_bytes=MAX_NAME_BYTES)
+        if self.expected_interval is not None:
+            interval = check_seconds("expected_interval", self.expected_interval, infinite=False)
+            object.__setattr__(self, "expected_interval", interval)
+        if self.state_type is not None and not callable(self.state_type):
+            raise invalid("state", f"{self.state_type!r} is not a type")
+        if not callable(self.fn):
+            raise invalid("fn", f"{self.fn!r} is not an async function")
 
     @property
     def state_key(self) -> str:
@@ -131,8 +152,8 @@ class SingletonManager:
 
     def add(self, spec: SingletonSpec) -> None:
         if spec.name in self.specs:
-            raise ClusterError(f"singleton {spec.name!r} is declared twice",
-                               reason=Reason.INVALID_ARGUMENT)
+            raise invalid("name", f"singleton {spec.name!r} is declared twice")
+        self.shard_of(spec)  # a name no shard can be computed for is refused now
         self.specs[spec.name] = spec
 
     def shard_of(self, spec: SingletonSpec) -> ShardId:
