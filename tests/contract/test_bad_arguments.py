@@ -269,10 +269,13 @@ async def test_counting_refuses_a_name_no_backend_can_store(storage: Storage) ->
 
 # ---- PostgreSQL errors: what a retry cannot cure is not retryable ----------------
 
+#: PostgreSQL-only tests are generated for that backend alone (not skipped elsewhere).
+postgres_only = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+
+
 @pytest.fixture
 def pg_url(backend: str, request: pytest.FixtureRequest) -> str:
-    if backend != "postgres":
-        pytest.skip("PostgreSQL error mapping")
+    assert backend == "postgres"
     return str(request.getfixturevalue("pg_database"))
 
 
@@ -293,6 +296,7 @@ async def _pg_error(conn: asyncpg.Connection, sql: str, *args: Any) -> BaseExcep
     raise AssertionError(f"no error from {sql!r}")
 
 
+@postgres_only
 async def test_postgres_data_errors_are_not_retryable(pg: asyncpg.Connection) -> None:
     await pg.execute("CREATE TEMP TABLE t (k text UNIQUE, n int4 NOT NULL DEFAULT 0)")
     await pg.execute("INSERT INTO t (k) VALUES ('taken')")
@@ -316,6 +320,7 @@ async def test_postgres_data_errors_are_not_retryable(pg: asyncpg.Connection) ->
     assert not error.retryable and not is_unavailable(error)
 
 
+@postgres_only
 async def test_postgres_program_errors_are_not_retryable(pg: asyncpg.Connection) -> None:
     for sql, sqlstate in [("SELECT * FROM no_such_table", "42P01"), ("SELEKT 1", "42601")]:
         error = translate(await _pg_error(pg, sql), "a test read")
@@ -324,6 +329,7 @@ async def test_postgres_program_errors_are_not_retryable(pg: asyncpg.Connection)
         assert error.details["sqlstate"] == sqlstate
 
 
+@postgres_only
 async def test_postgres_transient_errors_stay_retryable(
     pg: asyncpg.Connection, pg_url: str
 ) -> None:
@@ -349,6 +355,7 @@ async def test_postgres_transient_errors_stay_retryable(
         assert error.reason is Reason.STORAGE_UNAVAILABLE and error.retryable, repr(error)
 
 
+@postgres_only
 async def test_postgres_refusal_through_the_storage_wrapper_is_not_retryable(
     pg: asyncpg.Connection,
 ) -> None:
@@ -437,11 +444,11 @@ async def test_a_stored_call_to_an_unknown_type_is_completed_end_to_end(
     assert await runner.client(Vault, "u1").put("fine") == 4
 
 
+@postgres_only
 async def test_bad_messages_in_the_application_transaction_are_not_stored(
     backend: str, runner: covey.Cluster
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("sending inside the application's transaction needs PostgreSQL")
+    assert backend == "postgres"
     big = "y" * (runner.config.transport.max_frame_bytes + 1)
     conn = await asyncpg.connect(runner.config.database_url)
     try:
