@@ -143,3 +143,22 @@ async def test_a_cluster_that_failed_to_start_cannot_be_started_again(
     assert info.value.reason is Reason.INVALID_ARGUMENT
     assert not info.value.retryable
     await _assert_closed(cluster.storage)
+
+
+async def test_a_test_cluster_whose_member_fails_to_start_closes_its_store(
+    tmp_path: Path,
+) -> None:
+    from covey.testing import TestCluster
+
+    def fail_on_the_second(cluster: Cluster, started: list[int] = []) -> None:  # noqa: B006
+        started.append(1)
+        if len(started) == 2:
+            raise ConfigError("the second member refuses to start")
+
+    before = _non_daemon_threads()
+    harness = TestCluster(runners=3, database_url=f"sqlite:///{tmp_path / 'tc.db'}",
+                          configure=fail_on_the_second)
+    with pytest.raises(ConfigError, match="second member"):
+        await harness.__aenter__()
+    assert harness.runners == []
+    assert _threads_left(before) == set()

@@ -89,19 +89,30 @@ class TestCluster:
 
     async def __aenter__(self) -> Self:
         await self.storage.start()
-        for _ in range(self._initial):
-            await self.add_runner(settle=False)
-        self._client = self._new_runner(client_only=True)
-        await self._client.start()
-        await self.settle()
+        try:
+            for _ in range(self._initial):
+                await self.add_runner(settle=False)
+            client = self._new_runner(client_only=True)
+            await client.start()
+            self._client = client
+            await self.settle()
+        except BaseException:
+            # a member that failed to start closed itself; close what did start, and
+            # the shared storage (a SQLite connection thread would outlive the test)
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._client is not None:
-            await self._client.stop()
-        for runner in list(self.runners):
-            await runner.stop()
-        await self.storage.close()
+        try:
+            if self._client is not None:
+                await self._client.stop()
+            for runner in list(self.runners):
+                await runner.stop()
+        finally:
+            self._client = None
+            self.runners.clear()
+            await self.storage.close()
 
     async def add_runner(self, *, settle: bool = True) -> Cluster:
         """Start one more runner (a scale-up); returns it."""
