@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 from collections import Counter
 
 import pytest
+from prometheus_client import REGISTRY
 
 import covey
 from covey.core import ClusterError, TestClock
@@ -109,3 +111,52 @@ def test_bad_expressions_and_zones_are_refused() -> None:
         cluster.cron("every day")(lambda t: asyncio.sleep(0))  # type: ignore[arg-type,return-value]
     with pytest.raises(ClusterError):
         cluster.cron("* * * * *", tz="Mars/Olympus")
+
+
+def skipped_ticks(name: str) -> float:
+    return REGISTRY.get_sample_value(
+        "covey_cron_ticks_total", {"name": name, "outcome": "skipped"}) or 0.0
+
+
+async def downtime(ran: list[float], *, from_previous: bool,
+                   skip_if_older_than: float = 30) -> list[float]:
+    """A 1-second cron whose only runner is down for 60 s of test-clock time;
+    returns the ticks that ran after the restart, in the order they ran. The
+    ticks before the stop are START+1..START+3; the restart is at START+63.5."""
+    clock = TestClock(START + 0.5)
+    configure = every_second(ran, skip_if_older_than=skip_if_older_than,
+                             from_previous=from_previous)
+    async with TestCluster(runners=1, clock=clock, configure=configure) as tc:
+        await step(clock, 3)
+        assert sorted(ran) == [START + 1, START + 2, START + 3]
+        await tc.stop_runner(0)  # the whole cluster is down...
+        await clock.advance(60)  # ...for longer than skip_if_older_than
+        await tc.add_runner()
+        await step(clock, 3)  # the catch-up runs at once; then START+64..66 on time
+    return ran[3:]
+
+
+async def test_from_previous_runs_the_ticks_missed_within_skip_if_older_than() -> None:
+    skipped = skipped_ticks("tick")
+    after_restart = await downtime([], from_previous=True)
+    # The ticks of the last 30 s before the restart ran late, once each, in order,
+    # then the schedule went on; the older ones (START+4..33) did not run...
+    assert after_restart == [START + i for i in range(34, 67)]
+    # ...and each was counted as skipped exactly once (stored ones and missed ones)
+    assert skipped_ticks("tick") - skipped == 30
+
+
+async def test_without_from_previous_no_missed_tick_runs() -> None:
+    after_restart = await downtime([], from_previous=False)
+    assert after_restart == [START + 64, START + 65, START + 66]  # from now on
+
+
+async def test_from_previous_catch_up_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cap is MAX_CATCH_UP (1000) missed ticks; 20 here, to keep the downtime short.
+    monkeypatch.setattr("covey.singletons._cron.MAX_CATCH_UP", 20)
+    skipped = skipped_ticks("tick")
+    after_restart = await downtime([], from_previous=True, skip_if_older_than=math.inf)
+    # START+4..14 were stored before the stop (the look-ahead) and run late, as
+    # inf never skips; of the 49 missed ones (15..63) only the newest 20 run.
+    assert after_restart == [START + i for i in [*range(4, 15), *range(44, 67)]]
+    assert skipped_ticks("tick") - skipped == 29  # START+15..43, never stored

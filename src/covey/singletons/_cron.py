@@ -13,6 +13,12 @@ down) is skipped — logged and counted — instead of run, so a backlog never r
 in a burst (``inf``: never skipped). A function that raises is logged and
 counted; the tick is not retried (that would run it twice).
 
+After downtime a ``from_previous`` cron resumes from the last tick stored for
+it (the manager reads the unprocessed ticks on acquisition): the missed ticks
+younger than ``skip_if_older_than`` — at most :data:`MAX_CATCH_UP`, the newest —
+are stored and run late, in order; the older ones are counted as skipped and
+never stored. Without ``from_previous`` the schedule continues from now.
+
 A declaration is checked when it is made (:func:`check_expression`,
 :func:`time_zone`, :class:`CronSpec`): a bad name, expression, time zone or
 ``skip_if_older_than`` is refused with ``invalid_argument`` naming the option.
@@ -46,12 +52,19 @@ from covey.core import (
 from covey.entities import Entity, rpc
 from covey.sharding import Envelope, Messenger
 from covey.singletons._checks import check_name, check_seconds, invalid
-from covey.storage import Message
+from covey.storage import Message, MessageStorage
 
 log = logging.getLogger("covey.cron")
 
 CRON_ENTITY = "covey.Cron"
 _EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+MAX_CATCH_UP = 1000
+"""After downtime, a ``from_previous`` cron stores at most this many missed ticks
+(the newest); older missed ticks are skipped and counted."""
+_MAX_AHEAD = 100  # ticks stored per call beyond the due ones (the look-ahead window)
+_COUNT_LIMIT = 100_000  # skipped ticks counted one by one (~30 µs each) per gap, at most
+_PAGE, _MAX_PAGES = 500, 100  # listing the unprocessed ticks of every cron on acquisition
 
 
 @dataclass(frozen=True)
@@ -143,6 +156,11 @@ class CronSpec:
                       second_at_beginning=len(self.expression.split()) == 6)
         return float(it.get_next(float))
 
+    def ticks(self, instant: float) -> Any:
+        """A croniter positioned at ``instant``: ``get_next``/``get_prev`` walk from it."""
+        return croniter(self.expression, dt.datetime.fromtimestamp(instant, self.tz),
+                        second_at_beginning=len(self.expression.split()) == 6)
+
 
 def cron_spec(name: str, expression: str, fn: CronFn, *, tz: str,
               skip_if_older_than: dt.timedelta | float, from_previous: bool) -> CronSpec:
@@ -168,14 +186,20 @@ class CronManager:
     """Keeps every cron's upcoming ticks stored and runs them when they come due."""
 
     def __init__(self, messenger: Messenger, snowflake: SnowflakeGenerator, clock: Clock,
-                 shards: int) -> None:
+                 shards: int, *, messages: MessageStorage) -> None:
         self._messenger = messenger
+        self._messages = messages
         self._snowflake = snowflake
         self._clock = clock
         self._shards = shards
         self._codec = MsgpackCodec()
         self.specs: dict[str, CronSpec] = {}
+        # per cron: every tick up to this instant is stored, or was counted as skipped
         self._horizon: dict[str, float] = {}
+        # per cron: the newest stored tick already due when the schedule resumed;
+        # later due ticks are stored only when it runs, so the late ticks run in order
+        self._backlog: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.entity_type = self._make_entity()
 
@@ -194,12 +218,14 @@ class CronManager:
         for spec in self.specs.values():
             if self.shard_of(spec.name) in shards:
                 self._horizon.pop(spec.name, None)  # whatever we knew may be stale
-                self._spawn(self.ensure(spec, None))
+                self._backlog.pop(spec.name, None)
+                self._spawn(self._top_up(spec))
 
     async def shards_lost(self, shards: set[ShardId], *, graceful: bool) -> None:
         for spec in self.specs.values():
             if self.shard_of(spec.name) in shards:
                 self._horizon.pop(spec.name, None)
+                self._backlog.pop(spec.name, None)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -209,35 +235,106 @@ class CronManager:
 
     # ---- scheduling ------------------------------------------------------
 
-    async def ensure(self, spec: CronSpec, last: float | None) -> None:
-        """Store the ticks from ``last`` (or now) up to the look-ahead window."""
-        now = self._clock.now()
-        if last is None:
-            base = now
-        elif spec.from_previous:
-            base = max(last, now - spec.skip_if_older_than)
-            skipped = self._count(spec, last, base)
-            if skipped:
-                log.warning("cron %s: %d ticks older than %.0f s skipped", spec.name,
-                            skipped, spec.skip_if_older_than)
-                metrics.CRON_TICKS.labels(spec.name, "skipped").inc(skipped)
-        else:
-            base = max(last, now)
-        base = max(base, self._horizon.get(spec.name, base))
-        instant = spec.after(base)
-        for _ in range(100):
-            await self._schedule(spec, instant)
-            self._horizon[spec.name] = instant
-            if instant > now + spec.lookahead:
-                break
-            instant = spec.after(instant)
+    async def _top_up(self, spec: CronSpec) -> None:
+        try:
+            await self.ensure(spec, None)
+        except ClusterError as exc:  # the stored ticks still run, and retry the resume
+            log.warning("cron %s: scheduling after acquisition failed (%s)", spec.name, exc)
 
-    def _count(self, spec: CronSpec, start: float, end: float) -> int:
-        count, instant = 0, spec.after(start)
-        while instant <= end and count < 100_000:
+    async def ensure(self, spec: CronSpec, last: float | None) -> None:
+        """Store the ticks after the last one stored, up to the look-ahead window.
+
+        ``last`` is a tick known to be stored (the one running), or ``None``.
+        Serialized per cron, so the first call after an acquisition (this one or
+        a stored tick's) learns where the schedule stands before any other.
+        """
+        async with self._locks.setdefault(spec.name, asyncio.Lock()):
+            now = self._clock.now()
+            base = self._horizon.get(spec.name)
+            if base is None:
+                base = await self._resume_from(spec, last, now)
+                self._horizon[spec.name] = base
+                if spec.from_previous and base < now and base != last:
+                    self._backlog[spec.name] = base
+            backlog = self._backlog.get(spec.name)
+            if backlog is not None:
+                if last is None or last < backlog:
+                    return  # stored due ticks run first; the newest one goes on from here
+                del self._backlog[spec.name]
+            if spec.from_previous:
+                start = max(base, now - spec.skip_if_older_than)
+                if start < now:  # a backlog: bound it
+                    start = self._catch_up_floor(spec, start, now)
+                if start > base:
+                    await self._skip(spec, base, start)
+            else:
+                start = max(base, now)
+            self._horizon[spec.name] = start  # the skipped ones are accounted for
+            instant = spec.after(start)
+            # due ticks after start: at most MAX_CATCH_UP; then the look-ahead
+            for _ in range(MAX_CATCH_UP + _MAX_AHEAD):
+                await self._schedule(spec, instant)
+                self._horizon[spec.name] = instant
+                if instant > now + spec.lookahead:
+                    break
+                instant = spec.after(instant)
+
+    async def _resume_from(self, spec: CronSpec, last: float | None, now: float) -> float:
+        """Where the schedule stands when nothing is known: now, or with
+        ``from_previous`` the last tick stored (now if none is: first start)."""
+        if not spec.from_previous:
+            return now
+        # Each stored tick's handler stores the next ones before it completes, so
+        # the newest tick stored is unprocessed (or is ``last``, running now).
+        stored = await self._last_stored(spec.name)
+        known = [t for t in (stored, last) if t is not None]
+        return max(known) if known else now
+
+    async def _last_stored(self, name: str) -> float | None:
+        """The newest unprocessed tick stored for cron ``name``."""
+        newest: float | None = None
+        before: int | None = None
+        for _ in range(_MAX_PAGES):
+            records = await self._messages.list_messages(
+                CRON_ENTITY, state="unprocessed", tag="tick", limit=_PAGE, before_id=before)
+            for record in records:
+                if record.message.address.entity_id != name:
+                    continue
+                try:
+                    tick: TickRequest = self._codec.decode(record.message.payload, TickRequest)
+                except Exception:  # not ours to judge here: the handler refuses it
+                    continue
+                newest = tick.scheduled if newest is None else max(newest, tick.scheduled)
+            if len(records) < _PAGE:
+                return newest
+            before = records[-1].message.id
+        log.warning("cron %s: more than %d unprocessed ticks; resuming from the newest "
+                    "of the first %d", name, _PAGE * _MAX_PAGES, _PAGE * _MAX_PAGES)
+        return newest
+
+    @staticmethod
+    def _catch_up_floor(spec: CronSpec, start: float, now: float) -> float:
+        """``start``, or later if more than :data:`MAX_CATCH_UP` ticks are due after
+        it: then the instant after which the newest :data:`MAX_CATCH_UP` lie."""
+        ticks = spec.ticks(spec.after(now))  # from the first tick after now, backwards
+        for _ in range(MAX_CATCH_UP):
+            if ticks.get_prev(float) <= start:
+                return start
+        return max(start, float(ticks.get_prev(float)))
+
+    async def _skip(self, spec: CronSpec, start: float, end: float) -> None:
+        """Count and log (once) the ticks in ``(start, end]``, which are never stored."""
+        ticks, count = spec.ticks(start), 0
+        while count < _COUNT_LIMIT and ticks.get_next(float) <= end:
             count += 1
-            instant = spec.after(instant)
-        return count
+            if count % 1000 == 0:
+                await asyncio.sleep(0)  # a week of 1-second ticks: let the runner breathe
+        if count:
+            more = "at least " if count == _COUNT_LIMIT else ""
+            log.warning("cron %s: %s%d missed ticks skipped (older than %.0f s, or beyond "
+                        "the %d newest)", spec.name, more, count, spec.skip_if_older_than,
+                        MAX_CATCH_UP)
+            metrics.CRON_TICKS.labels(spec.name, "skipped").inc(count)
 
     async def _schedule(self, spec: CronSpec, instant: float) -> None:
         message = Message(
