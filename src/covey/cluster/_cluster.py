@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import inspect
 import logging
 import signal
 import typing
-import zoneinfo
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Self, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from covey.core import (
     Clock,
@@ -34,7 +35,13 @@ from covey.core import (
 )
 from covey.entities import Entity, EntityClient, EntityRuntime
 from covey.jobs import JobDefinition, JobRunner, Jobs, JobSpec, Retry, priority_value
-from covey.jobs._definition import JOB_ENTITY, PriorityName
+from covey.jobs._definition import (
+    JOB_ENTITY,
+    PriorityName,
+    check_job_name,
+    check_seconds,
+    invalid,
+)
 from covey.jobs._jobs import progress_key
 from covey.sharding import (
     Envelope,
@@ -45,6 +52,7 @@ from covey.sharding import (
     TcpTransport,
     raise_error_reply,
 )
+from covey.sharding._retention import RetentionPurger
 from covey.singletons import (
     CronManager,
     CronSpec,
@@ -53,7 +61,7 @@ from covey.singletons import (
     SingletonManager,
     SingletonSpec,
 )
-from covey.singletons._cron import CronFn
+from covey.singletons._cron import CronFn, cron_spec
 from covey.singletons._singleton import SingletonFn
 from covey.storage import Message, Reply, Storage, WakeupSource, open_storage
 
@@ -138,10 +146,22 @@ class Cluster:
                 ``await ctx.save_state()`` and handed to the next owner.
             expected_interval: seconds between ``ctx.beat()`` calls; a singleton
                 silent for twice this long is reported unhealthy.
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option
+                (``details["field"]``) for a name that is empty, not a ``str``,
+                longer than 255 UTF-8 bytes, holds NUL or a lone surrogate, or is
+                declared twice; an ``expected_interval`` that is not a finite
+                number of seconds > 0; a bad shard group or state type.
         """
+        # checked now, not at start: a bad spec there would stop the whole cluster
+        probe = SingletonSpec(name, _no_fn, state, expected_interval, shard_group)
+
         def declare(fn: SingletonFn) -> SingletonFn:
-            self._singleton_specs.append(
-                SingletonSpec(name, fn, state, expected_interval, shard_group))
+            spec = dataclasses.replace(probe, fn=fn)  # checked again
+            if any(s.name == name for s in self._singleton_specs):
+                raise invalid("name", f"singleton {name!r} is declared twice")
+            self._singleton_specs.append(spec)
             return fn
 
         return declare
@@ -159,21 +179,30 @@ class Cluster:
             name: unique in the cluster (default: the function's name).
             tz: IANA time zone the expression is read in.
             skip_if_older_than: a tick that comes due later than this (all runners
-                were down) is skipped and counted, never run in a burst.
+                were down) is skipped and counted, never run in a burst; seconds
+                > 0 or a ``timedelta``, ``math.inf`` to never skip.
             from_previous: after downtime, continue from the last scheduled tick
                 (catching up on ticks younger than ``skip_if_older_than``) instead of
                 from now.
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option
+                (``details["field"]``) for an expression croniter refuses or that
+                never fires, an unknown time zone, a ``skip_if_older_than`` that is
+                not seconds > 0, and a name that is empty, not a ``str``, longer
+                than 255 UTF-8 bytes, holds NUL or a lone surrogate, or is
+                declared twice.
         """
-        skip = (skip_if_older_than.total_seconds()
-                if isinstance(skip_if_older_than, dt.timedelta) else float(skip_if_older_than))
-        try:
-            zone = zoneinfo.ZoneInfo(tz)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ClusterError(f"unknown time zone {tz!r}", reason=Reason.INVALID_ARGUMENT) from exc
+        # checked now, not at start: a bad spec there would stop the whole cluster
+        probe = cron_spec("_" if name is None else name, expression, _no_fn, tz=tz,
+                          skip_if_older_than=skip_if_older_than, from_previous=from_previous)
 
         def declare(fn: CronFn) -> CronFn:
-            self._cron_specs.append(
-                CronSpec(name or fn.__name__, expression, fn, zone, skip, from_previous))
+            cron_name = getattr(fn, "__name__", "") if name is None else name
+            spec = dataclasses.replace(probe, name=cron_name, fn=fn)  # checked again
+            if any(s.name == cron_name for s in self._cron_specs):
+                raise invalid("name", f"cron {cron_name!r} is declared twice")
+            self._cron_specs.append(spec)
             return fn
 
         return declare
@@ -191,9 +220,22 @@ class Cluster:
                 and counts as a failed attempt.
             priority: default priority of its jobs (``high``/``normal``/``low``/int).
             concurrency: runs of this job at once on one runner.
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option (``details["field"]``)
+                for an empty or repeated name, a timeout that is not a finite
+                number of seconds > 0, a concurrency that is not an int >= 1, or a
+                bad priority.
         """
-        if concurrency < 1:
-            raise ClusterError("concurrency must be >= 1", reason=Reason.INVALID_ARGUMENT)
+        check_job_name(name)
+        seconds = None if timeout is None else check_seconds("timeout", timeout)
+        if seconds == 0:
+            raise invalid("timeout", "0 would time out every run (None: no timeout)")
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise invalid("concurrency", f"{concurrency!r} is not an int >= 1")
+        if retry is not None and not isinstance(retry, Retry):
+            raise invalid("retry", f"{retry!r} is not a covey.Retry")
+        default_priority = priority_value(priority)
 
         def declare(fn: Callable[..., Awaitable[Any]]) -> JobDefinition[Any]:
             hints = typing.get_type_hints(fn)
@@ -201,8 +243,10 @@ class Cluster:
             if len(params) != 2:
                 raise ClusterError(f"job {name!r}: the handler takes (job, payload)",
                                    reason=Reason.INVALID_ARGUMENT)
-            spec = JobSpec(name, fn, hints.get(params[1], Any), retry or Retry(), timeout,
-                           priority_value(priority), concurrency)
+            if any(s.name == name for s in self._job_specs):
+                raise invalid("name", f"job {name!r} is declared twice")
+            spec = JobSpec(name, fn, hints.get(params[1], Any), retry or Retry(), seconds,
+                           default_priority, concurrency)
             self._job_specs.append(spec)
             return JobDefinition(spec, lambda: self.jobs)
 
@@ -212,7 +256,9 @@ class Cluster:
         """One runner (a singleton) exports the cluster-wide backlog and dead-letter."""
         try:
             while True:
-                rows = await self.storage.messages.count_messages(JOB_ENTITY)
+                # without the successes: their count grows with the store
+                rows = await self.storage.messages.count_messages(
+                    JOB_ENTITY, with_processed=False)
                 metrics.JOBS_BACKLOG.clear()
                 metrics.JOBS_DEAD_LETTER.clear()
                 dead: dict[str, int] = {}
@@ -228,12 +274,21 @@ class Cluster:
             metrics.JOBS_BACKLOG.clear()
             metrics.JOBS_DEAD_LETTER.clear()
 
+    async def _purge_loop(self) -> None:
+        """Retention: the owner of one shard purges old processed messages for all.
+
+        Not a singleton: it would show in every application's singleton listing
+        and health. Dead-lettered jobs are kept for an operator.
+        """
+        assert self._sharding is not None
+        await RetentionPurger(self.storage, self._sharding, self._clock, self.config.storage,
+                              self.config.shards, keep_errors_of=(JOB_ENTITY,)).run()
+
     @property
     def jobs(self) -> Jobs:
         """Status, results, cancel and the dead-letter of jobs."""
         if self._jobs is None:
-            raise ClusterError("the cluster is not started: use 'async with cluster:'",
-                               reason=Reason.INVALID_ARGUMENT)
+            raise self._not_started()
         return self._jobs
 
     async def singleton_health(self) -> dict[str, SingletonHealth]:
@@ -243,8 +298,7 @@ class Cluster:
     @property
     def singletons(self) -> SingletonManager:
         if self._singletons is None:
-            raise ClusterError("the cluster is not started: use 'async with cluster:'",
-                               reason=Reason.INVALID_ARGUMENT)
+            raise self._not_started()
         return self._singletons
 
     # ---- calling ---------------------------------------------------------
@@ -306,20 +360,27 @@ class Cluster:
     @property
     def sharding(self) -> Sharding:
         if self._sharding is None:
-            raise ClusterError("the cluster is not started: use 'async with cluster:'",
-                               reason=Reason.INVALID_ARGUMENT)
+            raise self._not_started()
         return self._sharding
 
     @property
     def messenger(self) -> Messenger:
         if self._messenger is None:
-            raise ClusterError("the cluster is not started: use 'async with cluster:'",
-                               reason=Reason.INVALID_ARGUMENT)
+            raise self._not_started()
         return self._messenger
 
     @property
     def address(self) -> RunnerAddress | None:
         return None if self._sharding is None else self._sharding.address
+
+    def _not_started(self) -> ClusterError:
+        """Which cluster is not started, and how to start it (no credentials shown)."""
+        where = _without_credentials(self.config.database_url)
+        kind = "client-only cluster" if self.client_only else "cluster"
+        return ClusterError(
+            f"the {kind} on {where} is not started: use 'async with cluster:' or "
+            "'await cluster.start()' first (and 'await cluster.stop()' when done)",
+            reason=Reason.INVALID_ARGUMENT, database=where, client_only=self.client_only)
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -331,10 +392,28 @@ class Cluster:
         await self.stop()
 
     async def start(self) -> None:
-        """Join: connect storage, listen, register, take shards, start delivering."""
+        """Join: connect storage, listen, register, take shards, start delivering.
+
+        A start that fails closes what it opened (background tasks, the
+        runner's registration, the transport, the storage) and re-raises its
+        error. A cluster starts once: after :meth:`stop` or a failed start,
+        make a new one.
+        """
         if self._started:
-            raise ClusterError("cluster already started", reason=Reason.INVALID_ARGUMENT)
+            raise ClusterError("cluster already started (a Cluster starts once: after stop() "
+                               "or a failed start, make a new one)",
+                               reason=Reason.INVALID_ARGUMENT)
         self._started = True
+        try:
+            await self._join()
+        except BaseException:
+            log.warning("runner start failed; closing what it opened")
+            with contextlib.suppress(Exception):  # logged there; the start's error matters
+                await self._close()
+            raise
+
+    async def _join(self) -> None:
+        """What :meth:`start` does; :meth:`start` undoes it if it raises."""
         await self.storage.start()
         address: RunnerAddress | None = None
         messenger_ref: list[Messenger] = []
@@ -354,7 +433,8 @@ class Cluster:
                                     self._sharding, self._clock)
         messenger_ref.append(self._messenger)
         self._jobs = Jobs(self.storage, self._messenger, self._sharding.snowflake,
-                          self._clock, self.config.shards)
+                          self._clock, self.config.shards,
+                          specs={spec.name: spec for spec in self._job_specs})
         if not self.client_only:
             self.job_runner = JobRunner(self._clock, None if address is None else str(address))
             self.job_runner.grace = self.config.sharding.shutdown_grace
@@ -379,7 +459,7 @@ class Cluster:
             self._sharding.listeners.append(self._singletons)
         if self._cron_specs and not self.client_only:
             self.crons = CronManager(self._messenger, self._sharding.snowflake, self._clock,
-                                     self.config.shards)
+                                     self.config.shards, messages=self.storage.messages)
             for cron_spec in self._cron_specs:
                 self.crons.add(cron_spec)
             self.runtime.register(self.crons.entity_type)
@@ -387,7 +467,9 @@ class Cluster:
         self.transport.on_peer_lost(lambda peer: self.sharding.wake())
         if not self.client_only and isinstance(self.storage, WakeupSource):
             messenger = self._messenger
-            await self.storage.listen(lambda shard: messenger.poke())
+            # None: the listener reconnected and wake-ups may have been missed
+            await self.storage.listen(
+                lambda shard: messenger.poke() if shard is not None else messenger.resync())
         await self._sharding.join()
         ready = asyncio.Event()
         self._supervisor = asyncio.create_task(self._supervise(ready), name="covey-runner")
@@ -404,6 +486,7 @@ class Cluster:
                 self._messenger.start(tasks)
                 if not self.client_only:
                     tasks.create_task(self.runtime.reaper_loop(), name="covey-reaper")
+                    tasks.create_task(self._purge_loop(), name="covey-retention")
                 ready.set()
                 await asyncio.Event().wait()  # until cancelled by stop()
         except Exception:
@@ -416,29 +499,54 @@ class Cluster:
     async def stop(self) -> None:
         """Leave gracefully (see the module docstring)."""
         if self._sharding is None or self._supervisor is None:
-            return
-        sharding = self._sharding
+            return  # not started, stopped, or a failed start closed itself
+        address = self._sharding.address
+        await self._close()
+        log.info("runner %s left", address or "client-only")
+
+    async def _close(self) -> None:
+        """Close what start opened, in reverse order. Every step runs even when
+        one fails (the storage is closed whatever happened before); the first
+        failure is raised at the end."""
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if self._sharding is not None:
+            steps.append(("membership", self._leave))
+        steps.append(("entities", lambda: self.runtime.stop_all(graceful=True)))
+        if self._singletons is not None:
+            steps.append(("singletons", self._singletons.stop))
+        if self.crons is not None:
+            steps.append(("crons", self.crons.stop))
+        if self.job_runner is not None:
+            steps.append(("job runner", self.job_runner.close))
+        if self._messenger is not None:
+            steps.append(("messenger", self._messenger.close))
+        steps += [("background loops", self._stop_supervisor),
+                  ("transport", self.transport.close), ("storage", self.storage.close)]
+        failure: Exception | None = None
+        for part, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                log.warning("closing the %s failed", part, exc_info=True)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def _leave(self) -> None:
+        """Deregister first, so peers rebalance at once; tell them so."""
+        sharding = self.sharding
         peers = [r.address for r in sharding.live if r.address != sharding.address]
         await sharding.leave()
         for peer in peers:  # let them rebalance now instead of at their next membership read
             with contextlib.suppress(ClusterError, OSError):
                 await self.transport.notify(peer, {"k": "leaving"})
-        await self.runtime.stop_all(graceful=True)
-        if self._singletons is not None:
-            await self._singletons.stop()
-        if self.crons is not None:
-            await self.crons.stop()
-        if self.job_runner is not None:
-            await self.job_runner.close()
-        if self._messenger is not None:
-            await self._messenger.close()
-        self._supervisor.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._supervisor
-        self._supervisor = None
-        await self.transport.close()
-        await self.storage.close()
-        log.info("runner %s left", sharding.address or "client-only")
+
+    async def _stop_supervisor(self) -> None:
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await supervisor
 
     async def serve(self, on_ready: Callable[[Cluster], None] | None = None) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`), then leave gracefully.
@@ -457,6 +565,22 @@ class Cluster:
     def request_stop(self) -> None:
         """Make :meth:`serve` return (gracefully)."""
         self._stop.set()
+
+
+async def _no_fn(_: Any) -> None:
+    """Stands in for the function while a declaration's options are checked."""
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` without its password and query (which may hold one)."""
+    parts = urlsplit(url)
+    if parts.password is None and not parts.query:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}@" if parts.username else ""
+    return urlunsplit((parts.scheme, user + host, parts.path, "", ""))
 
 
 def _rebind(runtime: EntityRuntime, clock: Clock, address: RunnerAddress | None) -> EntityRuntime:

@@ -4,9 +4,9 @@ Outbound (any process): a volatile call goes to the shard's owner over the
 transport (or straight to the local entity), retrying on "not here" and on an
 unreachable owner until the call's deadline. A persisted call is stored first;
 then the envelope itself is pushed to the owner, which runs it at once and
-answers with the reply. If the push fails, the caller watches storage for the
-reply (and pushes again when ownership changes) — the owner will find the
-message through its storage read.
+answers with the reply. Meanwhile the caller also watches storage for the reply
+(and pushes again when ownership changes): an owner the push cannot reach still
+finds the message through its storage read.
 
 Inbound (a runner): a pushed or stored persisted message runs at most once at a
 time per runner (in-flight table) and never again once completed (completed
@@ -24,6 +24,7 @@ import collections
 import contextlib
 import heapq
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
@@ -42,16 +43,18 @@ from covey.core import (
     TransportError,
     sleep_or_wake,
 )
-from covey.sharding._envelope import Envelope, Reschedule, error_for
+from covey.sharding._envelope import Envelope, Reschedule, check_size, error_for
+from covey.sharding._reply_watch import push_or_stored
 from covey.sharding._sharding import Sharding
 from covey.sharding._transport import Body, RunnerTransport
-from covey.storage import Duplicate, Fence, Reply, Storage, TransactionalMessages
+from covey.storage import Duplicate, Fence, Message, Reply, Storage, TransactionalMessages
 
 log = logging.getLogger("covey.messages")
 
 _RETRY_REASONS = frozenset({
     Reason.NOT_OWNER, Reason.PEER_UNAVAILABLE, Reason.SHUTTING_DOWN, Reason.STORAGE_UNAVAILABLE,
 })
+_MAX_TIMER_SLEEP = 3600.0  # a delivery timer re-reads a later time on waking
 
 
 class Deliverer(Protocol):
@@ -86,6 +89,7 @@ class Messenger:
         clock: Clock,
     ) -> None:
         self._options = config.sharding
+        self._max_frame = config.transport.max_frame_bytes
         self._storage = storage
         self._transport = transport
         self._sharding = sharding
@@ -138,6 +142,11 @@ class Messenger:
         """Read storage now (a wake-up arrived, or work waits there)."""
         self._read_wake.set()
 
+    def resync(self) -> None:
+        """Read storage now and re-learn due times (wake-ups may have been missed)."""
+        self._need_due = True
+        self.poke()
+
     # ---- outbound --------------------------------------------------------
 
     async def call(
@@ -148,7 +157,9 @@ class Messenger:
         With ``transaction`` (an application's database connection inside a
         transaction) a persisted envelope is stored through that connection and
         runs only if it commits; the owner is woken at commit. Returns ``None``.
+        A message :meth:`checked` refuses is neither sent nor stored.
         """
+        self.checked(envelope.message)
         if transaction is not None:
             await self._save_in(transaction, envelope)
             return None
@@ -166,6 +177,12 @@ class Messenger:
             await self._push_quietly(envelope)
             return None
         return await self._await_persisted(envelope, deadline)
+
+    def checked(self, message: Message) -> Message:
+        """``message``, once ``Message.check`` and the size limit (:func:`check_size`) pass."""
+        message.check()
+        check_size(message, self._max_frame)
+        return message
 
     async def _save_in(self, transaction: Any, envelope: Envelope) -> None:
         messages = self._storage.messages
@@ -205,6 +222,13 @@ class Messenger:
                 await self._backoff(attempt, deadline, exc)
 
     async def _await_persisted(self, envelope: Envelope, deadline: float) -> Reply:
+        # an owner we cannot reach still runs the message from storage: watch there too
+        return await push_or_stored(
+            self._push_persisted(envelope, deadline),
+            lambda: self._stored_reply(envelope.message.id),
+            self._clock, deadline, max_interval=self._options.poll_interval)
+
+    async def _push_persisted(self, envelope: Envelope, deadline: float) -> Reply:
         attempt = 0
         pushed: set[RunnerAddress] = set()
         while True:
@@ -473,6 +497,9 @@ class Messenger:
 
     def schedule(self, due: float) -> None:
         """Read storage again at ``due`` (a delayed message comes due then)."""
+        if not isinstance(due, int | float) or not math.isfinite(due):  # could never sleep
+            log.warning("ignored a delivery timer for %r: not a finite time", due)
+            return
         heapq.heappush(self._timers, due)
         self._timer_wake.set()
 
@@ -485,7 +512,7 @@ class Messenger:
             delay = self._timers[0] - self._clock.now()
             if delay > 0:
                 self._timer_wake.clear()
-                await sleep_or_wake(self._clock, self._timer_wake, delay)
+                await sleep_or_wake(self._clock, self._timer_wake, min(delay, _MAX_TIMER_SLEEP))
                 continue
             while self._timers and self._timers[0] <= self._clock.now():
                 heapq.heappop(self._timers)

@@ -167,8 +167,12 @@ class Sharding:
     async def wait_for_change(self, timeout: float) -> None:
         """Wait until the assignment or ownership changes, at most ``timeout``."""
         async with self._assignment_changed:
+            # asyncio.timeout, not wait_for: wait_for runs Condition.wait in a task of
+            # its own, and cancelling the caller (a push answered by storage) then
+            # broke the condition's lock and left other waiters stuck for good
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assignment_changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._assignment_changed.wait()
 
     # ---- fencing ---------------------------------------------------------
 

@@ -61,7 +61,8 @@ def open_storage(config: CoveyConfig, *, clock: Clock | None = None) -> Storage:
     if url.startswith(("postgresql:", "postgres:")):
         from covey.storage.postgres import PostgresStorage
 
-        return PostgresStorage(url, shards=config.shards, options=config.storage, clock=clock)
+        return PostgresStorage(url, shards=config.shards, options=config.storage, clock=clock,
+                               runner_ttl=config.sharding.runner_ttl)
     raise ConfigError(
         f"unsupported database URL {url!r}: use sqlite:///file.db, postgresql://… or memory://",
         setting="COVEY_DATABASE_URL",

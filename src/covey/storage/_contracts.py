@@ -169,11 +169,16 @@ class MessageStorage(Protocol):
         """
         ...
 
-    async def count_messages(self, entity_type: str) -> list[tuple[str, int, str, int]]:
+    async def count_messages(
+        self, entity_type: str, *, with_processed: bool = True
+    ) -> list[tuple[str, int, str, int]]:
         """How many messages of one entity type, grouped for metrics.
 
         Returns ``(tag, priority, state, count)`` rows where state is
-        ``unprocessed``, ``processed`` or ``error``.
+        ``unprocessed``, ``processed`` or ``error``, ordered by tag, priority,
+        state. ``with_processed=False`` leaves out ``processed`` (successful
+        replies): the one count that reads every completed row of the type, so
+        gauges sampled often skip it.
         """
         ...
 
@@ -216,8 +221,23 @@ class MessageStorage(Protocol):
         """Delete the unprocessed messages of one entity; returns how many."""
         ...
 
-    async def purge(self, before: float) -> int:
-        """Delete processed messages completed before ``before``; returns how many."""
+    async def purge(
+        self, before: float, *, limit: int = 1000, keep_errors_of: Collection[str] = ()
+    ) -> int:
+        """Delete up to ``limit`` processed messages completed before ``before``.
+
+        Returns how many were deleted; call again until it returns less than
+        ``limit`` (each call is one short transaction, so a large backlog never
+        holds locks for long). Unprocessed messages are never deleted, however old,
+        leased or delayed. Error replies of the entity types in ``keep_errors_of``
+        (dead-lettered jobs) are kept for an operator. A purged message's dedupe
+        key is free again: the same primary key is stored as a new request.
+
+        Raises:
+            ClusterError: reason ``invalid_argument`` for a ``before`` that is not
+                a finite time >= 0, a ``limit`` that is not an int >= 1, or a
+                ``keep_errors_of`` that is not a collection of strings.
+        """
         ...
 
 
@@ -312,8 +332,18 @@ class TransactionalMessages(Protocol):
 
 @runtime_checkable
 class WakeupSource(Protocol):
-    """Optional: tells a runner when messages were stored by another process's commit."""
+    """Optional: tells a runner when messages were stored by another process's commit.
 
-    async def listen(self, callback: Callable[[ShardId], None]) -> None:
-        """Call ``callback(shard)`` for each commit that stored messages for ``shard``."""
+    The source keeps its connection up by itself. Wake-ups sent while it was down
+    are lost, so once it is back it calls ``callback(None)``: read every shard.
+    """
+
+    async def listen(self, callback: Callable[[ShardId | None], None]) -> None:
+        """Call ``callback(shard)`` for each commit that stored messages for ``shard``,
+        and ``callback(None)`` after a lost connection was reopened."""
+        ...
+
+    @property
+    def wakeups_connected(self) -> bool:
+        """Whether wake-ups arrive now (for health checks)."""
         ...

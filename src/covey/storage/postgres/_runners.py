@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
+import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,10 +20,24 @@ from covey.core import (
     StorageOptions,
     stable_hash,
 )
+from covey.storage._checks import (
+    check_max_age,
+    check_registration,
+    check_runner_address,
+    check_runner_shards,
+)
 from covey.storage._model import RunnerInfo
 from covey.storage.postgres._errors import CONNECTION_ERRORS, translate, translated
+from covey.storage.postgres._sessions import (
+    KEEPALIVE_SETTINGS,
+    MAX_APPLICATION_NAME,
+    client_keepalive,
+    session_name,
+)
 
 T = TypeVar("T")
+
+log = logging.getLogger("covey.storage")
 
 #: Registrations whose heartbeat is older than this free their machine id.
 STALE_REGISTRATION = 300.0
@@ -60,22 +73,41 @@ class PostgresRunnerStorage:
     operation is bounded by ``options.lock_timeout``; a connection that fails or
     hangs is terminated and everything it held counts as lost.
 
+    A runner whose lock session is gone is no longer live at once (fast
+    failover). It is removed, as peers expire silent runners on the other
+    backends, once its heartbeat is older than ``runner_ttl`` and this process
+    has seen it without a session for ``runner_ttl`` too: a crashed pod leaves no
+    row behind and its machine id is free again, while runners that were only
+    cut off together (a database restart) beat again in time and keep theirs.
+
     Args:
         pool: the asyncpg pool (membership rows).
         url: the database URL (lock connections are opened outside the pool).
         schema: the unquoted schema name (namespaces the lock keys).
         options: storage options.
         clock: the source of heartbeat times.
+        runner_ttl: how old the heartbeat of a runner without a lock session must
+            be before its row is removed (the runners' ``runner_ttl``).
+
+    Attributes:
+        named: the runner this process registered first; its sessions are named
+            after it (``None`` until then).
     """
 
     def __init__(
-        self, pool: Any, url: str, schema: str, options: StorageOptions, clock: Clock
+        self, pool: Any, url: str, schema: str, options: StorageOptions, clock: Clock,
+        *, runner_ttl: float,
     ) -> None:
         self._pool = pool
         self._url = url
         self._schema = schema
         self._options = options
         self._clock = clock
+        self._runner_ttl = runner_ttl
+        self._gone_since: dict[str, float] = {}
+        self.named: str | None = None
+        #: called once ``named`` is set (the storage renames its open sessions)
+        self.on_named: Callable[[], None] | None = None
         self._sessions: dict[RunnerAddress, _LockSession] = {}
         self._keys: dict[str, int] = {}
         s = '"' + schema.replace('"', '""') + '"'
@@ -96,12 +128,24 @@ class PostgresRunnerStorage:
         # A runner whose recorded lock session is gone is dead, whatever its last
         # heartbeat says: a SIGKILLed pod's session ends with its socket, so peers
         # see it gone at their next membership read, not after the TTL. (The name
-        # check guards against the pid being reused by another backend.)
+        # check guards against the pid being reused by another backend.) Such rows
+        # come back flagged ``gone``, to be removed once expired: the caller never
+        # sees them, so it cannot expire them.
+        session_gone = (
+            "lock_pid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
+            " WHERE a.pid = r.lock_pid"
+            f" AND a.application_name = left('covey-lock:' || r.address, {MAX_APPLICATION_NAME}))"
+        )
         self._sql_live = (
-            f"SELECT address, machine_id, groups, weight, last_heartbeat FROM {s}.runners r"
-            " WHERE last_heartbeat >= $1 AND (lock_pid IS NULL OR EXISTS ("
-            "SELECT 1 FROM pg_stat_activity a WHERE a.pid = r.lock_pid"
-            " AND a.application_name = left('covey-lock:' || r.address, 63)))"
+            "SELECT address, machine_id, groups, weight, last_heartbeat, gone FROM ("
+            "SELECT address, machine_id, groups, weight, last_heartbeat,"
+            f" {session_gone} AS gone FROM {s}.runners r) AS t"
+            " WHERE gone OR last_heartbeat >= $1"
+        )
+        # checked again as it deletes: the runner may have come back meanwhile
+        self._sql_remove_gone = (
+            f"DELETE FROM {s}.runners r WHERE address = ANY($1::text[])"
+            f" AND last_heartbeat < $2 AND {session_gone} RETURNING address, last_heartbeat"
         )
         self._sql_lock_pid = (
             f"UPDATE {s}.runners SET lock_pid = pg_backend_pid() WHERE address = $1"
@@ -133,7 +177,12 @@ class PostgresRunnerStorage:
     async def register(
         self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
     ) -> int:
+        check_registration(address, groups, weight)
         _check_address(address)
+        if self.named is None:
+            self.named = str(address)
+            if self.on_named is not None:
+                self.on_named()
         now = self._clock.now()
         with translated("registering a runner"):
             async with self._pool.acquire() as conn, conn.transaction():
@@ -157,6 +206,7 @@ class PostgresRunnerStorage:
         return int(machine_id)
 
     async def heartbeat(self, address: RunnerAddress) -> bool:
+        check_runner_address(address)
         with translated("heartbeat"):
             status = await self._pool.execute(
                 self._sql_heartbeat, str(address), self._clock.now()
@@ -164,8 +214,13 @@ class PostgresRunnerStorage:
         return bool(status != "UPDATE 0")
 
     async def live_runners(self, max_age: float) -> list[RunnerInfo]:
+        check_max_age(max_age)
+        now = self._clock.now()
         with translated("listing runners"):
-            rows = await self._pool.fetch(self._sql_live, self._clock.now() - max_age)
+            rows = await self._pool.fetch(self._sql_live, now - max_age)
+            expired = self._expired([r for r in rows if r["gone"]], now)
+            if expired:
+                await self._remove_gone(expired, now)
         runners = [
             RunnerInfo(
                 address=RunnerAddress.parse(r["address"]),
@@ -175,15 +230,38 @@ class PostgresRunnerStorage:
                 last_heartbeat=float(r["last_heartbeat"]),
             )
             for r in rows
+            if not r["gone"] and r["last_heartbeat"] >= now - max_age
         ]
         runners.sort(key=lambda r: r.address)
         return runners
 
+    def _expired(self, gone: list[Any], now: float) -> list[str]:
+        """The sessionless runners to remove now (see the class docstring)."""
+        seen = {r["address"] for r in gone}
+        for address in [a for a in self._gone_since if a not in seen]:
+            del self._gone_since[address]  # back, or removed by someone
+        cutoff = now - self._runner_ttl
+        expired = []
+        for row in gone:
+            since = self._gone_since.setdefault(row["address"], now)
+            if since <= cutoff and row["last_heartbeat"] < cutoff and row["address"] != self.named:
+                expired.append(row["address"])
+        return expired
+
+    async def _remove_gone(self, addresses: list[str], now: float) -> None:
+        removed = await self._pool.fetch(
+            self._sql_remove_gone, addresses, now - self._runner_ttl)
+        for row in removed:
+            log.warning("runner %s has no database session and missed heartbeats for "
+                        "%.1f s; removed it", row["address"], now - row["last_heartbeat"])
+
     async def unregister(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         with translated("unregistering a runner"):
             await self._pool.execute(self._sql_unregister, str(address))
 
     async def expire(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         # Only the membership row: an advisory lock ends with its session, so a
         # dead runner's shards free up when the server drops its connection
         # (keepalives), and fencing refuses its writes if it was only paused.
@@ -207,20 +285,10 @@ class PostgresRunnerStorage:
             timeout=self._options.connect_timeout,
             statement_cache_size=16,
             server_settings={
-                "tcp_keepalives_idle": "5",
-                "tcp_keepalives_interval": "2",
-                "tcp_keepalives_count": "3",
-                "tcp_user_timeout": "10000",
-                "application_name": f"covey-lock:{address}"[:63],
+                **KEEPALIVE_SETTINGS, "application_name": session_name("lock", str(address)),
             },
         )
-        transport = getattr(conn, "_transport", None)
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            # The client side needs keepalives too: a half-open connection to a
-            # vanished server must fail rather than hang.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        client_keepalive(conn)
         # record the session so peers can tell when it (and so this runner) is gone
         await conn.execute(self._sql_lock_pid, str(address))
         session.conn = conn
@@ -250,6 +318,7 @@ class PostgresRunnerStorage:
     async def acquire(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> dict[ShardId, int]:
+        check_runner_shards(address, shards, serving=True)
         wanted = set(shards)
         for shard in wanted:
             _check_shard(shard)
@@ -277,6 +346,7 @@ class PostgresRunnerStorage:
     async def refresh(
         self, address: RunnerAddress, shards: Collection[ShardId]
     ) -> set[ShardId]:
+        check_runner_shards(address, shards)
         session = self._sessions.get(address)
         if session is None:
             return set()
@@ -296,6 +366,7 @@ class PostgresRunnerStorage:
             return await self._bounded(session, "refreshing shards", op, set())
 
     async def release(self, address: RunnerAddress, shards: Collection[ShardId]) -> None:
+        check_runner_shards(address, shards)
         session = self._sessions.get(address)
         if session is None:
             return
@@ -314,6 +385,7 @@ class PostgresRunnerStorage:
             await self._bounded(session, "releasing shards", op, None)
 
     async def release_all(self, address: RunnerAddress) -> None:
+        check_runner_address(address)
         session = self._sessions.pop(address, None)
         if session is None:
             return

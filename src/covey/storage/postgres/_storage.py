@@ -11,9 +11,9 @@ import asyncpg
 
 from covey.core import (
     Clock,
-    ClusterError,
     MigrationError,
     ShardId,
+    ShardingOptions,
     StorageError,
     StorageOptions,
     stable_hash,
@@ -25,7 +25,9 @@ from covey.storage._model import StorageInfo
 from covey.storage.postgres._errors import is_unavailable, translated
 from covey.storage.postgres._messages import PostgresMessageStorage
 from covey.storage.postgres._runners import PostgresRunnerStorage, int64
+from covey.storage.postgres._sessions import session_name
 from covey.storage.postgres._state import PostgresStateStore
+from covey.storage.postgres._wakeups import PostgresWakeups
 from covey.storage.postgres._writer import Op, Writer
 
 _PACKAGE = "covey.storage.postgres"
@@ -47,6 +49,8 @@ class PostgresStorage(StorageLifecycle):
             never used, so every runner and test agrees on time).
         install_from: on an empty schema, apply ``schema.sql`` (``"schema"``) or
             replay every migration (``"migrations"``); both give the same schema.
+        runner_ttl: the runners' ``runner_ttl``: a runner whose lock session is
+            gone is removed once its heartbeat is this old.
 
     Attributes:
         runners: membership and shard locks.
@@ -64,6 +68,7 @@ class PostgresStorage(StorageLifecycle):
         options: StorageOptions,
         clock: Clock,
         install_from: Literal["schema", "migrations"] = "schema",
+        runner_ttl: float = ShardingOptions.runner_ttl,
     ) -> None:
         if not options.schema.isidentifier():
             raise StorageError(f"invalid schema name {options.schema!r}")
@@ -72,6 +77,7 @@ class PostgresStorage(StorageLifecycle):
         self._options = options
         self._clock = clock
         self._install_from = install_from
+        self._runner_ttl = runner_ttl
         self._schema = quote_ident(options.schema)
         self._pool: Any = None
         self._started = False
@@ -86,8 +92,8 @@ class PostgresStorage(StorageLifecycle):
         self._runners: PostgresRunnerStorage
         #: NOTIFY channel of this schema: transactional saves wake runners with it
         self.channel = f"covey_{options.schema}"[:63]
-        self._listener: Any = None
-        self._on_wakeup: list[Callable[[ShardId], None]] = []
+        self._wakeups = PostgresWakeups(
+            url, self.channel, options, clock, lambda: self._session_name("listen"))
         self._build(_NotStarted())
 
     def _build(self, pool: Any) -> None:
@@ -101,8 +107,10 @@ class PostgresStorage(StorageLifecycle):
             is_fatal=is_unavailable,
         )
         self._runners = PostgresRunnerStorage(
-            pool, self._url, self._options.schema, self._options, self._clock
+            pool, self._url, self._options.schema, self._options, self._clock,
+            runner_ttl=self._runner_ttl,
         )
+        self._runners.on_named = self._wakeups.recheck  # name the LISTEN session now
         self.runners = self._runners
         self.messages = PostgresMessageStorage(
             pool, s, self._options, self._clock, self.batcher, self._writer, self.channel
@@ -136,7 +144,11 @@ class PostgresStorage(StorageLifecycle):
                 # to a generic plan made while the messages table was still small
                 # (e.g. a seq scan) and keep it while the table grows, so reads
                 # and completions get slower with every stored message.
-                server_settings={"plan_cache_mode": "force_custom_plan"},
+                server_settings={
+                    "plan_cache_mode": "force_custom_plan",
+                    "application_name": self._session_name("pool"),
+                },
+                setup=self._name_pooled,
             )
         try:
             await self._migrate()
@@ -207,39 +219,42 @@ class PostgresStorage(StorageLifecycle):
                 raise
             raise MigrationError(f"migration {name} failed: {exc}", migration=name) from exc
 
-    async def listen(self, callback: Callable[[ShardId], None]) -> None:
+    async def listen(self, callback: Callable[[ShardId | None], None]) -> None:
         """Call ``callback(shard)`` when another process's commit stored messages.
 
-        One dedicated connection LISTENs on :attr:`channel`. If it drops, wake-ups
-        are missed until it is reopened on the next call (the runners' safety
-        poll still finds the messages).
+        One dedicated connection (with TCP keepalives) LISTENs on
+        :attr:`channel`. A lost connection is reopened by itself, with backoff;
+        wake-ups sent meanwhile are lost, so after reconnecting ``callback(None)``
+        asks for every shard to be read (the runners' safety poll is the last
+        resort). :attr:`wakeups_connected` and the gauge
+        ``covey_wakeup_listener_up`` show whether it is up.
+
+        Raises:
+            StorageError: ``storage_unavailable`` if the first connect fails.
         """
-        self._on_wakeup.append(callback)
-        if self._listener is not None and not self._listener.is_closed():
-            return
+        await self._wakeups.listen(callback)
 
-        def deliver(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            try:
-                shard = ShardId.parse(payload)
-            except ClusterError:
-                return
-            for wake in self._on_wakeup:
-                wake(shard)
+    @property
+    def wakeups_connected(self) -> bool:
+        """Whether commit wake-ups arrive now (the LISTEN connection is up)."""
+        return self._wakeups.connected
 
-        with translated("listening for wake-ups"):
-            self._listener = await asyncpg.connect(
-                self._url, timeout=self._options.connect_timeout,
-                server_settings={"application_name": f"covey-listen:{self.channel}"[:63]},
-            )
-            await self._listener.add_listener(self.channel, deliver)
+    def _session_name(self, role: str) -> str:
+        return session_name(role, self._runners.named)
+
+    async def _name_pooled(self, conn: Any) -> None:
+        """Pool setup: name a pooled session after this runner once it is known
+        (the pool opens before the runner registers). A round trip only the first
+        time a connection is used after that."""
+        name = self._session_name("pool")
+        if conn.get_settings().application_name != name:
+            await conn.execute("SELECT set_config('application_name', $1, false)", name)
 
     async def close(self) -> None:
         if not self._started:
             return
         self._started = False
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.terminate()
+        await self._wakeups.close()
         try:
             if self.batcher is not None:
                 await self.batcher.close()
