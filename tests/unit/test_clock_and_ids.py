@@ -44,3 +44,27 @@ def test_parsing() -> None:
             ShardId.parse(bad)
     with pytest.raises(ClusterError):
         RunnerAddress.parse("host:99999")
+
+
+async def test_call_later_runs_on_the_test_clock_only_when_time_passes() -> None:
+    from covey.core import TestClock
+
+    clock = TestClock()
+    fired: list[str] = []
+    clock.call_later(5, lambda: fired.append("five"))
+    cancelled = clock.call_later(3, lambda: fired.append("three"))
+    cancelled.cancel()
+    await clock.advance(4)
+    assert fired == []
+    await clock.advance(1)
+    assert fired == ["five"]
+
+
+async def test_call_later_runs_on_the_system_clock() -> None:
+    import asyncio
+
+    from covey.core import SystemClock
+
+    done = asyncio.Event()
+    SystemClock().call_later(0.01, done.set)
+    await asyncio.wait_for(done.wait(), timeout=5)

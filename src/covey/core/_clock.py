@@ -12,7 +12,16 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
+
+
+class Timer(Protocol):
+    """A callback scheduled with :meth:`Clock.call_later`."""
+
+    def cancel(self) -> bool | None:
+        """Do not run the callback (no effect once it ran)."""
+        ...
 
 
 @runtime_checkable
@@ -31,6 +40,13 @@ class Clock(Protocol):
         """Wait ``seconds``."""
         ...
 
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` in the event loop once ``seconds`` have passed.
+
+        Cheaper than a task that sleeps: for timeouts on hot paths.
+        """
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -43,6 +59,9 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(seconds, 0.0))
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(max(seconds, 0.0), callback)
 
 
 class TestClock:
@@ -73,6 +92,13 @@ class TestClock:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._counter), future))
         await future
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: None if f.cancelled() else callback())
+        heapq.heappush(self._sleepers, (self._now + max(seconds, 0.0), next(self._counter),
+                                        future))
+        return future
 
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking sleepers in deadline order as time passes them."""

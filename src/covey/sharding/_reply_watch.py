@@ -46,14 +46,31 @@ async def push_or_stored(
     Raises:
         ClusterError: whatever ``push`` raises, when storage has no reply first.
     """
-    pushing = asyncio.ensure_future(push)
+    loop = asyncio.get_running_loop()
+    pushing = loop.create_task(push)
+    # One future per wait, woken by the push finishing or by a clock timer: no
+    # sleeping task per call (this runs for every persisted call; the push
+    # usually answers in milliseconds and storage is never read then).
+    woken: list[asyncio.Future[None]] = []
+
+    def wake() -> None:
+        if woken and not woken[-1].done():
+            woken[-1].set_result(None)
+
+    pushing.add_done_callback(lambda _: wake())
     interval = FIRST_CHECK
     try:
         while True:
             remaining = deadline - clock.monotonic()
             if remaining <= 0:
                 return await pushing  # it ends at the deadline by itself
-            await _first(pushing, clock.sleep(min(interval, remaining)))
+            woken.append(loop.create_future())
+            timer = clock.call_later(min(interval, remaining), wake)
+            try:
+                await woken[-1]
+            finally:
+                timer.cancel()
+                woken.clear()
             if pushing.done():
                 return pushing.result()
             # a slow storage must not hold back a push that answers meanwhile
