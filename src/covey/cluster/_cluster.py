@@ -30,6 +30,7 @@ from covey.core import (
     RunnerAddress,
     ShardId,
     SystemClock,
+    check_seconds,
     metrics,
     shard_for,
 )
@@ -39,7 +40,6 @@ from covey.jobs._definition import (
     JOB_ENTITY,
     PriorityName,
     check_job_name,
-    check_seconds,
     invalid,
 )
 from covey.jobs._jobs import progress_key

@@ -5,6 +5,7 @@ tree, serialization of typed payloads, configuration and the clock. Nothing here
 does I/O.
 """
 
+from covey.core._checks import check_seconds, invalid_argument
 from covey.core._clock import Clock, SystemClock, TestClock, being_cancelled, sleep_or_wake
 from covey.core._config import (
     DEFAULT_DATABASE_URL,
@@ -116,9 +117,11 @@ __all__ = [
     "USER_HEADER",
     "VersionConflict",
     "being_cancelled",
+    "check_seconds",
     "check_text",
     "codec_for",
     "current_context",
+    "invalid_argument",
     "parse_snowflake",
     "shard_for",
     "sleep_or_wake",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from covey.core._checks import invalid_argument
 from covey.core._errors import ClusterError, Reason
 
 DEFAULT_GROUP = "default"
@@ -58,30 +59,25 @@ def check_text(field: str, value: object, *, max_bytes: int, empty: bool = False
             surrogate, or longer than ``max_bytes`` (``details["limit"]``).
     """
     if not isinstance(value, str):
-        raise _refused(field, f"must be a str, got {type(value).__name__}")
+        raise invalid_argument(field, f"must be a str, got {type(value).__name__}")
     if not value:
         if empty:
             return value
-        raise _refused(field, "must not be empty")
+        raise invalid_argument(field, "must not be empty")
     if "\x00" in value:
         # PostgreSQL text cannot hold NUL; SQLite and memory would store it: refuse everywhere
-        raise _refused(field, "must not contain a NUL character")
+        raise invalid_argument(field, "must not contain a NUL character")
     if value.isascii():
         size = len(value)
     else:
         try:
             size = len(value.encode("utf-8"))
         except UnicodeEncodeError:
-            raise _refused(field, "is not valid Unicode (a lone surrogate)") from None
+            raise invalid_argument(field, "is not valid Unicode (a lone surrogate)") from None
     if size > max_bytes:
-        raise _refused(field, f"is {size} UTF-8 bytes long; the limit is {max_bytes}",
+        raise invalid_argument(field, f"is {size} UTF-8 bytes long; the limit is {max_bytes}",
                        size=size, limit=max_bytes)
     return value
-
-
-def _refused(field: str, problem: str, **details: object) -> ClusterError:
-    return ClusterError(f"invalid {field}: {problem}", reason=Reason.INVALID_ARGUMENT,
-                        field=field, **details)
 
 
 @dataclass(frozen=True, order=True, slots=True)

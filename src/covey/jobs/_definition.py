@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +14,10 @@ from covey.core import (
     JobError,
     Reason,
     check_text,
+    invalid_argument,
 )
+
+invalid = invalid_argument  # this package's name for it
 
 JOB_ENTITY = "covey.Job"
 
@@ -34,12 +35,6 @@ MAX_JOB_ID = (1 << 63) - 1
 MAX_DEDUPE_KEY_BYTES = MAX_ENTITY_ID_BYTES - MAX_NAME_BYTES - 1
 
 
-def invalid(field_name: str, problem: str) -> ClusterError:
-    """A caller mistake in argument ``field_name`` (non-retryable, ``details["field"]``)."""
-    return ClusterError(f"invalid {field_name}: {problem}", reason=Reason.INVALID_ARGUMENT,
-                        field=field_name)
-
-
 def priority_value(priority: PriorityName | int) -> int:
     """``high``/``normal``/``low`` or an int (higher runs first) as the stored int.
 
@@ -54,25 +49,6 @@ def priority_value(priority: PriorityName | int) -> int:
     if isinstance(priority, str) and priority in PRIORITIES:
         return PRIORITIES[priority]
     raise invalid("priority", f"{priority!r} is not high, normal, low or an int")
-
-
-def check_seconds(field_name: str, value: object) -> float:
-    """A finite, non-negative number of seconds (an int, a float or a ``timedelta``).
-
-    NaN, infinities, negatives, bools and strings are refused with a typed error:
-    a NaN start time would never compare as due, and ``"soon"`` is a caller bug.
-    """
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise invalid(field_name, f"{value!r} is not a number of seconds")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int too large for a float
-        raise invalid(field_name, f"{value!r} is too large") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise invalid(field_name, f"{value!r} is not a finite number of seconds >= 0")
-    return seconds
 
 
 def check_dedupe_key(dedupe_key: object) -> str | None:

@@ -144,7 +144,8 @@ class CronSpec:
         check_expression(self.expression)
         if not isinstance(self.tz, dt.tzinfo):
             raise invalid("tz", f"{self.tz!r} is not a time zone")
-        skip = check_seconds("skip_if_older_than", self.skip_if_older_than, infinite=True)
+        skip = check_seconds("skip_if_older_than", self.skip_if_older_than, positive=True,
+                             infinite=True)
         object.__setattr__(self, "skip_if_older_than", skip)  # a timedelta becomes seconds
         if not callable(self.fn):
             raise invalid("fn", f"{self.fn!r} is not an async function")
@@ -167,7 +168,8 @@ def cron_spec(name: str, expression: str, fn: CronFn, *, tz: str,
     """A checked :class:`CronSpec` from what an application declares: a zone
     name, and ``skip_if_older_than`` as seconds or a ``timedelta``."""
     return CronSpec(check_name(name), check_expression(expression), fn, time_zone(tz),
-                    check_seconds("skip_if_older_than", skip_if_older_than, infinite=True),
+                    check_seconds("skip_if_older_than", skip_if_older_than, positive=True,
+                                  infinite=True),
                     from_previous)
 
 

@@ -71,7 +71,7 @@ class SingletonSpec:
         check_name(self.name)
         check_text("shard_group", self.group, max_bytes=MAX_NAME_BYTES)
         if self.expected_interval is not None:
-            interval = check_seconds("expected_interval", self.expected_interval, infinite=False)
+            interval = check_seconds("expected_interval", self.expected_interval, positive=True)
             object.__setattr__(self, "expected_interval", interval)
         if self.state_type is not None and not callable(self.state_type):
             raise invalid("state", f"{self.state_type!r} is not a type")
