@@ -31,7 +31,6 @@ from covey.core import (
     ShardId,
     SystemClock,
     check_seconds,
-    metrics,
     shard_for,
 )
 from covey.entities import Entity, EntityClient, EntityRuntime
@@ -43,6 +42,7 @@ from covey.jobs._definition import (
     invalid,
 )
 from covey.jobs._jobs import progress_key
+from covey.jobs._metrics import JOBS_METRICS, sample_job_metrics
 from covey.sharding import (
     Envelope,
     Messenger,
@@ -67,8 +67,6 @@ from covey.storage import Message, Reply, Storage, WakeupSource, open_storage
 
 log = logging.getLogger("covey.cluster")
 
-JOBS_METRICS = "covey.jobs-metrics"
-JOBS_METRICS_INTERVAL = 10.0
 
 E = TypeVar("E", bound=Entity)
 
@@ -253,26 +251,8 @@ class Cluster:
         return declare
 
     async def _sample_job_metrics(self, ctx: SingletonContext[None]) -> None:
-        """One runner (a singleton) exports the cluster-wide backlog and dead-letter."""
-        try:
-            while True:
-                # without the successes: their count grows with the store
-                rows = await self.storage.messages.count_messages(
-                    JOB_ENTITY, with_processed=False)
-                metrics.JOBS_BACKLOG.clear()
-                metrics.JOBS_DEAD_LETTER.clear()
-                dead: dict[str, int] = {}
-                for name, priority, state, count in rows:
-                    if state == "unprocessed":
-                        metrics.JOBS_BACKLOG.labels(name, str(priority)).set(count)
-                    elif state == "error":
-                        dead[name] = dead.get(name, 0) + count
-                for name, count in dead.items():
-                    metrics.JOBS_DEAD_LETTER.labels(name).set(count)
-                await self._clock.sleep(JOBS_METRICS_INTERVAL)
-        finally:  # another runner exports them now: no stale values here
-            metrics.JOBS_BACKLOG.clear()
-            metrics.JOBS_DEAD_LETTER.clear()
+        """The job gauges, exported by one runner (a singleton) for the cluster."""
+        await sample_job_metrics(self.storage.messages, self._clock)
 
     async def _purge_loop(self) -> None:
         """Retention: the owner of one shard purges old processed messages for all.
