@@ -74,6 +74,15 @@ def require_postgres() -> str:
     return url
 
 
+async def drop_schema(url: str, schema: str) -> None:
+    """Drop a test's PostgreSQL schema (its own namespace in a shared database)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 async def _create_db(url: str, name: str) -> None:
     conn = await asyncpg.connect(url)
     try:

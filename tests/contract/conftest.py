@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from covey.core import CoveyConfig, StorageOptions, TestClock
 from covey.storage import Storage, open_storage
+from tests.conftest import drop_schema
 
 BACKENDS = ["memory", "sqlite", "postgres"]
 
@@ -69,11 +69,7 @@ async def make_storage(
     for storage in reversed(opened):
         await storage.close()
     if backend == "postgres":
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(url, schema)
 
 
 @pytest.fixture

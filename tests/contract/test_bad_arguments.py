@@ -39,6 +39,7 @@ from covey.core import (
 from covey.sharding import LocalNetwork, LocalTransport
 from covey.storage import Duplicate, Fence, Reply, Saved, Storage
 from covey.storage.postgres._errors import is_unavailable, translate, translated
+from tests.conftest import drop_schema
 
 from ._helpers import RUNNER_A, S1, msg
 
@@ -401,11 +402,7 @@ async def runner(backend: str, tmp_path: Path,
             await asyncio.sleep(0.01)
         yield cluster
     if backend == "postgres":
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(url, schema)
 
 
 async def _stored(cluster: covey.Cluster, entity_type: str = "BadArgsVault") -> int:

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from covey.core import CoveyConfig, EntityAddress, RunnerAddress, ShardId, StorageOptions
 from covey.storage import Fence, Message, Reply, Storage, open_storage
+from tests.conftest import drop_schema
 
 from ._bad_input import BACKENDS, CALLER_MISTAKE, Ledger, stored_messages
 
@@ -65,11 +65,7 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     finally:
         await store.close()
         if backend == "postgres":
-            conn = await asyncpg.connect(url)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
+            await drop_schema(url, schema)
 
 
 def msg(entity_id: str = "e1", **fields: Any) -> Message:

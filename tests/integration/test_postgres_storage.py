@@ -30,6 +30,7 @@ from covey.sharding import LocalNetwork, LocalTransport
 from covey.storage import Fence, Message, Reply, Saved
 from covey.storage._base import migrations
 from covey.storage.postgres import PostgresStorage
+from tests.conftest import drop_schema
 
 pytestmark = pytest.mark.postgres
 
@@ -74,11 +75,7 @@ async def make(pg_url: str, schema: str, clock: TestClock) -> AsyncIterator[Make
     yield make
     for storage in reversed(opened):
         await storage.close()
-    conn = await asyncpg.connect(pg_url)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
+    await drop_schema(pg_url, schema)
 
 
 def _message(n: int, shard: int = 1) -> Message:
@@ -402,8 +399,4 @@ async def test_a_send_committed_while_the_listener_was_down_runs_once_it_is_back
             await _wait_for(lambda: PLACED == [1], timeout=30)
             assert storage.wakeups_connected
     finally:
-        admin = await asyncpg.connect(pg_url)
-        try:
-            await admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await admin.close()
+        await drop_schema(pg_url, schema)
