@@ -70,6 +70,7 @@ from covey.core._snowflake import (
     SnowflakeParts,
     parse_snowflake,
 )
+from covey.core._tasks import TaskSet
 
 __all__ = [
     "AlreadyProcessed",
@@ -111,6 +112,7 @@ __all__ = [
     "SystemClock",
     "TENANT_HEADER",
     "TRACEPARENT_HEADER",
+    "TaskSet",
     "TestClock",
     "TransportError",
     "TransportOptions",
