@@ -1,23 +1,18 @@
-"""Bad arguments never reach the database (issue 8), on every backend.
+"""Bad data never reaches the database, on every backend (issue 8).
 
-Names, ids and keys outside their documented limits (NUL, lone surrogates, too
-long), too many or too long headers, times that are not finite or negative: each
-is refused with a non-retryable ``invalid_argument`` naming the field, nothing is
-stored, and the storage keeps working. On PostgreSQL, what still reaches the
-server and is refused there maps to a typed error: non-retryable for bad data,
-retryable only for transient failures. The last tests run a whole runner on each
-backend: bad ids and oversized messages are refused end to end, and a persisted
-call to an unknown entity type is completed with its error.
-"""
+The argument table of every method is in ``test_argument_checks.py``; here: the
+limits themselves are stored; on PostgreSQL, what still reaches the server and
+is refused there maps to a typed error (non-retryable for bad data, retryable
+only for transient failures); and a whole runner on each backend: bad ids and
+oversized messages are refused end to end, and a persisted call to an unknown
+entity type is completed with its error."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,56 +23,19 @@ import covey
 from covey.core import (
     ClusterError,
     CoveyConfig,
-    EntityAddress,
     Reason,
     RunnerAddress,
-    ShardId,
     ShardingOptions,
     StorageError,
     StorageOptions,
 )
 from covey.sharding import LocalNetwork, LocalTransport
-from covey.storage import Duplicate, Fence, Reply, Saved, Storage
+from covey.storage import Duplicate, Saved, Storage
 from covey.storage.postgres._errors import is_unavailable, translate, translated
 from tests.conftest import drop_schema
 
-from ._helpers import RUNNER_A, S1, msg
-
-GOOD = msg().address
-NOISE = secrets.token_hex(60_000)  # 120 KB that does not compress (index rows!)
-
-
-def _addr(**change: Any) -> EntityAddress:
-    return replace(GOOD, **change)
-
-
-BAD_MESSAGES: list[tuple[str, str, dict[str, Any]]] = [
-    ("address.entity_id", "empty", {"address": _addr(entity_id="")}),
-    ("address.entity_id", "NUL", {"address": _addr(entity_id="acct\x00")}),
-    ("address.entity_id", "lone surrogate", {"address": _addr(entity_id="\ud800")}),
-    ("address.entity_id", "1025 bytes", {"address": _addr(entity_id="e" * 1025)}),
-    ("address.entity_id", "120 KB", {"address": _addr(entity_id=NOISE)}),
-    ("address.entity_type", "NUL", {"address": _addr(entity_type="Acc\x00")}),
-    ("address.entity_type", "256 bytes", {"address": _addr(entity_type="T" * 256)}),
-    ("address.shard", "NUL in its group", {"address": _addr(shard=ShardId("d\x00", 1))}),
-    ("address.shard", "beyond int4", {"address": _addr(shard=ShardId("default", 2**31))}),
-    ("tag", "NUL", {"tag": "dep\x00osit"}),
-    ("tag", "256 bytes", {"tag": "t" * 256}),
-    ("primary_key", "empty", {"primary_key": ""}),
-    ("primary_key", "NUL", {"primary_key": "k\x00"}),
-    ("primary_key", "lone surrogate", {"primary_key": "\udc80"}),
-    ("primary_key", "4097 bytes", {"primary_key": "k" * 4097}),
-    ("headers", "NUL in a value", {"headers": {"x-tenant": "a\x00"}}),
-    ("headers", "NUL in a name", {"headers": {"x\x00": "a"}}),
-    ("headers", "lone surrogate", {"headers": {"x-user": "\ud83d"}}),
-    ("headers", "value over 8 KiB", {"headers": {"x-big": "v" * 8193}}),
-    ("headers", "65 headers", {"headers": {f"h{i}": "v" for i in range(65)}}),
-    ("deliver_at", "NaN", {"deliver_at": math.nan}),
-    ("deliver_at", "inf", {"deliver_at": math.inf}),
-    ("deliver_at", "-inf", {"deliver_at": -math.inf}),
-    ("deliver_at", "negative", {"deliver_at": -1.0}),
-    ("deliver_at", "beyond a float", {"deliver_at": 10**400}),
-]
+from ._helpers import S1, msg
+from .test_argument_checks import NOISE
 
 
 def _refused(error: BaseException, field: str | None = None) -> None:
@@ -86,25 +44,6 @@ def _refused(error: BaseException, field: str | None = None) -> None:
     assert not error.retryable
     if field is not None:
         assert error.details.get("field") == field, repr(error)
-
-
-@pytest.mark.parametrize(("field", "label", "change"), BAD_MESSAGES,
-                         ids=[f"{f}-{label}" for f, label, _ in BAD_MESSAGES])
-async def test_a_message_outside_the_limits_is_refused_and_not_stored(
-    storage: Storage, field: str, label: str, change: dict[str, Any]
-) -> None:
-    good = msg()
-    bad = replace(msg(), **change)
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.save_request(bad)
-    _refused(info.value, field)
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.save_requests([good, bad])  # the batch is refused whole
-    _refused(info.value, field)
-    assert await storage.messages.inspect([good.id, bad.id]) == {}
-    assert await storage.messages.list_messages("Account") == []
-    assert await storage.messages.next_due([S1]) is None
-    assert await storage.messages.save_request(good) == Saved(good.id)  # still works
 
 
 async def test_the_limits_themselves_are_stored(storage: Storage) -> None:
@@ -117,155 +56,6 @@ async def test_the_limits_themselves_are_stored(storage: Storage) -> None:
     assert await storage.messages.save_request(again) == Duplicate(first.id, None)
     [stored] = await storage.messages.unprocessed([S1], limit=10)
     assert stored.address.entity_id == entity_id and stored.primary_key == key
-
-
-@pytest.mark.parametrize("deliver_at", [math.nan, math.inf, -math.inf, -5.0, "soon"])
-async def test_reschedule_refuses_a_time_that_is_not_finite(
-    storage: Storage, deliver_at: Any
-) -> None:
-    fence = Fence(S1, (await storage.runners.acquire(RUNNER_A, [S1]))[S1])
-    m = msg(entity_type="covey.Job")
-    await storage.messages.save_request(m)
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.reschedule(m.id, deliver_at=deliver_at, error="e", fence=fence)
-    _refused(info.value, "deliver_at")
-    record = (await storage.messages.inspect([m.id]))[m.id]
-    assert record.message.failures == 0 and record.message.deliver_at is None
-    assert await storage.messages.next_due([S1]) is None
-    assert [x.id for x in await storage.messages.unprocessed([S1], limit=5)] == [m.id]
-
-
-@pytest.mark.parametrize("error", ["boom\x00", "\ud800"])
-async def test_reschedule_refuses_an_error_text_no_backend_can_store(
-    storage: Storage, error: str
-) -> None:
-    fence = Fence(S1, (await storage.runners.acquire(RUNNER_A, [S1]))[S1])
-    m = msg()
-    await storage.messages.save_request(m)
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.reschedule(m.id, deliver_at=0, error=error, fence=fence)
-    _refused(info.value, "error")
-    assert (await storage.messages.inspect([m.id]))[m.id].message.failures == 0
-
-
-@pytest.mark.parametrize("key", ["k\x00", "\ud800", "k" * 2049])
-async def test_state_keys_outside_the_limits_are_refused(storage: Storage, key: str) -> None:
-    with pytest.raises(ClusterError) as info:
-        await storage.state.set(key, b"v", expected_version=None)
-    _refused(info.value, "key")
-    with pytest.raises(ClusterError) as info:
-        await storage.state.get(key)
-    _refused(info.value, "key")
-    assert await storage.state.set("ok", b"v", expected_version=None) == 1
-
-
-@pytest.mark.parametrize("text", ["A\x00", "\ud800"])
-async def test_listing_refuses_names_no_backend_can_store(storage: Storage, text: str) -> None:
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.list_messages(text)
-    _refused(info.value, "entity_type")
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.list_messages("Account", tag=text)
-    _refused(info.value, "tag")
-
-
-BAD_SHARDS: list[tuple[str, Any]] = [
-    ("not a collection", 5), ("a string", "default:1"), ("not a shard", [1]),
-    ("shard 0", [ShardId("default", 0)]), ("beyond int4", [ShardId("default", 2**31)]),
-    ("NUL in the group", [ShardId("d\x00", 1)]),
-]
-
-
-@pytest.mark.parametrize(("label", "shards"), BAD_SHARDS, ids=[b[0] for b in BAD_SHARDS])
-async def test_shard_arguments_are_refused(storage: Storage, label: str, shards: Any) -> None:
-    m = msg()
-    await storage.messages.save_request(m)
-    for call in (lambda: storage.messages.unprocessed(shards, limit=5),
-                 lambda: storage.messages.next_due(shards),
-                 lambda: storage.messages.reset_shards(shards)):
-        with pytest.raises(ClusterError) as info:
-            await call()
-        _refused(info.value, "shards")
-    assert [x.id for x in await storage.messages.unprocessed([S1], limit=5)] == [m.id]
-
-
-@pytest.mark.parametrize("limit", [-1, True, 2.5, None, "5"])
-async def test_row_limits_are_refused(storage: Storage, limit: Any) -> None:
-    for call in (lambda: storage.messages.unprocessed([S1], limit=limit),
-                 lambda: storage.messages.list_messages("Account", limit=limit)):
-        with pytest.raises(ClusterError) as info:
-            await call()
-        _refused(info.value, "limit")
-
-
-@pytest.mark.parametrize("request_id", [0, -1, 2**63, None, "1", 1.5])
-async def test_single_message_ids_are_refused(storage: Storage, request_id: Any) -> None:
-    for call in (lambda: storage.messages.get(request_id),
-                 lambda: storage.messages.reset_request(request_id),
-                 lambda: storage.messages.replies_for([request_id])):
-        with pytest.raises(ClusterError) as info:
-            await call()
-        _refused(info.value, "request_id")
-    if request_id is not None:  # None: no paging
-        with pytest.raises(ClusterError) as info:
-            await storage.messages.list_messages("Account", before_id=request_id)
-        _refused(info.value, "before_id")
-
-
-@pytest.mark.parametrize("address", ["Account/e1", None, _addr(entity_id="e\x00"),
-                                     _addr(entity_type=""), _addr(shard=ShardId("d", 0))])
-async def test_clear_address_refuses_an_address_no_message_can_have(
-    storage: Storage, address: Any
-) -> None:
-    m = msg()
-    await storage.messages.save_request(m)
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.clear_address(address)
-    _refused(info.value)
-    assert set(await storage.messages.inspect([m.id])) == {m.id}
-
-
-@pytest.mark.parametrize(("field", "reply", "epoch"), [
-    ("request_id", 0, 1), ("request_id", -1, 1), ("request_id", 2**64, 1),
-    ("fence.epoch", None, -1), ("fence.epoch", None, 2**63), ("fence.epoch", None, math.nan),
-])
-async def test_completion_writes_refuse_ids_and_epochs_out_of_range(
-    storage: Storage, field: str, reply: int | None, epoch: Any
-) -> None:
-    held = (await storage.runners.acquire(RUNNER_A, [S1]))[S1]
-    m = msg()
-    await storage.messages.save_request(m)
-    request_id = m.id if reply is None else reply
-    fence = Fence(S1, held if epoch == 1 else epoch)
-    for call in (lambda: storage.messages.save_reply(Reply(request_id, b"r"), fence),
-                 lambda: storage.messages.reschedule(request_id, deliver_at=0, error="e",
-                                                     fence=fence)):
-        with pytest.raises(ClusterError) as info:
-            await call()
-        _refused(info.value, field)
-    if field == "fence.epoch":
-        with pytest.raises(ClusterError) as info:
-            await storage.state.set("k", b"v", expected_version=None, fence=fence)
-        _refused(info.value, field)
-    assert (await storage.messages.inspect([m.id]))[m.id].reply is None
-
-
-@pytest.mark.parametrize("version", [0, -1, 2**64, "1", 1.0, True])
-async def test_state_versions_out_of_range_are_refused(storage: Storage, version: Any) -> None:
-    assert await storage.state.set("k", b"v", expected_version=None) == 1
-    for call in (lambda: storage.state.set("k", b"w", expected_version=version),
-                 lambda: storage.state.delete("k", expected_version=version)):
-        with pytest.raises(ClusterError) as info:
-            await call()
-        _refused(info.value, "expected_version")
-    stored = await storage.state.get("k")
-    assert stored is not None and stored.value == b"v"
-
-
-async def test_counting_refuses_a_name_no_backend_can_store(storage: Storage) -> None:
-    with pytest.raises(ClusterError) as info:
-        await storage.messages.count_messages("A\x00")
-    _refused(info.value, "entity_type")
 
 
 # ---- PostgreSQL errors: what a retry cannot cure is not retryable ----------------

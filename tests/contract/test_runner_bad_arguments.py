@@ -80,10 +80,16 @@ BAD_AGES: list[tuple[str, Any]] = [
 ]
 
 
+#: the RunnerStorage methods that have cases here (test_argument_checks.py checks
+#: that every method of the contract is among them)
+COVERED: set[str] = set()
+
+
 def _cases() -> list[Any]:
     cases: list[Any] = []
 
     def case(method: str, field: str, label: str, call: Call) -> None:
+        COVERED.add(method)
         cases.append(pytest.param(field, call, id=f"{method}-{field}-{label}"))
 
     for field, label, address in BAD_ADDRESSES:

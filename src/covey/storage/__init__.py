@@ -19,19 +19,16 @@ from covey.storage._contracts import (
     WakeupSource,
 )
 from covey.storage._group_commit import GroupCommit
+from covey.storage._message import MAX_DEDUPE_KEY, Message, MessageRecord, dedupe_key
 from covey.storage._model import (
-    MAX_DEDUPE_KEY,
     Duplicate,
     Fence,
-    Message,
-    MessageRecord,
     Reply,
     RunnerInfo,
     Saved,
     SaveResult,
     StorageInfo,
     Versioned,
-    dedupe_key,
 )
 
 

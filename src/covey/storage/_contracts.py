@@ -2,9 +2,27 @@
 
 Times are Unix seconds from the storage's :class:`covey.core.Clock` (pods are
 expected to keep their clocks in sync with NTP; leases are long compared to skew).
-Every method may raise :class:`covey.core.StorageError` with reason
-``storage_unavailable`` when the database cannot be reached; that one is
-retryable.
+
+Errors are the same on every backend (built in :mod:`covey.storage._errors`):
+
+* Every method may raise :class:`covey.core.StorageError` with reason
+  ``storage_unavailable`` when the database cannot be reached; that one is
+  retryable.
+* Every method refuses a malformed argument, before anything is read or
+  written, with a :class:`covey.core.ClusterError` of reason
+  ``invalid_argument`` (not retryable) whose ``details["field"]`` names the
+  argument (``"request_id"``, ``"fence.epoch"``, ``"address.port"``, …); a text
+  too long also has ``details["limit"]`` and ``details["size"]``. The checks
+  run once for every backend (:mod:`covey.storage._checked`).
+* ``MessageNotFound`` and ``AlreadyProcessed`` carry ``details["message_id"]``.
+* ``FencedOut`` carries ``details["shard"]`` (``"group:n"``), ``["epoch"]``
+  (the fence's) and ``["current_epoch"]`` (the shard's now; ``None`` if never
+  acquired); refused because the message lives in another shard, also
+  ``["message_id"]`` and ``["message_shard"]``.
+* ``VersionConflict`` carries ``details["key"]``, ``["expected_version"]`` and
+  ``["current_version"]`` (``None``: no such key).
+* A stored row that cannot be read back is ``storage_corrupt`` with
+  ``details["message_id"]``, ``["address"]`` (a runner) or ``["key"]`` (state).
 """
 
 from __future__ import annotations
@@ -13,16 +31,8 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from covey.core import EntityAddress, RunnerAddress, ShardId
-from covey.storage._model import (
-    Fence,
-    Message,
-    MessageRecord,
-    Reply,
-    RunnerInfo,
-    SaveResult,
-    StorageInfo,
-    Versioned,
-)
+from covey.storage._message import Message, MessageRecord
+from covey.storage._model import Fence, Reply, RunnerInfo, SaveResult, StorageInfo, Versioned
 
 
 @runtime_checkable
@@ -32,9 +42,16 @@ class RunnerStorage(Protocol):
     async def register(
         self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
     ) -> int:
-        """Register (or re-register) a runner; returns its machine id (0..1023).
+        """Register (or re-register) a runner; returns its machine id.
 
-        Machine ids are unique among live runners, so snowflakes never collide.
+        Machine ids (0..:data:`~covey.core.MAX_MACHINE_ID`) are unique among
+        registered runners, so snowflakes never collide. A re-registration
+        keeps its id. Registrations whose heartbeat is older than
+        :data:`~covey.storage._model.MACHINE_ID_EXPIRY` (300 s) are deleted
+        first, so their ids are free again.
+
+        Raises:
+            StorageError: every machine id is taken (``details["limit"]``).
         """
         ...
 
@@ -109,10 +126,13 @@ class MessageStorage(Protocol):
     async def save_reply(self, reply: Reply, fence: Fence) -> None:
         """Store the reply and mark the request processed, in one transaction.
 
+        Checked in this order (the first that applies is raised; nothing
+        is written):
+
         Raises:
-            FencedOut: ``fence.epoch`` is not the shard's current epoch, or the
-                request lives in another shard; nothing was written.
             MessageNotFound: no request has ``reply.request_id``.
+            FencedOut: the request lives in another shard than ``fence.shard``,
+                or ``fence.epoch`` is not the shard's current epoch.
             AlreadyProcessed: the request has a reply already.
         """
         ...
@@ -259,8 +279,8 @@ class StateStore(Protocol):
         Returns the new version.
 
         Raises:
+            FencedOut: the fence is stale (checked first); nothing was written.
             VersionConflict: the stored version differs; nothing was written.
-            FencedOut: the fence is stale; nothing was written.
         """
         ...
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import asyncpg
 
-from covey.core import ClusterError, Reason, StorageError
+from covey.core import ClusterError, Reason, StorageError, invalid_argument
 
 #: SQLSTATE codes (or two-character classes) for which a retry may succeed.
 TRANSIENT_SQLSTATES = frozenset({
@@ -97,11 +97,7 @@ def translate(exc: BaseException, what: str) -> BaseException:
     elif isinstance(exc, asyncpg.UniqueViolationError) and "messages_pkey" in str(
         getattr(exc, "constraint_name", "") or exc
     ):
-        error = ClusterError(
-            f"a message with this id is stored already ({what})",
-            reason=Reason.INVALID_ARGUMENT,
-            field="id",
-        )
+        error = invalid_argument("id", f"a message with this id is stored already ({what})")
     elif isinstance(exc, asyncpg.PostgresError):
         sqlstate = _sqlstate(exc)
         if _transient(sqlstate) or isinstance(exc, asyncpg.InvalidCachedStatementError):
@@ -137,11 +133,3 @@ def translated(what: str) -> Iterator[None]:
             raise
         raise error from exc
 
-
-def corrupt(message_id: int, problem: str) -> StorageError:
-    """A stored message row that cannot be read back."""
-    return StorageError(
-        f"stored message {message_id} is corrupt: {problem}",
-        reason=Reason.STORAGE_CORRUPT,
-        message_id=message_id,
-    )

@@ -4,43 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
 
-from covey.core import (
-    Clock,
-    ClusterError,
-    Reason,
-    RunnerAddress,
-    ShardId,
-    StorageError,
-    StorageOptions,
-    stable_hash,
-)
-from covey.storage._checks import (
-    check_max_age,
-    check_registration,
-    check_runner_address,
-    check_runner_shards,
-)
-from covey.storage._model import RunnerInfo
+from covey.core import MAX_MACHINE_ID, Clock, RunnerAddress, ShardId, StorageOptions, stable_hash
+from covey.storage._checked import CheckedRunnerStorage
+from covey.storage._errors import corrupt_runner, machine_ids_exhausted
+from covey.storage._model import MACHINE_ID_EXPIRY, RunnerInfo
 from covey.storage.postgres._errors import CONNECTION_ERRORS, translate, translated
-from covey.storage.postgres._sessions import (
-    KEEPALIVE_SETTINGS,
-    MAX_APPLICATION_NAME,
-    client_keepalive,
-    session_name,
-)
+from covey.storage.postgres._queries import Statements
+from covey.storage.postgres._sessions import KEEPALIVE_SETTINGS, client_keepalive, session_name
 
 T = TypeVar("T")
 
 log = logging.getLogger("covey.storage")
-
-#: Registrations whose heartbeat is older than this free their machine id.
-STALE_REGISTRATION = 300.0
 
 
 def int32(value: int) -> int:
@@ -64,7 +44,7 @@ class _LockSession:
     mutex: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class PostgresRunnerStorage:
+class PostgresRunnerStorage(CheckedRunnerStorage):
     """:class:`covey.storage.RunnerStorage` on PostgreSQL.
 
     Shards are session advisory locks on one dedicated connection per runner: a
@@ -84,6 +64,7 @@ class PostgresRunnerStorage:
         pool: the asyncpg pool (membership rows).
         url: the database URL (lock connections are opened outside the pool).
         schema: the unquoted schema name (namespaces the lock keys).
+        sql: the statements of the schema.
         options: storage options.
         clock: the source of heartbeat times.
         runner_ttl: how old the heartbeat of a runner without a lock session must
@@ -95,8 +76,8 @@ class PostgresRunnerStorage:
     """
 
     def __init__(
-        self, pool: Any, url: str, schema: str, options: StorageOptions, clock: Clock,
-        *, runner_ttl: float,
+        self, pool: Any, url: str, schema: str, sql: Statements, options: StorageOptions,
+        clock: Clock, *, runner_ttl: float,
     ) -> None:
         self._pool = pool
         self._url = url
@@ -110,75 +91,13 @@ class PostgresRunnerStorage:
         self.on_named: Callable[[], None] | None = None
         self._sessions: dict[RunnerAddress, _LockSession] = {}
         self._keys: dict[str, int] = {}
-        s = '"' + schema.replace('"', '""') + '"'
+        self._sql = sql
         self._register_lock = int64(stable_hash(f"covey:{schema}:register"))
-        self._sql_stale = f"DELETE FROM {s}.runners WHERE last_heartbeat < $1"
-        self._sql_own_id = f"SELECT machine_id FROM {s}.runners WHERE address = $1"
-        self._sql_free_id = (
-            "SELECT min(i) FROM generate_series(0, 1023) AS i"
-            f" WHERE i NOT IN (SELECT machine_id FROM {s}.runners)"
-        )
-        self._sql_upsert = (
-            f"INSERT INTO {s}.runners (address, machine_id, groups, weight, last_heartbeat)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (address) DO UPDATE SET"
-            " groups = EXCLUDED.groups, weight = EXCLUDED.weight,"
-            " last_heartbeat = EXCLUDED.last_heartbeat"
-        )
-        self._sql_heartbeat = f"UPDATE {s}.runners SET last_heartbeat = $2 WHERE address = $1"
-        # A runner whose recorded lock session is gone is dead, whatever its last
-        # heartbeat says: a SIGKILLed pod's session ends with its socket, so peers
-        # see it gone at their next membership read, not after the TTL. (The name
-        # check guards against the pid being reused by another backend.) Such rows
-        # come back flagged ``gone``, to be removed once expired: the caller never
-        # sees them, so it cannot expire them.
-        session_gone = (
-            "lock_pid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a"
-            " WHERE a.pid = r.lock_pid"
-            f" AND a.application_name = left('covey-lock:' || r.address, {MAX_APPLICATION_NAME}))"
-        )
-        self._sql_live = (
-            "SELECT address, machine_id, groups, weight, last_heartbeat, gone FROM ("
-            "SELECT address, machine_id, groups, weight, last_heartbeat,"
-            f" {session_gone} AS gone FROM {s}.runners r) AS t"
-            " WHERE gone OR last_heartbeat >= $1"
-        )
-        # checked again as it deletes: the runner may have come back meanwhile
-        self._sql_remove_gone = (
-            f"DELETE FROM {s}.runners r WHERE address = ANY($1::text[])"
-            f" AND last_heartbeat < $2 AND {session_gone} RETURNING address, last_heartbeat"
-        )
-        self._sql_lock_pid = (
-            f"UPDATE {s}.runners SET lock_pid = pg_backend_pid() WHERE address = $1"
-        )
-        self._sql_set_lock_pid = f"UPDATE {s}.runners SET lock_pid = $2 WHERE address = $1"
-        self._sql_unregister = f"DELETE FROM {s}.runners WHERE address = $1"
-        self._sql_try_lock = (
-            "SELECT i FROM unnest($1::int4[], $2::int4[]) WITH ORDINALITY AS t(k, n, i)"
-            " WHERE pg_try_advisory_lock(k, n)"
-        )
-        # The row lock of this upsert waits for completions holding FOR SHARE on
-        # the shard, so none of them can commit under the old epoch afterwards.
-        self._sql_bump = (
-            f"INSERT INTO {s}.shards AS sh (shard_group, shard, epoch, owner)"
-            " SELECT g, n, 1, $3 FROM unnest($1::text[], $2::int4[]) AS t(g, n)"
-            " ON CONFLICT (shard_group, shard) DO UPDATE SET epoch = sh.epoch + 1,"
-            " owner = EXCLUDED.owner RETURNING shard_group, shard, epoch"
-        )
-        self._sql_locks = (
-            "SELECT classid::int8, objid::int8 FROM pg_locks WHERE locktype = 'advisory'"
-            " AND objsubid = 2 AND granted AND pid = pg_backend_pid()"
-        )
-        self._sql_unlock = (
-            "SELECT pg_advisory_unlock(k, n) FROM unnest($1::int4[], $2::int4[]) AS t(k, n)"
-        )
 
     # -- membership -----------------------------------------------------------
 
-    async def register(
-        self, address: RunnerAddress, *, groups: Sequence[str] = ("default",), weight: int = 1
-    ) -> int:
-        check_registration(address, groups, weight)
-        _check_address(address)
+    async def _register(self, address: RunnerAddress, groups: tuple[str, ...],
+                        weight: int) -> int:
         if self.named is None:
             self.named = str(address)
             if self.on_named is not None:
@@ -187,51 +106,40 @@ class PostgresRunnerStorage:
         with translated("registering a runner"):
             async with self._pool.acquire() as conn, conn.transaction():
                 # Serializes registrations so two runners never pick the same id.
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", self._register_lock)
-                await conn.execute(self._sql_stale, now - STALE_REGISTRATION)
-                machine_id = await conn.fetchval(self._sql_own_id, str(address))
+                await conn.execute(self._sql.XACT_LOCK, self._register_lock)
+                await conn.execute(self._sql.DELETE_EXPIRED_RUNNERS, now - MACHINE_ID_EXPIRY)
+                machine_id = await conn.fetchval(self._sql.RUNNER_MACHINE_ID, str(address))
                 if machine_id is None:
-                    machine_id = await conn.fetchval(self._sql_free_id)
+                    machine_id = await conn.fetchval(self._sql.FREE_MACHINE_ID, MAX_MACHINE_ID)
                 if machine_id is None:
-                    raise StorageError("all 1024 machine ids are taken by live runners")
+                    raise machine_ids_exhausted()
                 await conn.execute(
-                    self._sql_upsert, str(address), machine_id, list(groups), weight, now
+                    self._sql.UPSERT_RUNNER, str(address), machine_id, list(groups), weight, now
                 )
                 session = self._sessions.get(address)
                 if session is not None and session.conn is not None \
                         and not session.conn.is_closed():
                     # re-registered after a peer expired us: our lock session lives on
-                    await conn.execute(self._sql_set_lock_pid, str(address),
+                    await conn.execute(self._sql.SET_LOCK_SESSION, str(address),
                                        session.conn.get_server_pid())
         return int(machine_id)
 
-    async def heartbeat(self, address: RunnerAddress) -> bool:
-        check_runner_address(address)
+    async def _heartbeat(self, address: RunnerAddress) -> bool:
         with translated("heartbeat"):
             status = await self._pool.execute(
-                self._sql_heartbeat, str(address), self._clock.now()
+                self._sql.HEARTBEAT, str(address), self._clock.now()
             )
         return bool(status != "UPDATE 0")
 
-    async def live_runners(self, max_age: float) -> list[RunnerInfo]:
-        check_max_age(max_age)
+    async def _live_runners(self, max_age: float) -> list[RunnerInfo]:
         now = self._clock.now()
         with translated("listing runners"):
-            rows = await self._pool.fetch(self._sql_live, now - max_age)
+            rows = await self._pool.fetch(self._sql.LIVE_RUNNERS, now - max_age)
             expired = self._expired([r for r in rows if r["gone"]], now)
             if expired:
                 await self._remove_gone(expired, now)
-        runners = [
-            RunnerInfo(
-                address=RunnerAddress.parse(r["address"]),
-                machine_id=int(r["machine_id"]),
-                groups=tuple(r["groups"]),
-                weight=int(r["weight"]),
-                last_heartbeat=float(r["last_heartbeat"]),
-            )
-            for r in rows
-            if not r["gone"] and r["last_heartbeat"] >= now - max_age
-        ]
+        runners = [_runner(r) for r in rows
+                   if not r["gone"] and r["last_heartbeat"] >= now - max_age]
         runners.sort(key=lambda r: r.address)
         return runners
 
@@ -250,23 +158,21 @@ class PostgresRunnerStorage:
 
     async def _remove_gone(self, addresses: list[str], now: float) -> None:
         removed = await self._pool.fetch(
-            self._sql_remove_gone, addresses, now - self._runner_ttl)
+            self._sql.REMOVE_GONE_RUNNERS, addresses, now - self._runner_ttl)
         for row in removed:
             log.warning("runner %s has no database session and missed heartbeats for "
                         "%.1f s; removed it", row["address"], now - row["last_heartbeat"])
 
-    async def unregister(self, address: RunnerAddress) -> None:
-        check_runner_address(address)
+    async def _unregister(self, address: RunnerAddress) -> None:
         with translated("unregistering a runner"):
-            await self._pool.execute(self._sql_unregister, str(address))
+            await self._pool.execute(self._sql.DELETE_RUNNER, str(address))
 
-    async def expire(self, address: RunnerAddress) -> None:
-        check_runner_address(address)
+    async def _expire(self, address: RunnerAddress) -> None:
         # Only the membership row: an advisory lock ends with its session, so a
         # dead runner's shards free up when the server drops its connection
         # (keepalives), and fencing refuses its writes if it was only paused.
         with translated("expiring a runner"):
-            await self._pool.execute(self._sql_unregister, str(address))
+            await self._pool.execute(self._sql.DELETE_RUNNER, str(address))
 
     # -- shard locks ----------------------------------------------------------
 
@@ -290,7 +196,7 @@ class PostgresRunnerStorage:
         )
         client_keepalive(conn)
         # record the session so peers can tell when it (and so this runner) is gone
-        await conn.execute(self._sql_lock_pid, str(address))
+        await conn.execute(self._sql.RECORD_LOCK_SESSION, str(address))
         session.conn = conn
         return conn
 
@@ -315,38 +221,28 @@ class PostgresRunnerStorage:
             self._drop(session)
             raise translate(exc, what) from exc
 
-    async def acquire(
-        self, address: RunnerAddress, shards: Collection[ShardId]
-    ) -> dict[ShardId, int]:
-        check_runner_shards(address, shards, serving=True)
-        wanted = set(shards)
-        for shard in wanted:
-            _check_shard(shard)
+    async def _acquire(self, address: RunnerAddress, shards: list[ShardId]) -> dict[ShardId, int]:
         session = self._sessions.setdefault(address, _LockSession())
 
         async def op() -> dict[ShardId, int]:
             conn = await self._connection(session, address)
-            new = sorted(s for s in wanted if s not in session.held)
+            new = [s for s in shards if s not in session.held]
             if new:
                 rows = await conn.fetch(
-                    self._sql_try_lock, [self._key(s.group) for s in new], [s.id for s in new]
+                    self._sql.TRY_LOCKS, [self._key(s.group) for s in new], [s.id for s in new]
                 )
                 got = [new[r[0] - 1] for r in rows]
                 if got:
-                    bumped = await conn.fetch(
-                        self._sql_bump, [s.group for s in got], [s.id for s in got], str(address)
-                    )
+                    bumped = await conn.fetch(self._sql.BUMP_EPOCHS, [s.group for s in got],
+                                              [s.id for s in got], str(address))
                     for r in bumped:
                         session.held[ShardId(r[0], r[1])] = int(r[2])
-            return {s: session.held[s] for s in wanted if s in session.held}
+            return {s: session.held[s] for s in shards if s in session.held}
 
         async with session.mutex:
             return await self._bounded(session, "acquiring shards", op, {})
 
-    async def refresh(
-        self, address: RunnerAddress, shards: Collection[ShardId]
-    ) -> set[ShardId]:
-        check_runner_shards(address, shards)
+    async def _refresh(self, address: RunnerAddress, shards: list[ShardId]) -> set[ShardId]:
         session = self._sessions.get(address)
         if session is None:
             return set()
@@ -356,7 +252,7 @@ class PostgresRunnerStorage:
             if conn is None or conn.is_closed():
                 self._drop(session)
                 return set()
-            locked = {(r[0], r[1]) for r in await conn.fetch(self._sql_locks)}
+            locked = {(r[0], r[1]) for r in await conn.fetch(self._sql.HELD_LOCKS)}
             for shard in list(session.held):
                 if (self._key(shard.group) & 0xFFFFFFFF, shard.id) not in locked:
                     del session.held[shard]
@@ -365,18 +261,17 @@ class PostgresRunnerStorage:
         async with session.mutex:
             return await self._bounded(session, "refreshing shards", op, set())
 
-    async def release(self, address: RunnerAddress, shards: Collection[ShardId]) -> None:
-        check_runner_shards(address, shards)
+    async def _release(self, address: RunnerAddress, shards: list[ShardId]) -> None:
         session = self._sessions.get(address)
         if session is None:
             return
 
         async def op() -> None:
-            mine = sorted(s for s in set(shards) if s in session.held)
+            mine = [s for s in shards if s in session.held]
             if not mine or session.conn is None:
                 return
             await session.conn.fetch(
-                self._sql_unlock, [self._key(s.group) for s in mine], [s.id for s in mine]
+                self._sql.UNLOCK, [self._key(s.group) for s in mine], [s.id for s in mine]
             )
             for s in mine:
                 del session.held[s]
@@ -384,8 +279,7 @@ class PostgresRunnerStorage:
         async with session.mutex:
             await self._bounded(session, "releasing shards", op, None)
 
-    async def release_all(self, address: RunnerAddress) -> None:
-        check_runner_address(address)
+    async def _release_all(self, address: RunnerAddress) -> None:
         session = self._sessions.pop(address, None)
         if session is None:
             return
@@ -413,13 +307,15 @@ class PostgresRunnerStorage:
             await self._close_session(session)
 
 
-def _check_address(address: RunnerAddress) -> None:
-    if not isinstance(address, RunnerAddress):
-        raise ClusterError(
-            f"invalid runner address: {address!r}", reason=Reason.INVALID_ARGUMENT
+
+def _runner(row: Any) -> RunnerInfo:
+    try:
+        return RunnerInfo(
+            address=RunnerAddress.parse(row["address"]),
+            machine_id=int(row["machine_id"]),
+            groups=tuple(row["groups"]),
+            weight=int(row["weight"]),
+            last_heartbeat=float(row["last_heartbeat"]),
         )
-
-
-def _check_shard(shard: ShardId) -> None:
-    if not isinstance(shard, ShardId) or not isinstance(shard.id, int) or shard.id < 1:
-        raise ClusterError(f"invalid shard: {shard!r}", reason=Reason.INVALID_ARGUMENT)
+    except (ValueError, TypeError) as exc:
+        raise corrupt_runner(row["address"], str(exc)) from exc

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib import resources
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -18,12 +17,14 @@ from covey.core import (
     StorageOptions,
     stable_hash,
 )
-from covey.storage._base import StorageLifecycle, check_shards, migrations
+from covey.storage._base import InstallFrom, StorageLifecycle, check_shards, plan_migrations
 from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore
+from covey.storage._errors import not_started
 from covey.storage._group_commit import GroupCommit
 from covey.storage._model import StorageInfo
 from covey.storage.postgres._errors import is_unavailable, translated
 from covey.storage.postgres._messages import PostgresMessageStorage
+from covey.storage.postgres._queries import Statements
 from covey.storage.postgres._runners import PostgresRunnerStorage, int64
 from covey.storage.postgres._sessions import session_name
 from covey.storage.postgres._state import PostgresStateStore
@@ -67,7 +68,7 @@ class PostgresStorage(StorageLifecycle):
         shards: int,
         options: StorageOptions,
         clock: Clock,
-        install_from: Literal["schema", "migrations"] = "schema",
+        install_from: InstallFrom = "schema",
         runner_ttl: float = ShardingOptions.runner_ttl,
     ) -> None:
         if not options.schema.isidentifier():
@@ -78,7 +79,7 @@ class PostgresStorage(StorageLifecycle):
         self._clock = clock
         self._install_from = install_from
         self._runner_ttl = runner_ttl
-        self._schema = quote_ident(options.schema)
+        self._sql = Statements(quote_ident(options.schema))
         self._pool: Any = None
         self._started = False
         self._version = 0
@@ -97,8 +98,7 @@ class PostgresStorage(StorageLifecycle):
         self._build(_NotStarted())
 
     def _build(self, pool: Any) -> None:
-        s = self._schema
-        self._writer = Writer(pool, s, self._clock)
+        self._writer = Writer(pool, self._sql, self._clock)
         self.batcher = GroupCommit(
             self._writer.flush,
             max_size=self._options.batch_max_size,
@@ -107,15 +107,15 @@ class PostgresStorage(StorageLifecycle):
             is_fatal=is_unavailable,
         )
         self._runners = PostgresRunnerStorage(
-            pool, self._url, self._options.schema, self._options, self._clock,
+            pool, self._url, self._options.schema, self._sql, self._options, self._clock,
             runner_ttl=self._runner_ttl,
         )
         self._runners.on_named = self._wakeups.recheck  # name the LISTEN session now
         self.runners = self._runners
         self.messages = PostgresMessageStorage(
-            pool, s, self._options, self._clock, self.batcher, self._writer, self.channel
+            pool, self._sql, self._options, self._clock, self.batcher, self._writer, self.channel
         )
-        self.state = PostgresStateStore(pool, s, self.batcher)
+        self.state = PostgresStateStore(pool, self._sql, self.batcher)
         if isinstance(pool, _NotStarted):
             # Flushers only run between start() and close(); a write before
             # start() must fail at once instead of queueing forever.
@@ -162,52 +162,26 @@ class PostgresStorage(StorageLifecycle):
         self._started = True
 
     async def _migrate(self) -> None:
-        s = self._schema
-        pending = migrations(_PACKAGE)
+        sql = self._sql
         with translated("migrating"):
             async with self._pool.acquire() as conn, conn.transaction():
                 # Several processes may start at once: one migrates, the others
                 # wait here and then find the versions recorded.
                 key = int64(stable_hash(f"covey:migrate:{self._options.schema}"))
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {s}.covey_migrations ("
-                    " version integer PRIMARY KEY, name text NOT NULL,"
-                    " applied_at double precision NOT NULL)"
-                )
-                current = await conn.fetchval(
-                    f"SELECT coalesce(max(version), 0) FROM {s}.covey_migrations"
-                )
-                latest = pending[-1][0] if pending else 0
-                if current > latest:
-                    raise MigrationError(
-                        f"schema {self._options.schema} is at version {current}, newer than "
-                        f"this covey ({latest}); upgrade covey"
-                    )
-                await conn.execute(f"SET LOCAL search_path TO {s}")
-                todo = [m for m in pending if m[0] > current]
-                if current == 0 and self._install_from == "schema" and todo:
-                    sql = resources.files(_PACKAGE).joinpath("schema.sql").read_text("utf-8")
-                    await self._apply(conn, "schema.sql", sql)
-                else:
-                    for _, name, sql in todo:
-                        await self._apply(conn, name, sql)
-                for version, name, _ in todo:
-                    await conn.execute(
-                        f"INSERT INTO {s}.covey_migrations (version, name, applied_at)"
-                        " VALUES ($1, $2, $3)",
-                        version,
-                        name,
-                        self._clock.now(),
-                    )
-                await conn.execute(
-                    f"INSERT INTO {s}.meta (key, value) VALUES ('shards', $1)"
-                    " ON CONFLICT (key) DO NOTHING",
-                    str(self._shards),
-                )
-                recorded = await conn.fetchval(f"SELECT value FROM {s}.meta WHERE key = 'shards'")
-                self._version = max(current, latest)
+                await conn.execute(sql.XACT_LOCK, key)
+                await conn.execute(sql.CREATE_SCHEMA)
+                await conn.execute(sql.BOOKKEEPING)
+                plan = plan_migrations(_PACKAGE, await conn.fetchval(sql.SCHEMA_VERSION),
+                                       self._install_from, f"schema {self._options.schema}")
+                await conn.execute(sql.SEARCH_PATH)
+                for name, script in plan.scripts:
+                    await self._apply(conn, name, script)
+                now = self._clock.now()
+                await conn.executemany(sql.RECORD_MIGRATION, [(version, name, now)
+                                                              for version, name in plan.applied])
+                await conn.execute(sql.RECORD_SHARD_COUNT, str(self._shards))
+                recorded = await conn.fetchval(sql.SHARD_COUNT)
+                self._version = plan.version
         check_shards(int(recorded), self._shards, self.location)
 
     @staticmethod
@@ -267,13 +241,8 @@ class PostgresStorage(StorageLifecycle):
                 pool.terminate()
 
     async def info(self) -> StorageInfo:
-        s = self._schema
         with translated("reading info"):
-            row = await self._require_pool().fetchrow(
-                f"SELECT (SELECT count(*) FROM {s}.runners) AS runners,"
-                f" (SELECT count(*) FROM {s}.messages) AS total,"
-                f" (SELECT count(*) FROM {s}.messages WHERE NOT processed) AS unprocessed"
-            )
+            row = await self._require_pool().fetchrow(self._sql.INFO)
         return StorageInfo(
             backend=self.backend,
             location=self.location,
@@ -290,27 +259,13 @@ class PostgresStorage(StorageLifecycle):
         name = self._options.schema
         with translated("reading the schema"):
             rows = await self._require_pool().fetch(
-                "SELECT 'table ' || table_name FROM information_schema.tables"
-                " WHERE table_schema = $1"
-                " UNION ALL SELECT 'column ' || table_name || '.' || column_name || ' '"
-                " || data_type || coalesce('/' || udt_name, '') || ' null=' || is_nullable"
-                " || ' default=' || coalesce(column_default, '')"
-                " FROM information_schema.columns WHERE table_schema = $1"
-                " UNION ALL SELECT 'index ' || tablename || ' ' || indexname || ' '"
-                " || replace(indexdef, $2, '') FROM pg_indexes WHERE schemaname = $1"
-                " UNION ALL SELECT 'constraint ' || c.relname || ' ' || k.conname || ' '"
-                " || k.contype::text || ' ' || pg_get_constraintdef(k.oid)"
-                " FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid"
-                " JOIN pg_namespace AS n ON n.oid = k.connamespace WHERE n.nspname = $1",
-                name,
-                f"{quote_ident(name)}.",
-            )
+                self._sql.FINGERPRINT, name, f"{quote_ident(name)}.")
         lines = sorted(str(r[0]).replace(f"{name}.", "") for r in rows)
         return "\n".join(lines) + "\n"
 
     def _require_pool(self) -> Any:
         if self._pool is None:
-            raise StorageError("the storage is not started")
+            raise not_started("PostgreSQL")
         return self._pool
 
 
@@ -325,4 +280,4 @@ class _NotStarted:
     """Stands in for the pool before ``start()``: every use is a clear error."""
 
     def __getattr__(self, name: str) -> Any:
-        raise StorageError(f"the storage is not started (used {name})")
+        raise not_started("PostgreSQL")

@@ -1,9 +1,12 @@
 """The group-commit flush shared by messages and the state store.
 
-Requests, replies and fenced state writes that arrive together are written by one
-flush: one pooled connection, one transaction, set-based statements. Each op's
-failure (fenced, not found, duplicate reply, version conflict) is decided before
-anything is written, so a refused op changes nothing while the others commit.
+Requests, replies, reschedules and fenced state writes that arrive together are
+written by one flush on one pooled connection, with set-based statements: the
+saves in one statement, every completion (reply or reschedule) in one
+:attr:`~covey.storage.postgres._queries.Statements.FENCED_COMPLETE`, and the
+fenced state writes in one transaction. Each op's refusal (fenced, not found,
+duplicate reply, version conflict) is decided before anything is written, so a
+refused op changes nothing while the others commit.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ from typing import Any
 
 import asyncpg
 
-from covey.core import (
-    AlreadyProcessed,
-    Clock,
-    FencedOut,
-    MessageNotFound,
-    StorageError,
-    VersionConflict,
+from covey.core import Clock, ShardId, VersionConflict
+from covey.storage._errors import (
+    completion_refused,
+    fenced_out,
+    message_vanished,
+    version_conflict,
 )
-from covey.storage._model import Duplicate, Fence, Message, Reply, Saved, SaveResult, encode_headers
+from covey.storage._message import Message, encode_headers
+from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
 from covey.storage.postgres._errors import CONNECTION_ERRORS, translate
+from covey.storage.postgres._queries import Statements
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +38,15 @@ class SaveOp:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplyOp:
-    """Complete one request, if ``fence`` is current."""
+class CompleteOp:
+    """Complete one message if ``fence`` is current: with ``reply``, or put it back
+    for ``retry_at`` after ``error`` (a reschedule; ``reply`` is ``None``)."""
 
-    reply: Reply
+    request_id: int
     fence: Fence
+    reply: Reply | None = None
+    retry_at: float | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,103 +59,34 @@ class StateOp:
     fence: Fence | None
 
 
-Op = SaveOp | ReplyOp | StateOp
+Op = SaveOp | CompleteOp | StateOp
 
 
 class Writer:
-    """Runs one batch of ops in one transaction (the ``GroupCommit`` flush)."""
+    """Runs one batch of ops (the ``GroupCommit`` flush)."""
 
-    def __init__(self, pool: Any, schema: str, clock: Clock) -> None:
+    def __init__(self, pool: Any, sql: Statements, clock: Clock) -> None:
         self._pool = pool
+        self._sql = sql
         self._clock = clock
-        s = schema
-        self._insert = (
-            f"INSERT INTO {s}.messages (id, entity_type, entity_id, shard_group, shard, tag,"
-            " payload, headers, primary_key, dedupe_key, deliver_at, priority, created_at)"
-            " SELECT t.*, $13::float8 FROM unnest($1::int8[], $2::text[], $3::text[],"
-            " $4::text[], $5::int4[], $6::text[], $7::bytea[], $8::text[], $9::text[],"
-            " $10::text[], $11::float8[], $12::int2[]) AS t"
-            # Both a repeated id and a repeated dedupe key make a Duplicate.
-            " ON CONFLICT DO NOTHING RETURNING id"
-        )
-        self._originals = (
-            f"SELECT dedupe_key, id, processed, reply, reply_is_error FROM {s}.messages"
-            " WHERE id = ANY($1::int8[]) OR dedupe_key = ANY($2::text[])"
-        )
-        # FOR SHARE: an acquisition bumping one of these epochs waits until this
-        # transaction ends, so a completion commits before the new epoch or fails.
-        self._epochs = (
-            f"SELECT s.shard_group, s.shard, s.epoch FROM {s}.shards AS s"
-            " JOIN unnest($1::text[], $2::int4[]) AS t(g, n) ON s.shard_group = t.g"
-            " AND s.shard = t.n ORDER BY s.shard_group, s.shard FOR SHARE OF s"
-        )
-        # ORDER BY before FOR UPDATE: concurrent flushes lock rows in one order.
-        self._targets = (
-            f"SELECT id, shard_group, shard, processed FROM {s}.messages"
-            " WHERE id = ANY($1::int8[]) ORDER BY id FOR UPDATE"
-        )
-        self._complete = (
-            f"UPDATE {s}.messages AS m SET processed = true, processed_at = $4,"
-            " reply = t.reply, reply_is_error = t.is_error, lease_until = NULL"
-            " FROM unnest($1::int8[], $2::bytea[], $3::bool[]) AS t(id, reply, is_error)"
-            " WHERE m.id = t.id"
-        )
-        # All replies of a batch in ONE autocommit statement: the same fence
-        # check (FOR SHARE), row locks and update as the transaction path below,
-        # minus BEGIN/COMMIT and two round trips. Each op's outcome is derived
-        # from what the statement saw, so refused ops change nothing.
-        self._complete_all = (
-            "WITH input AS (SELECT * FROM unnest($1::int8[], $2::bytea[], $3::bool[],"
-            " $4::text[], $5::int4[], $6::int8[]) WITH ORDINALITY"
-            " AS t(id, reply, is_error, g, n, epoch, ord)),"
-            f" fence AS (SELECT s.shard_group, s.shard, s.epoch FROM {s}.shards AS s"
-            " WHERE (s.shard_group, s.shard) IN (SELECT g, n FROM input)"
-            " ORDER BY s.shard_group, s.shard FOR SHARE),"
-            f" target AS (SELECT m.id, m.shard_group, m.shard, m.processed FROM {s}.messages"
-            " AS m WHERE m.id IN (SELECT id FROM input) ORDER BY m.id FOR UPDATE),"
-            f" done AS (UPDATE {s}.messages AS m SET processed = true, processed_at = $7,"
-            " reply = i.reply, reply_is_error = i.is_error, lease_until = NULL"
-            " FROM input AS i"
-            " JOIN fence AS f ON f.shard_group = i.g AND f.shard = i.n AND f.epoch = i.epoch"
-            " JOIN target AS t ON t.id = i.id AND t.shard_group = i.g AND t.shard = i.n"
-            " AND NOT t.processed WHERE m.id = i.id RETURNING m.id)"
-            " SELECT i.ord, f.epoch, t.id IS NOT NULL AS found, t.shard_group, t.shard,"
-            " t.processed, EXISTS (SELECT 1 FROM done WHERE done.id = i.id) AS completed"
-            " FROM input AS i LEFT JOIN fence AS f ON f.shard_group = i.g AND f.shard = i.n"
-            " LEFT JOIN target AS t ON t.id = i.id ORDER BY i.ord"
-        )
-        self._state_insert = (
-            f"INSERT INTO {s}.state (key, value, version) VALUES ($1, $2, 1)"
-            " ON CONFLICT (key) DO NOTHING RETURNING version"
-        )
-        self._state_update = (
-            f"UPDATE {s}.state SET value = $2, version = version + 1"
-            " WHERE key = $1 AND version = $3 RETURNING version"
-        )
 
     async def flush(self, ops: Sequence[Op]) -> list[object]:
         """One outcome per op: its result or the exception for that op alone."""
         out: list[object] = [None] * len(ops)
         saves = [(i, op) for i, op in enumerate(ops) if isinstance(op, SaveOp)]
-        fenced = [(i, op) for i, op in enumerate(ops) if not isinstance(op, SaveOp)]
-        replies = [(i, op) for i, op in fenced if isinstance(op, ReplyOp)]
-        # Ops are independent of each other: each statement below is atomic by
-        # itself, so without state writes no BEGIN/COMMIT round trips are needed.
-        autocommit = len(replies) == len(fenced) and len(
-            {op.reply.request_id for _, op in replies}
-        ) == len(replies)
+        completions = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
+        states = [(i, op) for i, op in enumerate(ops) if isinstance(op, StateOp)]
         try:
             async with self._pool.acquire() as conn:
-                if autocommit:
-                    if saves:
-                        await self._save(conn, saves, out)
-                    if replies:
-                        await self._complete_batch(conn, replies, out)
-                else:
+                # Ops are independent of each other and each statement is atomic
+                # by itself: only the state writes need BEGIN/COMMIT.
+                if saves:
+                    await self.save(conn, saves, out)
+                if completions:
+                    await self._complete(conn, completions, out)
+                if states:
                     async with conn.transaction():
-                        if saves:
-                            await self._save(conn, saves, out)
-                        await self._fenced(conn, fenced, out)
+                        await self._set_states(conn, states, out)
         except CONNECTION_ERRORS as exc:
             raise translate(exc, "group commit") from exc
         except asyncpg.PostgresError as exc:
@@ -158,10 +97,8 @@ class Writer:
             raise
         return out
 
-    async def _save(
-        self, conn: Any, saves: list[tuple[int, SaveOp]], out: list[object]
-    ) -> None:
-        now = self._clock.now()
+    async def save(self, conn: Any, saves: list[tuple[int, SaveOp]], out: list[object]) -> None:
+        """Insert the messages of ``saves``; ``out[i]`` their results (or an error)."""
         rows: list[Message] = []
         by_key: dict[str, int] = {}  # dedupe key -> index in rows of its first message
         by_id: dict[int, int] = {}  # message id -> index in rows
@@ -184,7 +121,7 @@ class Writer:
                     ref.append(~first)  # a repeat within this batch of rows[first]
             refs[i] = ref
         records = await conn.fetch(
-            self._insert,
+            self._sql.INSERT_MESSAGES,
             [m.id for m in rows],
             [m.address.entity_type for m in rows],
             [m.address.entity_id for m in rows],
@@ -197,7 +134,7 @@ class Writer:
             [m.dedupe_key for m in rows],
             [None if m.deliver_at is None else float(m.deliver_at) for m in rows],
             [m.priority for m in rows],
-            now,
+            self._clock.now(),
         )
         inserted = {r[0] for r in records}
         conflicts = [m for m in rows if m.id not in inserted]
@@ -205,7 +142,7 @@ class Writer:
         found_key: dict[str, Duplicate] = {}
         if conflicts:
             keys = [m.dedupe_key for m in conflicts if m.dedupe_key is not None]
-            for r in await conn.fetch(self._originals, [m.id for m in conflicts], keys):
+            for r in await conn.fetch(self._sql.ORIGINALS, [m.id for m in conflicts], keys):
                 reply = Reply(r["id"], r["reply"], r["reply_is_error"]) if r["processed"] else None
                 found_id[r["id"]] = Duplicate(r["id"], reply)
                 if r["dedupe_key"] is not None:
@@ -218,128 +155,78 @@ class Writer:
                 outcome.append(found_id[m.id])
             else:
                 outcome.append(found_key.get(m.dedupe_key) if m.dedupe_key else None)
-        for i, _ in saves:
+        for i, op in saves:
             final: list[SaveResult] = []
             for j in refs[i]:
                 result = outcome[~j] if j < 0 else outcome[j]
                 if result is None:
-                    final = []
                     break
                 if j < 0 and isinstance(result, Saved):
                     result = Duplicate(result.id, None)
                 final.append(result)
-            out[i] = final if final else StorageError("a conflicting message vanished; retry")
+            out[i] = final if len(final) == len(refs[i]) else message_vanished(
+                op.messages[len(final)].id, "saved (its duplicate was deleted)")
 
-    async def _complete_batch(
-        self, conn: Any, replies: list[tuple[int, ReplyOp]], out: list[object]
+    async def _complete(
+        self, conn: Any, ops: list[tuple[int, CompleteOp]], out: list[object]
     ) -> None:
-        rows = await conn.fetch(
-            self._complete_all,
-            [op.reply.request_id for _, op in replies],
-            [op.reply.payload for _, op in replies],
-            [op.reply.is_error for _, op in replies],
-            [op.fence.shard.group for _, op in replies],
-            [op.fence.shard.id for _, op in replies],
-            [op.fence.epoch for _, op in replies],
-            self._clock.now(),
-        )
-        for (i, op), row in zip(replies, rows, strict=True):
-            rid, fence = op.reply.request_id, op.fence
-            if row["completed"]:
-                out[i] = None
-            elif row["epoch"] != fence.epoch:
-                out[i] = _stale(fence, row["epoch"])
-            elif not row["found"]:
-                out[i] = MessageNotFound(f"no stored request has id {rid}", request_id=rid)
-            elif (row["shard_group"], row["shard"]) != (fence.shard.group, fence.shard.id):
-                out[i] = _elsewhere(rid, fence, row["shard_group"], row["shard"])
-            else:
-                out[i] = AlreadyProcessed(f"request {rid} has a reply already", request_id=rid)
+        # One statement per round; a message completed twice in one batch goes to
+        # a later round, which then finds it processed (as if sent one by one).
+        while ops:
+            seen: set[int] = set()
+            now: list[tuple[int, CompleteOp]] = []
+            later: list[tuple[int, CompleteOp]] = []
+            for item in ops:
+                (later if item[1].request_id in seen else now).append(item)
+                seen.add(item[1].request_id)
+            rows = await conn.fetch(
+                self._sql.FENCED_COMPLETE,
+                [op.request_id for _, op in now],
+                [op.fence.shard.group for _, op in now],
+                [op.fence.shard.id for _, op in now],
+                [op.fence.epoch for _, op in now],
+                [None if op.reply is None else op.reply.payload for _, op in now],
+                [None if op.reply is None else op.reply.is_error for _, op in now],
+                [op.retry_at for _, op in now],
+                [op.error for _, op in now],
+                self._clock.now(),
+            )
+            for (i, op), row in zip(now, rows, strict=True):
+                if row["done"]:
+                    out[i] = None if op.reply is not None else int(row["failures"])
+                    continue
+                group = row["shard_group"]
+                out[i] = completion_refused(
+                    op.fence, row["epoch"], op.request_id,
+                    None if group is None else ShardId(group, row["shard"]),
+                    bool(row["processed"]),
+                ) or message_vanished(op.request_id, "completed")
+            ops = later
 
-    async def _fenced(
-        self, conn: Any, ops: list[tuple[int, ReplyOp | StateOp]], out: list[object]
+    async def _set_states(
+        self, conn: Any, ops: list[tuple[int, StateOp]], out: list[object]
     ) -> None:
         shards = sorted({op.fence.shard for _, op in ops if op.fence is not None})
-        epochs: dict[tuple[str, int], int] = {}
+        epochs: dict[ShardId, int] = {}
         if shards:
             rows = await conn.fetch(
-                self._epochs, [s.group for s in shards], [s.id for s in shards]
-            )
-            epochs = {(r[0], r[1]): r[2] for r in rows}
-
-        def stale(fence: Fence) -> FencedOut | None:
-            current = epochs.get((fence.shard.group, fence.shard.id))
-            return None if current == fence.epoch else _stale(fence, current)
-
-        replies = [(i, op) for i, op in ops if isinstance(op, ReplyOp)]
-        if replies:
-            ids = sorted({op.reply.request_id for _, op in replies})
-            targets = {r[0]: r for r in await conn.fetch(self._targets, ids)}
-            done: set[int] = set()
-            upd_ids: list[int] = []
-            upd_payloads: list[bytes] = []
-            upd_errors: list[bool] = []
-            for i, op in replies:
-                rid = op.reply.request_id
-                row = targets.get(rid)
-                fenced = stale(op.fence)
-                if fenced is not None:
-                    out[i] = fenced
-                elif row is None:
-                    out[i] = MessageNotFound(f"no stored request has id {rid}", request_id=rid)
-                elif (row[1], row[2]) != (op.fence.shard.group, op.fence.shard.id):
-                    out[i] = _elsewhere(rid, op.fence, row[1], row[2])
-                elif row[3] or rid in done:
-                    out[i] = AlreadyProcessed(
-                        f"request {rid} has a reply already", request_id=rid
-                    )
-                else:
-                    done.add(rid)
-                    upd_ids.append(rid)
-                    upd_payloads.append(op.reply.payload)
-                    upd_errors.append(op.reply.is_error)
-            if upd_ids:
-                await conn.execute(
-                    self._complete, upd_ids, upd_payloads, upd_errors, self._clock.now()
-                )
-        for i, any_op in ops:
-            if not isinstance(any_op, StateOp):
-                continue
-            op_s = any_op
-            if op_s.fence is not None and (fenced := stale(op_s.fence)) is not None:
-                out[i] = fenced
-                continue
-            if op_s.expected_version is None:
-                version = await conn.fetchval(self._state_insert, op_s.key, op_s.value)
+                self._sql.EPOCHS, [s.group for s in shards], [s.id for s in shards])
+            epochs = {ShardId(r[0], r[1]): r[2] for r in rows}
+        for i, op in ops:
+            if op.fence is not None and epochs.get(op.fence.shard) != op.fence.epoch:
+                out[i] = fenced_out(op.fence, epochs.get(op.fence.shard))
             else:
-                version = await conn.fetchval(
-                    self._state_update, op_s.key, op_s.value, op_s.expected_version
-                )
-            out[i] = (
-                int(version)
-                if version is not None
-                else VersionConflict(
-                    f"state key {op_s.key!r} is not at version {op_s.expected_version}",
-                    key=op_s.key,
-                    expected_version=op_s.expected_version,
-                )
-            )
+                out[i] = await write_state(conn, self._sql, op)
 
 
-def _stale(fence: Fence, current: int | None) -> FencedOut:
-    return FencedOut(
-        f"shard {fence.shard} is at epoch {current}, not {fence.epoch}: "
-        "another runner owns it now",
-        shard=str(fence.shard),
-        epoch=fence.epoch,
-        current_epoch=current,
-    )
-
-
-def _elsewhere(request_id: int, fence: Fence, group: str, shard: int) -> FencedOut:
-    return FencedOut(
-        f"request {request_id} lives in shard {group}:{shard}, "
-        f"not in the fenced shard {fence.shard}",
-        shard=str(fence.shard),
-        request_id=request_id,
-    )
+async def write_state(conn: Any, sql: Statements, op: StateOp) -> int | VersionConflict:
+    """The compare-and-set of ``op`` (its fence checked already): the new version,
+    or the conflict as a value. ``conn`` is a connection or the pool."""
+    if op.expected_version is None:
+        version = await conn.fetchval(sql.CREATE_STATE, op.key, op.value)
+    else:
+        version = await conn.fetchval(sql.UPDATE_STATE, op.key, op.value, op.expected_version)
+    if version is not None:
+        return int(version)
+    current = await conn.fetchval(sql.STATE_VERSION, op.key)
+    return version_conflict(op.key, op.expected_version, current)

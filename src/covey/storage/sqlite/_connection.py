@@ -1,21 +1,31 @@
-"""The one SQLite connection of a storage instance and its transactions."""
+"""The one SQLite connection of a storage instance, and its transactions.
+
+The connection lives on one worker thread of its own, and every transaction
+runs there as **one** function: ``BEGIN IMMEDIATE``, the statements and
+``COMMIT`` make one hop from the event loop to the thread and back. With a
+hop per statement, a transaction would wait for the event loop between its
+statements, holding the file's write lock all that time; with several runners
+in one event loop, transactions would stretch and heartbeats starve.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
-
 from covey.core import ClusterError, Reason, StorageError
+from covey.storage._errors import not_started
 
 T = TypeVar("T")
 
 Params = Sequence[Any]
+#: A transaction's (or a read's) body: runs on the connection's thread.
+Work = Callable[[sqlite3.Connection], T]
 
 #: How long SQLite itself waits for another process's write lock before it
 #: reports "database is locked".
@@ -69,35 +79,75 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
-async def fetchall(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> list[Any]:
-    """Every row of a query."""
-    async with conn.execute(sql, params) as cursor:
-        return list(await cursor.fetchall())
-
-
-async def fetchone(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> Any:
-    """The first row of a query, or ``None``."""
-    async with conn.execute(sql, params) as cursor:
-        return await cursor.fetchone()
-
-
-async def execute(conn: aiosqlite.Connection, sql: str, params: Params = ()) -> int:
+def changed(conn: sqlite3.Connection, sql: str, params: Params = ()) -> int:
     """Run one statement; the number of rows it changed."""
-    async with conn.execute(sql, params) as cursor:
-        return int(cursor.rowcount)
+    return conn.execute(sql, params).rowcount
 
 
-def placeholders(values: Iterable[object]) -> str:
-    """``?, ?, ?`` for ``values``."""
-    return ", ".join("?" for _ in values)
+def in_savepoint(conn: sqlite3.Connection, work: Work[T], path: str) -> T | BaseException:
+    """Run ``work`` inside a savepoint; on failure undo just its writes.
+
+    Group commit runs many callers' writes in one transaction: one caller's
+    refused write (a fence, a version conflict) must not undo the others.
+    Returns the result, or the exception as a value.
+    """
+    conn.execute("SAVEPOINT covey_op")
+    try:
+        result = work(conn)
+    except (ClusterError, sqlite3.Error) as exc:
+        conn.execute("ROLLBACK TO covey_op")
+        conn.execute("RELEASE covey_op")
+        if isinstance(exc, sqlite3.Error):
+            if is_locked(exc):
+                raise  # the whole transaction retries
+            return storage_error(exc, path)
+        return exc
+    conn.execute("RELEASE covey_op")
+    return result
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """Open the file and set the pragmas (runs on the connection's thread).
+
+    ``journal_mode=WAL`` lets readers run while one process writes.
+    ``synchronous=NORMAL`` under WAL syncs only at checkpoints: a committed
+    transaction survives the crash of any process (the WAL file is intact in
+    the OS), only a power loss may drop the last commits. That is the failure
+    model of several processes on one host; for more, use PostgreSQL.
+    """
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, the driver must
+    # not open deferred transactions behind our back. check_same_thread=False:
+    # the connection is opened and closed by the pool's thread, not its creator.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _transaction(conn: sqlite3.Connection, work: Work[T]) -> T:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return result
 
 
 class SqliteDatabase:
-    """One connection to the database file; every statement of the instance uses it.
+    """One connection to the database file, on a thread of its own.
 
     SQLite allows one writer at a time per file, so a second connection in the
-    same process would only wait on the first. An :class:`asyncio.Lock` keeps
-    coroutines from interleaving statements inside each other's transactions.
+    same process would only wait on the first. The one thread also keeps
+    transactions from interleaving: each is one job on it, run to its end.
 
     Args:
         path: the database file; missing parent directories are created.
@@ -105,8 +155,8 @@ class SqliteDatabase:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     @property
     def is_open(self) -> bool:
@@ -114,14 +164,7 @@ class SqliteDatabase:
         return self._conn is not None
 
     async def open(self) -> None:
-        """Connect and set the pragmas.
-
-        ``journal_mode=WAL`` lets readers run while one process writes.
-        ``synchronous=NORMAL`` under WAL syncs only at checkpoints: a committed
-        transaction survives the crash of any process (the WAL file is intact in
-        the OS), only a power loss may drop the last commits. That is the failure
-        model of several processes on one host; for more, use PostgreSQL.
-        """
+        """Start the thread, connect and set the pragmas (see :func:`_connect`)."""
         if self.path != ":memory:":
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -130,39 +173,35 @@ class SqliteDatabase:
                     f"cannot create the directory of SQLite database {self.path}: {exc}",
                     location=self.path,
                 ) from exc
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="covey-sqlite")
         try:
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, the driver
-            # must not open deferred transactions behind our back.
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise storage_error(exc, self.path) from exc
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await self._retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"))
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute("PRAGMA foreign_keys = ON")
+            for attempt in range(LOCKED_ATTEMPTS):  # journal_mode=WAL needs the lock
+                try:
+                    self._conn = await self._on(thread, _connect, self.path)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not is_locked(exc) or attempt == LOCKED_ATTEMPTS - 1:
+                        raise
+                await asyncio.sleep(_BACKOFF * 2**attempt)
         except BaseException as exc:
-            await conn.close()
+            thread.shutdown(wait=False)
             if isinstance(exc, sqlite3.Error):
                 raise storage_error(exc, self.path) from exc
             raise
-        self._conn = conn
+        self._thread = thread
 
     async def close(self) -> None:
-        """Disconnect (waits for a running transaction)."""
-        async with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    await conn.close()
+        """Disconnect once the transactions queued before have run; safe twice."""
+        conn, thread = self._conn, self._thread
+        self._conn = self._thread = None
+        if conn is None or thread is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            await self._on(thread, conn.close)
+        thread.shutdown(wait=False)
 
-    def _require(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            raise StorageError(f"SQLite storage {self.path} is not started (or closed)")
-        return self._conn
-
-    async def write(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run ``fn`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
+    async def write(self, work: Work[T]) -> T:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction and commit it.
 
         IMMEDIATE takes the write lock up front, so concurrent processes queue
         on ``busy_timeout`` instead of failing when a read would upgrade to a
@@ -171,72 +210,31 @@ class SqliteDatabase:
         raised. Any other exception rolls back and propagates.
         """
         for attempt in range(LOCKED_ATTEMPTS):
-            async with self._lock:
-                conn = self._require()
-                try:
-                    await conn.execute("BEGIN IMMEDIATE")
-                    result = await fn(conn)
-                    await conn.execute("COMMIT")
-                    return result
-                except BaseException as exc:
-                    await _rollback(conn)
-                    if not isinstance(exc, sqlite3.Error):
-                        raise
-                    if not is_locked(exc) or attempt == LOCKED_ATTEMPTS - 1:
-                        raise storage_error(exc, self.path) from exc
+            try:
+                return await self._run(_transaction, work)
+            except sqlite3.Error as exc:
+                if not is_locked(exc) or attempt == LOCKED_ATTEMPTS - 1:
+                    raise storage_error(exc, self.path) from exc
             # Real time, not the storage clock: this waits for another process,
             # and a test clock that nobody advances would wait forever.
             await asyncio.sleep(_BACKOFF * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run read-only ``fn`` on the connection, between transactions."""
-        async with self._lock:
-            conn = self._require()
-            try:
-                return await fn(conn)
-            except sqlite3.Error as exc:
-                raise storage_error(exc, self.path) from exc
+    async def read(self, work: Work[T]) -> T:
+        """Run read-only ``work`` on the connection, between transactions."""
+        try:
+            return await self._run(work)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, self.path) from exc
 
-    async def _retry_locked(self, step: Callable[[], Awaitable[object]]) -> None:
-        for attempt in range(LOCKED_ATTEMPTS):
-            try:
-                await step()
-                return
-            except sqlite3.OperationalError as exc:
-                if not is_locked(exc) or attempt == LOCKED_ATTEMPTS - 1:
-                    raise
-            await asyncio.sleep(_BACKOFF * 2**attempt)
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        conn, thread = self._conn, self._thread
+        if conn is None or thread is None:
+            raise not_started(f"SQLite database {self.path}")
+        return await self._on(thread, fn, conn, *args)
 
-
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    # Unconditionally: after a cancellation the BEGIN may still be queued on the
-    # driver's thread, so ``in_transaction`` can read False too early. Statements
-    # run in order, so this ROLLBACK lands after it; "no transaction is active"
-    # is harmless.
-    with contextlib.suppress(sqlite3.Error, ValueError):
-        await conn.execute("ROLLBACK")
-
-
-async def in_savepoint(
-    conn: aiosqlite.Connection, fn: Callable[[aiosqlite.Connection], Awaitable[T]], path: str
-) -> T | BaseException:
-    """Run ``fn`` inside a savepoint; on failure undo just its writes.
-
-    Group commit runs many callers' writes in one transaction: one caller's
-    refused write (a fence, a version conflict) must not undo the others.
-    Returns the result, or the exception as a value.
-    """
-    await conn.execute("SAVEPOINT covey_op")
-    try:
-        result = await fn(conn)
-    except (ClusterError, sqlite3.Error) as exc:
-        await conn.execute("ROLLBACK TO covey_op")
-        await conn.execute("RELEASE covey_op")
-        if isinstance(exc, sqlite3.Error):
-            if is_locked(exc):
-                raise  # the whole transaction retries
-            return storage_error(exc, path)
-        return exc
-    await conn.execute("RELEASE covey_op")
-    return result
+    @staticmethod
+    async def _on(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+        # A job cancelled before it started never runs; one already running
+        # runs to its end (commit or rollback) on the thread.
+        return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import sqlite3
 
-from covey.core import Reason, StorageError, VersionConflict
-from covey.storage._model import (
-    Fence,
-    Versioned,
-    check_state_delete,
-    check_state_key,
-    check_state_write,
-)
-from covey.storage.sqlite._connection import SqliteDatabase, execute, fetchone
-from covey.storage.sqlite._runners import check_fence
+from covey.storage._checked import CheckedStateStore
+from covey.storage._errors import corrupt_state, fenced_out, version_conflict
+from covey.storage._model import Fence, Versioned
+from covey.storage.sqlite import _queries as q
+from covey.storage.sqlite._connection import SqliteDatabase, changed
+from covey.storage.sqlite._runners import current_epoch
 from covey.storage.sqlite._writer import SqliteGroupWriter
 
 
-class SqliteStateStore:
+class SqliteStateStore(CheckedStateStore):
     """:class:`covey.storage.StateStore` on SQLite.
 
     Writes go through group commit with the message writes; a fenced write
@@ -32,75 +28,40 @@ class SqliteStateStore:
         self._db = db
         self._writer = writer
 
-    async def get(self, key: str) -> Versioned | None:
-        check_state_key(key)
-
-        async def run(conn: aiosqlite.Connection) -> Versioned | None:
-            row = await fetchone(
-                conn, "SELECT value, version FROM covey_state WHERE key = ?", (key,)
-            )
+    async def _get(self, key: str) -> Versioned | None:
+        def run(conn: sqlite3.Connection) -> Versioned | None:
+            row = conn.execute(q.GET_STATE, (key,)).fetchone()
             if row is None:
                 return None
             value, version = row
             if not isinstance(value, bytes) or not isinstance(version, int):
-                raise StorageError(
-                    f"stored state {key!r} is corrupt",
-                    reason=Reason.STORAGE_CORRUPT,
-                    key=key,
-                )
+                raise corrupt_state(key, "its value is not bytes or its version not an int")
             return Versioned(value, version)
 
         return await self._db.read(run)
 
-    async def set(
-        self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
-    ) -> int:
-        check_state_write(key, value, expected_version, fence)
-
-        async def op(conn: aiosqlite.Connection) -> int:
+    async def _set(self, key: str, value: bytes, expected_version: int | None,
+                   fence: Fence | None) -> int:
+        def op(conn: sqlite3.Connection) -> int:
             if fence is not None:
-                await check_fence(conn, fence, None)
+                epoch = current_epoch(conn, fence.shard)
+                if epoch != fence.epoch:
+                    raise fenced_out(fence, epoch)
             if expected_version is None:
-                changed = await execute(
-                    conn,
-                    "INSERT INTO covey_state (key, value, version) VALUES (?, ?, 1) "
-                    "ON CONFLICT DO NOTHING",
-                    (key, value),
-                )
-                new_version = 1
+                done = changed(conn, q.CREATE_STATE, (key, value))
             else:
-                changed = await execute(
-                    conn,
-                    "UPDATE covey_state SET value = ?, version = version + 1 "
-                    "WHERE key = ? AND version = ?",
-                    (value, key, expected_version),
-                )
-                new_version = expected_version + 1
-            if not changed:
-                row = await fetchone(conn, "SELECT version FROM covey_state WHERE key = ?", (key,))
-                raise VersionConflict(
-                    f"state {key!r} is at version {None if row is None else row[0]}, "
-                    f"expected {expected_version}",
-                    key=key,
-                    expected=expected_version,
-                    actual=None if row is None else row[0],
-                )
-            return new_version
+                done = changed(conn, q.UPDATE_STATE, (value, key, expected_version))
+            if not done:
+                row = conn.execute(q.STATE_VERSION, (key,)).fetchone()
+                raise version_conflict(key, expected_version, None if row is None else row[0])
+            return (expected_version or 0) + 1
 
         return await self._writer.submit(op)
 
-    async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
-        check_state_delete(key, expected_version)
-
-        async def run(conn: aiosqlite.Connection) -> bool:
+    async def _delete(self, key: str, expected_version: int | None) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
             if expected_version is None:
-                changed = await execute(conn, "DELETE FROM covey_state WHERE key = ?", (key,))
-            else:
-                changed = await execute(
-                    conn,
-                    "DELETE FROM covey_state WHERE key = ? AND version = ?",
-                    (key, expected_version),
-                )
-            return changed > 0
+                return changed(conn, q.DELETE_STATE, (key,)) > 0
+            return changed(conn, q.DELETE_STATE_AT, (key, expected_version)) > 0
 
         return await self._db.write(run)

@@ -4,32 +4,19 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from importlib import resources
-from typing import Any, Literal
-
-import aiosqlite
+from typing import Any
 
 from covey.core import Clock, MigrationError, StorageOptions
-from covey.storage._base import StorageLifecycle, check_shards, migrations
+from covey.storage._base import InstallFrom, StorageLifecycle, check_shards, plan_migrations
 from covey.storage._model import StorageInfo
-from covey.storage.sqlite._connection import (
-    SqliteDatabase,
-    execute,
-    fetchall,
-    fetchone,
-    is_locked,
-    split_statements,
-)
+from covey.storage.sqlite import _queries as q
+from covey.storage.sqlite._connection import SqliteDatabase, is_locked, split_statements
 from covey.storage.sqlite._messages import SqliteMessageStorage
 from covey.storage.sqlite._runners import SqliteRunnerStorage
 from covey.storage.sqlite._state import SqliteStateStore
 from covey.storage.sqlite._writer import SqliteGroupWriter
 
 _PACKAGE = "covey.storage.sqlite"
-_BOOKKEEPING = (
-    "CREATE TABLE IF NOT EXISTS covey_migrations ("
-    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-)
 
 
 class SqliteStorage(StorageLifecycle):
@@ -65,7 +52,7 @@ class SqliteStorage(StorageLifecycle):
         shards: int,
         options: StorageOptions,
         clock: Clock,
-        install_from: Literal["schema", "migrations"] = "schema",
+        install_from: InstallFrom = "schema",
     ) -> None:
         self.path = path
         self._shards = shards
@@ -103,43 +90,26 @@ class SqliteStorage(StorageLifecycle):
         await self._writer.close()
         await self._db.close()
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await execute(conn, _BOOKKEEPING)
-        applied = {row[0] for row in await fetchall(conn, "SELECT version FROM covey_migrations")}
-        available = migrations(_PACKAGE)
-        if applied and max(applied) > len(available):
-            raise MigrationError(
-                f"{self.path} has schema version {max(applied)}, newer than this covey "
-                f"knows ({len(available)}); upgrade covey"
-            )
-        if not applied and self._install_from == "schema":
-            schema = resources.files(_PACKAGE).joinpath("schema.sql").read_text("utf-8")
-            await self._run_script(conn, "schema.sql", schema)
-            pending = [(version, name) for version, name, _ in available]
-        else:
-            pending = []
-            for version, name, sql in available:
-                if version not in applied:
-                    await self._run_script(conn, name, sql)
-                    pending.append((version, name))
-        for version, name in pending:
-            await execute(
-                conn,
-                "INSERT INTO covey_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, self._clock.now()),
-            )
-        row = await fetchone(conn, "SELECT value FROM covey_meta WHERE key = 'shards'")
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute(q.BOOKKEEPING)
+        (current,) = conn.execute(q.SCHEMA_VERSION).fetchone()
+        plan = plan_migrations(_PACKAGE, int(current), self._install_from,
+                               f"SQLite database {self.path}")
+        for name, script in plan.scripts:
+            self._run_script(conn, name, script)
+        now = self._clock.now()
+        conn.executemany(q.RECORD_MIGRATION, [(version, name, now)
+                                              for version, name in plan.applied])
+        row = conn.execute(q.SHARD_COUNT).fetchone()
         if row is None:
-            await execute(
-                conn, "INSERT INTO covey_meta (key, value) VALUES ('shards', ?)", (self._shards,)
-            )
+            conn.execute(q.RECORD_SHARD_COUNT, (self._shards,))
         else:
             check_shards(int(row[0]), self._shards, f"SQLite database {self.path}")
 
-    async def _run_script(self, conn: aiosqlite.Connection, name: str, sql: str) -> None:
+    def _run_script(self, conn: sqlite3.Connection, name: str, sql: str) -> None:
         for statement in split_statements(sql):
             try:
-                await execute(conn, statement)
+                conn.execute(statement)
             except sqlite3.Error as exc:
                 if is_locked(exc):
                     raise  # the whole start transaction retries
@@ -150,22 +120,19 @@ class SqliteStorage(StorageLifecycle):
     async def info(self) -> StorageInfo:
         """A summary for humans: schema version, shard count, runners, messages."""
 
-        async def run(conn: aiosqlite.Connection) -> StorageInfo:
-            version = await fetchone(conn, "SELECT COALESCE(MAX(version), 0) FROM covey_migrations")
-            shards = await fetchone(conn, "SELECT value FROM covey_meta WHERE key = 'shards'")
-            runners = await fetchone(conn, "SELECT COUNT(*) FROM covey_runners")
-            counts = await fetchone(
-                conn,
-                "SELECT COUNT(*), COALESCE(SUM(processed = 0), 0) FROM covey_messages",
-            )
+        def run(conn: sqlite3.Connection) -> StorageInfo:
+            (version,) = conn.execute(q.SCHEMA_VERSION).fetchone()
+            shards = conn.execute(q.SHARD_COUNT).fetchone()
+            (runners,) = conn.execute(q.COUNT_RUNNERS).fetchone()
+            total, unprocessed = conn.execute(q.COUNT_MESSAGES).fetchone()
             return StorageInfo(
                 backend=self.backend,
                 location=self.path,
-                schema_version=int(version[0]),
+                schema_version=int(version),
                 shards=int(shards[0]) if shards else self._shards,
-                runners=int(runners[0]),
-                messages_total=int(counts[0]),
-                messages_unprocessed=int(counts[1]),
+                runners=int(runners),
+                messages_total=int(total),
+                messages_unprocessed=int(unprocessed),
             )
 
         return await self._db.read(run)
@@ -183,36 +150,32 @@ def _normalize(sql: str | None) -> str:
     return re.sub(r"\s+", " ", (sql or "").strip().lower())
 
 
-async def _fingerprint(conn: aiosqlite.Connection) -> str:
+def _fingerprint(conn: sqlite3.Connection) -> str:
     lines: list[str] = []
-    tables = await fetchall(
-        conn,
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-    )
-    for (table,) in tables:
+    for (table,) in conn.execute(q.TABLES).fetchall():
         lines.append(f"table {table}")
-        for _, column, type_, notnull, default, pk in await fetchall(
-            conn, f"PRAGMA table_info('{table}')"
+        for _, column, type_, notnull, default, pk in conn.execute(
+            q.TABLE_INFO.format(table=table)
         ):
             lines.append(
                 f"column {table}.{column} {type_.upper()} notnull={notnull} "
                 f"default={_normalize(default)} pk={pk}"
             )
-        for fk in await fetchall(conn, f"PRAGMA foreign_key_list('{table}')"):
+        for fk in conn.execute(q.FOREIGN_KEYS.format(table=table)):
             lines.append(f"foreign key {table} {tuple(fk[2:])}")
-        for index in await fetchall(conn, f"PRAGMA index_list('{table}')"):
-            lines.append(await _index(conn, table, index))
+        for index in conn.execute(q.INDEXES.format(table=table)).fetchall():
+            lines.append(_index(conn, table, index))
     return "\n".join(sorted(lines))
 
 
-async def _index(conn: aiosqlite.Connection, table: str, index: Any) -> str:
+def _index(conn: sqlite3.Connection, table: str, index: Any) -> str:
     _, name, unique, origin, partial = index
     keys = [
         f"{column}{' desc' if desc else ''}"
-        for _, _, column, desc, _, key in await fetchall(conn, f"PRAGMA index_xinfo('{name}')")
+        for _, _, column, desc, _, key in conn.execute(q.INDEX_COLUMNS.format(index=name))
         if key
     ]
-    row = await fetchone(conn, "SELECT sql FROM sqlite_master WHERE name = ?", (name,))
+    row = conn.execute(q.OBJECT_SQL, (name,)).fetchone()
     sql = _normalize(row[0] if row else None)
     where = sql.split(" where ", 1)[1] if partial and " where " in sql else ""
     # autoindexes are numbered by SQLite; name them by what they index instead

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import sqlite3
+from collections.abc import Sequence
 from typing import TypeVar, cast
 
-import aiosqlite
-
 from covey.core import Reason, StorageError, StorageOptions
+from covey.storage._errors import not_started
 from covey.storage._group_commit import GroupCommit
-from covey.storage.sqlite._connection import SqliteDatabase, in_savepoint
+from covey.storage.sqlite._connection import SqliteDatabase, Work, in_savepoint
 
 T = TypeVar("T")
 
 #: One caller's write: statements run inside the shared transaction.
-WriteOp = Callable[[aiosqlite.Connection], Awaitable[object]]
+WriteOp = Work[object]
 
 
 def _is_fatal(exc: BaseException) -> bool:
@@ -28,7 +28,8 @@ class SqliteGroupWriter:
 
     One flusher: the instance has one connection, so a second batch in flight
     would only wait for the first. Each op runs in its own savepoint, so one
-    refused op (fenced, conflicting) fails alone while the batch commits.
+    refused op (fenced, conflicting) fails alone while the batch commits. The
+    whole batch is one job on the connection's thread.
     """
 
     def __init__(self, db: SqliteDatabase, options: StorageOptions) -> None:
@@ -53,14 +54,16 @@ class SqliteGroupWriter:
         if batcher is not None:
             await batcher.close()
 
-    async def submit(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def submit(self, op: Work[T]) -> T:
         """Run ``op`` in the next batch; its result or its exception."""
         if self._batcher is None:
-            raise StorageError(f"SQLite storage {self._db.path} is not started (or closed)")
+            raise not_started(f"SQLite database {self._db.path}")
         return cast(T, await self._batcher.submit(op))
 
     async def _flush(self, ops: Sequence[WriteOp]) -> list[object | BaseException]:
-        async def run(conn: aiosqlite.Connection) -> list[object | BaseException]:
-            return [await in_savepoint(conn, op, self._db.path) for op in ops]
+        path = self._db.path
+
+        def run(conn: sqlite3.Connection) -> list[object | BaseException]:
+            return [in_savepoint(conn, op, path) for op in ops]
 
         return await self._db.write(run)
