@@ -56,7 +56,7 @@ import asyncpg
 
 from covey.core import CoveyConfig, StorageOptions
 from covey.jobs._definition import JOB_ENTITY
-from covey.sharding._retention import purge_processed
+from covey.sharding.runtime import purge_processed
 from covey.storage import open_storage
 
 from . import jobs_latency

@@ -1,6 +1,6 @@
 """The runner-to-runner transport alone, between two processes (no database).
 
-An echo :class:`~covey.sharding._tcp_transport.TcpTransport` runs in a child
+An echo :class:`~covey.sharding.TcpTransport` runs in a child
 process; this process is a client-only caller sending a small request body (the
 size of a volatile entity call) over the one shared connection.
 
@@ -19,7 +19,7 @@ from typing import Any
 import msgpack
 
 from covey.core import RunnerAddress, TransportOptions
-from covey.sharding._tcp_transport import TcpTransport
+from covey.sharding import TcpTransport
 
 from ._runners import log, percentile
 
@@ -31,7 +31,7 @@ CONCURRENCY = 64
 _SERVER = r"""
 import asyncio, sys
 from covey.core import TransportOptions
-from covey.sharding._tcp_transport import TcpTransport
+from covey.sharding import TcpTransport
 
 async def main():
     async def on_request(caller, body):

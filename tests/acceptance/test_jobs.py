@@ -275,14 +275,15 @@ async def test_transactional_submit(  # type: ignore[no-untyped-def]
 
         async def rolled_back() -> None:
             async with conn.transaction():
-                submitted.append(await defs["effect"].submit(Work(key="rolled-back"), conn=conn))
+                submitted.append(
+                    await defs["effect"].submit(Work(key="rolled-back"), transaction=conn))
                 raise Rollback
 
         with pytest.raises(Rollback):
             await rolled_back()
         dropped = submitted[0]
         async with conn.transaction():
-            kept = await defs["effect"].submit(Work(key="committed"), conn=conn)
+            kept = await defs["effect"].submit(Work(key="committed"), transaction=conn)
     finally:
         await conn.close()
     assert await kept.result(timeout=10) == "committed"

@@ -29,7 +29,7 @@ from covey.core import (
     StorageError,
     SystemClock,
 )
-from covey.sharding import Sharding
+from covey.sharding.runtime import Sharding
 from covey.storage import Storage, open_storage
 
 

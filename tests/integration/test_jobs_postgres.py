@@ -71,13 +71,16 @@ async def test_a_repeated_dedupe_key_inside_a_transaction_gives_the_first_job(
     conn = await asyncpg.connect(pg_url)
     try:
         async with conn.transaction():
-            first = await runner.send.submit(Mail(to="a@x"), dedupe_key="welcome:1", conn=conn)
-            same_tx = await runner.send.submit(Mail(to="a@x"), dedupe_key="welcome:1", conn=conn)
+            first = await runner.send.submit(Mail(to="a@x"), dedupe_key="welcome:1",
+                                             transaction=conn)
+            same_tx = await runner.send.submit(Mail(to="a@x"), dedupe_key="welcome:1",
+                                               transaction=conn)
         async with conn.transaction():
-            later_tx = await runner.send.submit(Mail(to="a@x"), dedupe_key="welcome:1", conn=conn)
+            later_tx = await runner.send.submit(Mail(to="a@x"), dedupe_key="welcome:1",
+                                                transaction=conn)
             by_name = await jobs.submit("mail.send", {"to": "a@x"}, dedupe_key="welcome:1",
-                                        conn=conn)
-            batch = await jobs.submit("mail.send", [{"to": "b@x"}, {"to": "c@x"}], conn=conn)
+                                        transaction=conn)
+            batch = await jobs.submit("mail.send", [{"to": "b@x"}, {"to": "c@x"}], transaction=conn)
     finally:
         await conn.close()
     assert not first.duplicate
@@ -119,7 +122,7 @@ async def test_a_bad_delay_inside_a_transaction_is_refused_and_nothing_is_stored
     try:
         async with conn.transaction():
             with pytest.raises(ClusterError) as info:
-                await runner.send.submit(Mail(to="x"), delay=float("nan"), conn=conn)
+                await runner.send.submit(Mail(to="x"), delay=float("nan"), transaction=conn)
             assert info.value.reason is Reason.INVALID_ARGUMENT
             assert info.value.details["field"] == "delay"
     finally:

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from covey.core import Reason, RunnerAddress, TestClock, TransportError, TransportOptions
-from covey.sharding._frames import FrameDecoder
-from covey.sharding._tcp_transport import TcpTransport
+from covey.sharding import TcpTransport
+from covey.sharding.transport._frames import FrameDecoder
 
 SECRET = "s3cret"
 # A short handshake bound: cases that leave a frame incomplete end quickly.
@@ -675,7 +675,7 @@ async def test_suppressed_refusals_are_summarised_with_their_count(
 
 async def test_a_summary_comes_on_its_own_after_the_window() -> None:
     """With no further refusal, the held-back count is still logged after the window."""
-    from covey.sharding._rejections import RejectionLog
+    from covey.sharding.transport._rejections import RejectionLog
 
     logged: list[str] = []
 

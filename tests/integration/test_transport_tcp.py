@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import socket
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -19,11 +20,12 @@ from covey.core import (
     Reason,
     RunnerAddress,
     SerializationError,
+    TaskSet,
     TransportError,
     TransportOptions,
 )
-from covey.sharding._frames import FrameDecoder
-from covey.sharding._tcp_transport import TcpTransport
+from covey.sharding import TcpTransport
+from covey.sharding.transport._frames import FrameDecoder
 
 SECRET = "s3cret"
 OPTIONS = TransportOptions(connect_timeout=5.0)
@@ -376,7 +378,7 @@ async def test_server_closed_mid_request_fails_pending_promptly(
 _CHILD = r"""
 import asyncio, sys
 from covey.core import TransportOptions
-from covey.sharding._tcp_transport import TcpTransport
+from covey.sharding import TcpTransport
 
 async def main():
     async def on_request(caller, body):
@@ -581,3 +583,39 @@ async def test_tls_round_trip_and_untrusted_client(tmp_path: Path) -> None:
         await good.close()
         await rogue.close()
         await srv.close()
+
+
+# ---- owned tasks ----------------------------------------------------------------
+
+async def test_a_failed_connect_is_the_callers_error_not_a_crash(client: TcpTransport) -> None:
+    crashes: list[BaseException] = []
+    client.use_tasks(TaskSet("covey-transport", on_crash=crashes.append))
+    with socket.socket() as unused:  # a port nobody listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(TransportError) as info:
+        await client.request(RunnerAddress("127.0.0.1", port), {}, timeout=5.0)
+    assert info.value.reason is Reason.PEER_UNAVAILABLE
+    await asyncio.sleep(0)  # the connect task's end is reported after the callers'
+    assert crashes == []
+
+
+async def test_handlers_run_in_the_given_task_set_and_close_leaves_none(
+    client: TcpTransport,
+) -> None:
+    server = TcpTransport("127.0.0.1", 0, secret=SECRET, options=OPTIONS)
+    handlers = Handlers()
+    tasks = TaskSet("covey-transport")
+    server.use_tasks(tasks)
+    await server.start(handlers.on_request, handlers.on_notify)
+    try:
+        call = asyncio.ensure_future(client.request(addr(server), {"wait": 1}, timeout=5.0))
+        await wait_until(lambda: len(handlers.callers) == 1)
+        assert len(tasks) == 1  # the handler, blocked on its gate
+        handler = next(iter(tasks.tasks))
+    finally:
+        await server.close()
+    assert len(tasks) == 0 and handler.cancelled()
+    with pytest.raises(TransportError) as info:
+        await call
+    assert info.value.reason is Reason.PEER_UNAVAILABLE

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections import Counter
 
 from covey.core import RunnerAddress, ShardId
-from covey.sharding._assignment import assign, shards_of
+from covey.sharding.runtime import assign, shards_of
 from covey.storage import RunnerInfo
 
 

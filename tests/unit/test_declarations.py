@@ -20,7 +20,7 @@ import pytest
 
 import covey
 from covey.core import ClusterError, CoveyConfig, Reason, TestClock
-from covey.singletons import CronSpec, SingletonSpec
+from covey.singletons.runtime import CronSpec, SingletonSpec
 from covey.testing import TestCluster
 
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from covey.core import ClusterError, Reason, ShardId
-from covey.sharding._delivery import DeliveryRegistry
-from covey.sharding._envelope import Envelope, Reschedule
+from covey.sharding.runtime import DeliveryRegistry, Envelope, Reschedule
 from covey.storage import Reply
 
 

@@ -25,9 +25,11 @@ from covey.core import (
     Reason,
     RunnerAddress,
     SerializationError,
+    TaskSet,
     TestClock,
 )
-from covey.sharding import Envelope, LocalNetwork, LocalTransport, Messenger, Sharding
+from covey.sharding import LocalNetwork, LocalTransport
+from covey.sharding.runtime import DeliveryRegistry, Envelope, Messenger, Sharding
 from covey.storage import Message, Storage
 from covey.storage.memory import InMemoryStorage
 from covey.testing import TestCluster
@@ -272,13 +274,15 @@ class _Spinning(Exception):
     pass
 
 
-async def _timer_messenger(clock: TestClock) -> tuple[Messenger, list[float]]:
+async def _timer_messenger(
+    clock: TestClock, tasks: TaskSet
+) -> tuple[Messenger, list[float]]:
     config = CoveyConfig(database_url="memory://", shards=4)
     storage = InMemoryStorage(shards=4, options=config.storage, clock=clock)
     address = RunnerAddress("r", 1)
     sharding = Sharding(config, storage, clock, address=address)
     messenger = Messenger(config, storage, LocalTransport(LocalNetwork(), address),
-                          sharding, clock)
+                          sharding, clock, deliveries=DeliveryRegistry(), tasks=tasks)
     pokes: list[float] = []
 
     def poke() -> None:
@@ -286,25 +290,22 @@ async def _timer_messenger(clock: TestClock) -> tuple[Messenger, list[float]]:
         if len(pokes) > 1000:  # a loop that never awaits: stop it instead of hanging
             raise _Spinning
 
-    messenger.poke = poke  # type: ignore[method-assign]
+    messenger._reader.poke = poke  # type: ignore[method-assign]  # the timers' target
     return messenger, pokes
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 async def test_a_delivery_timer_that_is_not_a_finite_time_never_spins(bad: float) -> None:
     clock = TestClock()
-    messenger, pokes = await _timer_messenger(clock)
-
-    async def run() -> None:
-        async with asyncio.TaskGroup() as tasks:
-            messenger.start(tasks)
-
-    loops = asyncio.ensure_future(run())
+    crashes: list[BaseException] = []
+    tasks = TaskSet("messenger", on_crash=crashes.append)
+    messenger, pokes = await _timer_messenger(clock, tasks)
+    messenger.start()
     try:
         messenger.schedule(bad)  # as from Messenger.schedule or a corrupt next_due
         for _ in range(50):
             await asyncio.sleep(0)
-        assert not loops.done(), loops.exception()
+        assert crashes == [] and len(tasks) == 2
         assert pokes == []  # asleep: neither spinning nor reading storage for it
         # the timer still works for a real time
         messenger.schedule(clock.now() + 5)
@@ -313,9 +314,8 @@ async def test_a_delivery_timer_that_is_not_a_finite_time_never_spins(bad: float
             await asyncio.sleep(0)
         assert 0 < len(pokes) < 5
     finally:
-        loops.cancel()
-        with pytest.raises((asyncio.CancelledError, _Spinning, ExceptionGroup)):
-            await loops
+        await messenger.close()
+    assert crashes == [] and len(tasks) == 0
 
 
 def test_an_envelope_with_a_time_that_is_not_finite_is_malformed() -> None:

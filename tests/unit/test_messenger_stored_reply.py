@@ -13,9 +13,10 @@ import asyncio
 import random
 
 from covey.core import CoveyConfig, RunnerAddress, SystemClock, TestClock
-from covey.sharding import LocalTransport, Sharding
+from covey.sharding import LocalTransport
 from covey.sharding._reply_watch import push_or_stored
-from covey.sharding._transport import Body, timed_out
+from covey.sharding.runtime import Sharding
+from covey.sharding.transport._protocol import Body, timed_out
 from covey.storage import Reply
 from covey.storage.memory import InMemoryStorage
 from covey.testing import TestCluster

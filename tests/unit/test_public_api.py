@@ -1,47 +1,154 @@
-"""Freezes the public surface: changing it must be a deliberate edit here."""
+"""Freezes the public surface: changing it must be a deliberate edit here.
+
+Every subpackage of covey, and every ``runtime`` module (what the assembly
+wires, not for applications), has its ``__all__`` written down below; a new
+subpackage or runtime module fails the test until it is added.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
 import covey
-import covey.core
-import covey.storage
 from covey.core import ClusterError, Reason
 
-EXPECTED_TOP = [
-    "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "CronTick",
-    "Entity", "EntityAddress", "EntityContext", "EntityError", "JobContext", "JobError",
-    "JobHandle", "JobStatus", "Reason", "RequestContext", "Retry", "RunnerAddress",
-    "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator", "StorageError",
-    "StorageOptions", "TransportError", "__version__", "current_context", "exponential",
-    "open_storage", "rpc", "use_context",
-]
+EXPECTED: dict[str, list[str]] = {
+    "covey": [
+        "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "CronTick",
+        "Entity", "EntityAddress", "EntityContext", "EntityError", "JobContext", "JobError",
+        "JobHandle", "JobStatus", "Reason", "RequestContext", "Retry", "RunnerAddress",
+        "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator",
+        "StorageError", "StorageOptions", "TransportError", "__version__", "current_context",
+        "exponential", "open_storage", "rpc", "use_context",
+    ],
+    "covey.cli": ["info_table", "main"],
+    "covey.cluster": ["Cluster"],
+    "covey.context": [
+        "DEFAULT_EXEMPT_PATHS", "MAX_HEADER_BYTES", "RequestContextMiddleware", "header",
+        "tenant_from_header", "trace_parent",
+    ],
+    "covey.core": [
+        "AlreadyProcessed", "Clock", "ClusterError", "ClusterPlacement", "Codec", "ConfigError",
+        "CoveyConfig", "DEFAULT_DATABASE_URL", "DEFAULT_GROUP", "EPOCH_MS", "EntityAddress",
+        "EntityError", "FencedOut", "JobError", "JsonCodec", "MAX_ENTITY_ID_BYTES",
+        "MAX_HEADERS", "MAX_HEADER_VALUE_BYTES", "MAX_KEY_BYTES", "MAX_MACHINE_ID",
+        "MAX_NAME_BYTES", "MessageNotFound", "MigrationError", "MsgpackCodec",
+        "REQUEST_HEADER", "Reason", "RequestContext", "RunnerAddress", "SerializationError",
+        "ShardCountMismatch", "ShardId", "ShardingOptions", "SnowflakeGenerator",
+        "SnowflakeParts", "StorageError", "StorageOptions", "SystemClock", "TENANT_HEADER",
+        "TRACEPARENT_HEADER", "TaskSet", "TestClock", "TransportError", "TransportOptions",
+        "USER_HEADER", "VersionConflict", "being_cancelled", "check_seconds", "check_text",
+        "codec_for", "current_context", "invalid_argument", "parse_snowflake", "shard_for",
+        "sleep_or_wake", "stable_hash", "to_plain", "use_context", "validate",
+        "validate_value",
+    ],
+    "covey.entities": ["Entity", "EntityContext", "EntityOptions", "rpc"],
+    "covey.entities.runtime": ["EntityClient", "EntityRuntime", "RpcSpec", "add_entity_type"],
+    "covey.jobs": [
+        "Backoff", "JobContext", "JobDefinition", "JobHandle", "JobStatus", "Jobs",
+        "PriorityName", "Retry", "exponential",
+    ],
+    "covey.jobs.runtime": [
+        "JOBS_METRICS", "JOB_ENTITY", "JobHost", "JobRunner", "JobSpec", "PrioritySemaphore",
+        "RunnerJobHost", "job_spec", "priority_value", "progress_key", "sample_job_metrics",
+    ],
+    "covey.sharding": [
+        "Deliverer", "DeliveryRegistry", "Envelope", "LocalNetwork", "LocalTransport",
+        "Messenger", "Reschedule", "RunnerTransport", "ShardListener", "Sharding",
+        "TcpTransport", "assign", "error_for", "error_payload", "raise_error_reply",
+        "shards_of",
+    ],
+    "covey.sharding.runtime": [
+        "Body", "Deliverer", "DeliveryRegistry", "Envelope", "LocalNetwork", "LocalTransport",
+        "Messenger", "NotifyHandler", "RETENTION_KEY", "RequestHandler", "Reschedule",
+        "RetentionPurger", "RunnerTransport", "ShardListener", "Sharding", "TcpTransport",
+        "assign", "check_size", "error_for", "error_payload", "purge_processed",
+        "raise_error_reply", "shards_of",
+    ],
+    "covey.sharding.transport": [
+        "Body", "LocalNetwork", "LocalTransport", "NotifyHandler", "PeerLostCallback",
+        "RequestHandler", "RunnerTransport", "TcpTransport",
+    ],
+    "covey.singletons": ["CronTick", "SingletonContext", "SingletonHealth"],
+    "covey.singletons.runtime": [
+        "CRON_ENTITY", "CronFn", "CronManager", "CronSpec", "SingletonFn", "SingletonManager",
+        "SingletonSpec", "cron_spec",
+    ],
+    "covey.storage": [
+        "Duplicate", "Fence", "GroupCommit", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
+        "MessageStorage", "Reply", "RunnerInfo", "RunnerStorage", "SaveResult", "Saved",
+        "StateStore", "Storage", "StorageInfo", "TransactionalMessages", "Versioned",
+        "WakeupSource", "dedupe_key", "open_storage",
+    ],
+    "covey.storage.memory": [
+        "InMemoryMessageStorage", "InMemoryRunnerStorage", "InMemoryStateStore",
+        "InMemoryStorage",
+    ],
+    "covey.storage.postgres": ["PostgresStorage"],
+    "covey.storage.sqlite": ["SqliteStorage"],
+    "covey.testing": ["TestCluster"],
+}
 
-EXPECTED_STORAGE = [
-    "Duplicate", "Fence", "GroupCommit", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
-    "MessageStorage",
-    "Reply", "RunnerInfo", "RunnerStorage", "SaveResult", "Saved", "StateStore",
-    "Storage", "StorageInfo", "TransactionalMessages", "Versioned", "WakeupSource",
-    "dedupe_key", "open_storage",
-]
+
+def _frozen_modules() -> list[str]:
+    """Every package of covey and every ``runtime`` module, by name."""
+    found = ["covey"]
+    for info in pkgutil.walk_packages(covey.__path__, "covey."):
+        if info.ispkg or info.name.rsplit(".", 1)[-1] == "runtime":
+            found.append(info.name)
+    return sorted(found)
 
 
-def test_top_level_exports() -> None:
-    assert covey.__all__ == EXPECTED_TOP
-    assert all(hasattr(covey, name) for name in covey.__all__)
+def test_every_subpackage_and_runtime_module_is_frozen() -> None:
+    assert _frozen_modules() == sorted(EXPECTED)
 
 
-def test_storage_exports() -> None:
-    assert covey.storage.__all__ == EXPECTED_STORAGE
-    assert all(hasattr(covey.storage, name) for name in covey.storage.__all__)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_exports_are_frozen(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__all__ == EXPECTED[name]
+    assert all(hasattr(module, export) for export in module.__all__)
 
 
-def test_export_lists_are_sorted() -> None:
-    for module in (covey, covey.core, covey.storage):
-        names = [n for n in module.__all__ if not n.startswith("__")]
-        assert names == sorted(names), module.__name__
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_export_lists_are_sorted(name: str) -> None:
+    names = [n for n in importlib.import_module(name).__all__ if not n.startswith("__")]
+    assert names == sorted(names)
+
+
+def _imported_modules(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("package", ["cluster", "testing", "cli"])
+def test_the_assembly_imports_no_private_module_of_another_package(package: str) -> None:
+    # covey.cluster builds runners from the runtime modules; a private module of
+    # another package is that package's business and may change at any time
+    root = Path(covey.__file__).parent / package
+    private = sorted(
+        f"{path.name}: {module}"
+        for path in root.glob("*.py")
+        for module in _imported_modules(path)
+        if module.startswith("covey.") and not module.startswith(f"covey.{package}")
+        and any(part.startswith("_") for part in module.split("."))
+    )
+    assert private == []
 
 
 def test_every_error_is_a_cluster_error_with_its_own_reason() -> None:
+    import covey.core
+
     classes = [getattr(covey.core, n) for n in covey.core.__all__]
     errors = [c for c in classes if isinstance(c, type) and issubclass(c, Exception)]
     assert len(errors) >= 10

@@ -12,11 +12,17 @@ from covey.core import (
     Reason,
     RunnerAddress,
     SerializationError,
+    TaskSet,
     TransportError,
     TransportOptions,
 )
-from covey.sharding._frames import FrameDecoder, FrameEncoder, FrameError, IncomingFrameTooLarge
-from covey.sharding._local_transport import LocalNetwork, LocalTransport
+from covey.sharding import LocalNetwork, LocalTransport
+from covey.sharding.transport._frames import (
+    FrameDecoder,
+    FrameEncoder,
+    FrameError,
+    IncomingFrameTooLarge,
+)
 
 A = RunnerAddress("local", 1)
 B = RunnerAddress("local", 2)
@@ -310,3 +316,29 @@ def test_frame_decoder_refuses_oversized_header_and_garbage() -> None:
         FrameDecoder(1000).feed(b"\x00\x00\x00\x02\xc1\xc1")  # 0xc1 is never valid
     with pytest.raises(FrameError):
         FrameDecoder(1000).feed(b"\x00\x00\x00\x01\x05")  # an int, not a map
+
+
+# ---- owned tasks ----------------------------------------------------------------
+
+async def test_handlers_run_in_the_given_task_set_and_close_leaves_none(pair: Any) -> None:
+    _, a, b, _, rb = pair
+    crashes: list[BaseException] = []
+    tasks = TaskSet("covey-transport", on_crash=crashes.append)
+    b.use_tasks(tasks)
+    call = asyncio.ensure_future(a.request(B, {"wait": 1}, timeout=5.0))
+    await wait_for(lambda: len(tasks) == 1 and rb.started == 1)  # the handler, blocked
+    handler = next(iter(tasks.tasks))
+    await b.close()
+    assert len(tasks) == 0 and handler.cancelled()
+    with pytest.raises(TransportError) as info:
+        await call
+    assert info.value.reason is Reason.PEER_UNAVAILABLE
+    assert crashes == []
+
+
+async def test_a_transport_still_answers_after_its_owner_closed_the_set(pair: Any) -> None:
+    _, a, b, _, _ = pair
+    tasks = TaskSet("covey-transport")
+    b.use_tasks(tasks)
+    await tasks.close()  # the runner stops its tasks before it closes the transport
+    assert await a.request(B, {"x": 1}, timeout=5.0) == {"echo": {"x": 1}, "n": 1}

@@ -3,23 +3,23 @@
 ``async with cluster:`` joins the cluster (storage, transport, membership, shard
 ownership, delivery, reaper) and leaves it gracefully on exit: deregister first,
 refuse new work with a retryable "not here", let in-flight handlers finish within
-the grace period, release the shards.
+the grace period, release the shards. The facade declares, calls and runs the
+lifecycle; the parts of a started member are built in one place
+(:class:`~covey.cluster._assembly.Runner`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import datetime as dt
-import inspect
 import logging
 import signal
-import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Self, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
+from covey.cluster._assembly import Runner
+from covey.cluster._declaring import Declaring
 from covey.core import (
     Clock,
     ClusterError,
@@ -28,42 +28,18 @@ from covey.core import (
     MsgpackCodec,
     Reason,
     RunnerAddress,
-    ShardId,
     SystemClock,
-    check_seconds,
     shard_for,
 )
-from covey.entities import Entity, EntityClient, EntityRuntime
-from covey.jobs import JobDefinition, JobRunner, Jobs, JobSpec, Retry, priority_value
-from covey.jobs._definition import (
-    JOB_ENTITY,
-    PriorityName,
-    check_job_name,
-    invalid,
-)
-from covey.jobs._jobs import progress_key
-from covey.jobs._metrics import JOBS_METRICS, sample_job_metrics
-from covey.sharding import (
-    Envelope,
-    Messenger,
-    Reschedule,
-    RunnerTransport,
-    Sharding,
-    TcpTransport,
-    raise_error_reply,
-)
-from covey.sharding._retention import RetentionPurger
-from covey.singletons import (
-    CronManager,
-    CronSpec,
-    SingletonContext,
-    SingletonHealth,
-    SingletonManager,
-    SingletonSpec,
-)
-from covey.singletons._cron import CronFn, cron_spec
-from covey.singletons._singleton import SingletonFn
-from covey.storage import Message, Reply, Storage, WakeupSource, open_storage
+from covey.entities import Entity
+from covey.entities.runtime import EntityClient, EntityRuntime
+from covey.jobs import Jobs
+from covey.jobs.runtime import JobRunner
+from covey.sharding import RunnerTransport, TcpTransport
+from covey.sharding.runtime import Envelope, Messenger, Sharding, raise_error_reply
+from covey.singletons import SingletonHealth
+from covey.singletons.runtime import CronManager, SingletonManager
+from covey.storage import Message, Storage, open_storage
 
 log = logging.getLogger("covey.cluster")
 
@@ -71,7 +47,7 @@ log = logging.getLogger("covey.cluster")
 E = TypeVar("E", bound=Entity)
 
 
-class Cluster:
+class Cluster(Declaring):
     """One process's membership in a covey cluster.
 
     Args:
@@ -95,6 +71,7 @@ class Cluster:
         transport: RunnerTransport | None = None,
         clock: Clock | None = None,
     ) -> None:
+        super().__init__()
         self.config = config or CoveyConfig.from_env()
         self.client_only = client_only
         self._groups = groups
@@ -105,18 +82,9 @@ class Cluster:
             self.config.runner_host, self.config.runner_port,
             secret=self.config.cluster_secret, options=self.config.transport,
         )
-        self.runtime = EntityRuntime(self._clock, None)
-        self.runtime.grace = self.config.sharding.shutdown_grace
-        self._sharding: Sharding | None = None
-        self._messenger: Messenger | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._singleton_specs: list[SingletonSpec] = []
-        self._singletons: SingletonManager | None = None
-        self._cron_specs: list[CronSpec] = []
-        self._job_specs: list[JobSpec] = []
-        self._jobs: Jobs | None = None
-        self.job_runner: JobRunner | None = None
-        self.crons: CronManager | None = None
+        self._runner: Runner | None = None  # kept after stop, for inspection
+        self._serving = False  # started, and neither stopped nor aborted
+        self._crashed: BaseException | None = None
         self._stop = asyncio.Event()
         self._started = False
 
@@ -125,151 +93,14 @@ class Cluster:
         """A cluster configured from ``COVEY_*`` variables."""
         return cls(CoveyConfig.from_env(), **kwargs)
 
-    # ---- declaring -------------------------------------------------------
-
-    def register(self, *entity_types: type[Entity]) -> None:
-        """Host these entity types on this runner (every runner registers the same)."""
-        for entity_type in entity_types:
-            self.runtime.register(entity_type)
-
-    def singleton(
-        self, name: str, *, state: type[Any] | None = None,
-        expected_interval: float | None = None, shard_group: str = "default",
-    ) -> Callable[[SingletonFn], SingletonFn]:
-        """Declare a singleton: ``async def fn(ctx: covey.SingletonContext) -> None``.
-
-        Args:
-            name: unique in the cluster; decides which shard (and so runner) hosts it.
-            state: a type (e.g. a pydantic model) for ``ctx.state``; saved with
-                ``await ctx.save_state()`` and handed to the next owner.
-            expected_interval: seconds between ``ctx.beat()`` calls; a singleton
-                silent for twice this long is reported unhealthy.
-
-        Raises:
-            ClusterError: ``invalid_argument`` naming the option
-                (``details["field"]``) for a name that is empty, not a ``str``,
-                longer than 255 UTF-8 bytes, holds NUL or a lone surrogate, or is
-                declared twice; an ``expected_interval`` that is not a finite
-                number of seconds > 0; a bad shard group or state type.
-        """
-        # checked now, not at start: a bad spec there would stop the whole cluster
-        probe = SingletonSpec(name, _no_fn, state, expected_interval, shard_group)
-
-        def declare(fn: SingletonFn) -> SingletonFn:
-            spec = dataclasses.replace(probe, fn=fn)  # checked again
-            if any(s.name == name for s in self._singleton_specs):
-                raise invalid("name", f"singleton {name!r} is declared twice")
-            self._singleton_specs.append(spec)
-            return fn
-
-        return declare
-
-    def cron(
-        self, expression: str, *, name: str | None = None, tz: str = "UTC",
-        skip_if_older_than: dt.timedelta | float = dt.timedelta(days=1),
-        from_previous: bool = False,
-    ) -> Callable[[CronFn], CronFn]:
-        """Declare a cron: ``async def fn(tick: covey.CronTick) -> None``, once per tick.
-
-        Args:
-            expression: 5 fields (minute resolution) or 6 with seconds first
-                (``"*/5 * * * * *"``: every 5 seconds).
-            name: unique in the cluster (default: the function's name).
-            tz: IANA time zone the expression is read in.
-            skip_if_older_than: a tick that comes due later than this (all runners
-                were down) is skipped and counted, never run in a burst; seconds
-                > 0 or a ``timedelta``, ``math.inf`` to never skip.
-            from_previous: after downtime, continue from the last scheduled tick
-                (catching up on ticks younger than ``skip_if_older_than``) instead of
-                from now.
-
-        Raises:
-            ClusterError: ``invalid_argument`` naming the option
-                (``details["field"]``) for an expression croniter refuses or that
-                never fires, an unknown time zone, a ``skip_if_older_than`` that is
-                not seconds > 0, and a name that is empty, not a ``str``, longer
-                than 255 UTF-8 bytes, holds NUL or a lone surrogate, or is
-                declared twice.
-        """
-        # checked now, not at start: a bad spec there would stop the whole cluster
-        probe = cron_spec("_" if name is None else name, expression, _no_fn, tz=tz,
-                          skip_if_older_than=skip_if_older_than, from_previous=from_previous)
-
-        def declare(fn: CronFn) -> CronFn:
-            cron_name = getattr(fn, "__name__", "") if name is None else name
-            spec = dataclasses.replace(probe, name=cron_name, fn=fn)  # checked again
-            if any(s.name == cron_name for s in self._cron_specs):
-                raise invalid("name", f"cron {cron_name!r} is declared twice")
-            self._cron_specs.append(spec)
-            return fn
-
-        return declare
-
-    def job(
-        self, name: str, *, retry: Retry | None = None, timeout: float | None = None,
-        priority: PriorityName | int = "normal", concurrency: int = 100,
-    ) -> Callable[[Callable[..., Awaitable[Any]]], JobDefinition[Any]]:
-        """Declare a job: ``async def handler(job: covey.JobContext, payload: Model)``.
-
-        Args:
-            retry: the retry policy (default ``Retry()``: 3 attempts, exponential
-                backoff from 1 s with jitter).
-            timeout: seconds a run may take; a run that takes longer is cancelled
-                and counts as a failed attempt.
-            priority: default priority of its jobs (``high``/``normal``/``low``/int).
-            concurrency: runs of this job at once on one runner.
-
-        Raises:
-            ClusterError: ``invalid_argument`` naming the option (``details["field"]``)
-                for an empty or repeated name, a timeout that is not a finite
-                number of seconds > 0, a concurrency that is not an int >= 1, or a
-                bad priority.
-        """
-        check_job_name(name)
-        seconds = None if timeout is None else check_seconds("timeout", timeout)
-        if seconds == 0:
-            raise invalid("timeout", "0 would time out every run (None: no timeout)")
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise invalid("concurrency", f"{concurrency!r} is not an int >= 1")
-        if retry is not None and not isinstance(retry, Retry):
-            raise invalid("retry", f"{retry!r} is not a covey.Retry")
-        default_priority = priority_value(priority)
-
-        def declare(fn: Callable[..., Awaitable[Any]]) -> JobDefinition[Any]:
-            hints = typing.get_type_hints(fn)
-            params = list(inspect.signature(fn).parameters)
-            if len(params) != 2:
-                raise ClusterError(f"job {name!r}: the handler takes (job, payload)",
-                                   reason=Reason.INVALID_ARGUMENT)
-            if any(s.name == name for s in self._job_specs):
-                raise invalid("name", f"job {name!r} is declared twice")
-            spec = JobSpec(name, fn, hints.get(params[1], Any), retry or Retry(), seconds,
-                           default_priority, concurrency)
-            self._job_specs.append(spec)
-            return JobDefinition(spec, lambda: self.jobs)
-
-        return declare
-
-    async def _sample_job_metrics(self, ctx: SingletonContext[None]) -> None:
-        """The job gauges, exported by one runner (a singleton) for the cluster."""
-        await sample_job_metrics(self.storage.messages, self._clock)
-
-    async def _purge_loop(self) -> None:
-        """Retention: the owner of one shard purges old processed messages for all.
-
-        Not a singleton: it would show in every application's singleton listing
-        and health. Dead-lettered jobs are kept for an operator.
-        """
-        assert self._sharding is not None
-        await RetentionPurger(self.storage, self._sharding, self._clock, self.config.storage,
-                              self.config.shards, keep_errors_of=(JOB_ENTITY,)).run()
-
     @property
     def jobs(self) -> Jobs:
         """Status, results, cancel and the dead-letter of jobs."""
-        if self._jobs is None:
-            raise self._not_started()
-        return self._jobs
+        return _part(self._started_runner().jobs)
+
+    def _also_host(self, entity_type: type[Entity]) -> None:
+        if self._runner is not None and self._runner.entities is not None:
+            self._runner.entities.register(entity_type)
 
     async def singleton_health(self) -> dict[str, SingletonHealth]:
         """Per singleton: healthy (beating within twice its expected interval)?"""
@@ -277,9 +108,7 @@ class Cluster:
 
     @property
     def singletons(self) -> SingletonManager:
-        if self._singletons is None:
-            raise self._not_started()
-        return self._singletons
+        return _part(self._started_runner().singletons)
 
     # ---- calling ---------------------------------------------------------
 
@@ -339,19 +168,41 @@ class Cluster:
 
     @property
     def sharding(self) -> Sharding:
-        if self._sharding is None:
-            raise self._not_started()
-        return self._sharding
+        return _part(self._started_runner().sharding)
 
     @property
     def messenger(self) -> Messenger:
-        if self._messenger is None:
-            raise self._not_started()
-        return self._messenger
+        return _part(self._started_runner().messenger)
+
+    @property
+    def runtime(self) -> EntityRuntime:
+        """The entity instances this runner hosts (none on a client-only member)."""
+        return _part(self._started_runner().entities)
+
+    @property
+    def job_runner(self) -> JobRunner | None:
+        """The jobs running here (``None`` before start and on a client-only member)."""
+        return None if self._runner is None else self._runner.job_runner
+
+    @property
+    def crons(self) -> CronManager | None:
+        """The cron schedules kept here (``None`` without crons or before start)."""
+        return None if self._runner is None else self._runner.crons
 
     @property
     def address(self) -> RunnerAddress | None:
-        return None if self._sharding is None else self._sharding.address
+        sharding = None if self._runner is None else self._runner.sharding
+        return None if sharding is None else sharding.address
+
+    @property
+    def crashed(self) -> BaseException | None:
+        """The error of a background task that crashed and stopped this runner, if any."""
+        return self._crashed
+
+    def _started_runner(self) -> Runner:
+        if self._runner is None:
+            raise self._not_started()
+        return self._runner
 
     def _not_started(self) -> ClusterError:
         """Which cluster is not started, and how to start it (no credentials shown)."""
@@ -384,149 +235,49 @@ class Cluster:
                                "or a failed start, make a new one)",
                                reason=Reason.INVALID_ARGUMENT)
         self._started = True
+        runner = self._runner = Runner(
+            self.config, self.storage, self.transport, self._clock,
+            client_only=self.client_only, groups=self._groups, weight=self._weight,
+            on_crash=self._on_crash)
         try:
-            await self._join()
+            await runner.start(self.declarations())
         except BaseException:
             log.warning("runner start failed; closing what it opened")
             with contextlib.suppress(Exception):  # logged there; the start's error matters
-                await self._close()
+                await runner.close()
             raise
-
-    async def _join(self) -> None:
-        """What :meth:`start` does; :meth:`start` undoes it if it raises."""
-        await self.storage.start()
-        address: RunnerAddress | None = None
-        messenger_ref: list[Messenger] = []
-
-        async def on_request(peer: RunnerAddress | None, body: dict[str, Any]) -> dict[str, Any]:
-            return await messenger_ref[0].handle_request(peer, body)
-
-        async def on_notify(peer: RunnerAddress | None, body: dict[str, Any]) -> None:
-            await messenger_ref[0].handle_notify(peer, body)
-
-        if not self.client_only:
-            address = await self.transport.start(on_request, on_notify)
-        self.runtime = _rebind(self.runtime, self._clock, address)
-        self._sharding = Sharding(self.config, self.storage, self._clock, address=address,
-                                  groups=self._groups, weight=self._weight)
-        self._messenger = Messenger(self.config, self.storage, self.transport,
-                                    self._sharding, self._clock)
-        messenger_ref.append(self._messenger)
-        self._jobs = Jobs(self.storage, self._messenger, self._sharding.snowflake,
-                          self._clock, self.config.shards,
-                          specs={spec.name: spec for spec in self._job_specs})
-        if not self.client_only:
-            self.job_runner = JobRunner(self._clock, None if address is None else str(address))
-            self.job_runner.grace = self.config.sharding.shutdown_grace
-            for job_spec in self._job_specs:
-                self.job_runner.add(job_spec)
-            self.job_runner.complete = self._messenger.complete
-            self.job_runner.rerun = self._messenger.rerun
-            self.job_runner.mark_started = self.storage.messages.mark_started
-            self.job_runner.report = self._jobs.report
-            storage = self.storage
-            self.job_runner.forget = lambda job_id: storage.state.delete(progress_key(job_id))
-            self._messenger.deliverer = _Router(self.runtime, self.job_runner)
-        if self._job_specs and not self.client_only and not any(
-                s.name == JOBS_METRICS for s in self._singleton_specs):
-            self._singleton_specs.append(
-                SingletonSpec(JOBS_METRICS, self._sample_job_metrics, None, None))
-        self._singletons = SingletonManager(self._sharding, self.storage, self._clock,
-                                            self.config.shards)
-        for spec in self._singleton_specs:
-            self._singletons.add(spec)
-        if not self.client_only:
-            self._sharding.listeners.append(self._singletons)
-        if self._cron_specs and not self.client_only:
-            self.crons = CronManager(self._messenger, self._sharding.snowflake, self._clock,
-                                     self.config.shards, messages=self.storage.messages)
-            for cron_spec in self._cron_specs:
-                self.crons.add(cron_spec)
-            self.runtime.register(self.crons.entity_type)
-            self._sharding.listeners.append(self.crons)
-        self.transport.on_peer_lost(lambda peer: self.sharding.wake())
-        if not self.client_only and isinstance(self.storage, WakeupSource):
-            messenger = self._messenger
-            # None: the listener reconnected and wake-ups may have been missed
-            await self.storage.listen(
-                lambda shard: messenger.poke() if shard is not None else messenger.resync())
-        await self._sharding.join()
-        ready = asyncio.Event()
-        self._supervisor = asyncio.create_task(self._supervise(ready), name="covey-runner")
-        await ready.wait()
+        self._serving = True
+        sharding = _part(runner.sharding)
         log.info("runner %s joined (machine id %d, %d shards owned)",
-                 address or "client-only", self._sharding.machine_id, len(self._sharding.owned))
+                 sharding.address or "client-only", sharding.machine_id, len(sharding.owned))
 
-    async def _supervise(self, ready: asyncio.Event) -> None:
-        """Own every background loop: they live and die with this task."""
-        assert self._sharding is not None and self._messenger is not None
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                self._sharding.start_loops(tasks)
-                self._messenger.start(tasks)
-                if not self.client_only:
-                    tasks.create_task(self.runtime.reaper_loop(), name="covey-reaper")
-                    tasks.create_task(self._purge_loop(), name="covey-retention")
-                ready.set()
-                await asyncio.Event().wait()  # until cancelled by stop()
-        except Exception:
-            log.critical("a covey background loop crashed; the runner stops serving",
-                         exc_info=True)
-            ready.set()
-            self._stop.set()
-            raise
+    def _on_crash(self, error: BaseException) -> None:
+        self._crashed = self._crashed or error
+        self._stop.set()  # serve() returns and leaves
 
     async def stop(self) -> None:
         """Leave gracefully (see the module docstring)."""
-        if self._sharding is None or self._supervisor is None:
-            return  # not started, stopped, or a failed start closed itself
-        address = self._sharding.address
-        await self._close()
-        log.info("runner %s left", address or "client-only")
+        if not self._serving or self._runner is None:
+            return  # not started, stopped, aborted, or a failed start closed itself
+        self._serving = False
+        await self._runner.close()
+        log.info("runner %s left", self.address or "client-only")
 
-    async def _close(self) -> None:
-        """Close what start opened, in reverse order. Every step runs even when
-        one fails (the storage is closed whatever happened before); the first
-        failure is raised at the end."""
-        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
-        if self._sharding is not None:
-            steps.append(("membership", self._leave))
-        steps.append(("entities", lambda: self.runtime.stop_all(graceful=True)))
-        if self._singletons is not None:
-            steps.append(("singletons", self._singletons.stop))
-        if self.crons is not None:
-            steps.append(("crons", self.crons.stop))
-        if self.job_runner is not None:
-            steps.append(("job runner", self.job_runner.close))
-        if self._messenger is not None:
-            steps.append(("messenger", self._messenger.close))
-        steps += [("background loops", self._stop_supervisor),
-                  ("transport", self.transport.close), ("storage", self.storage.close)]
-        failure: Exception | None = None
-        for part, step in steps:
-            try:
-                await step()
-            except Exception as exc:
-                log.warning("closing the %s failed", part, exc_info=True)
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+    async def abort(self) -> None:
+        """Stop at once, without the graceful hand-over: as if the process died.
 
-    async def _leave(self) -> None:
-        """Deregister first, so peers rebalance at once; tell them so."""
-        sharding = self.sharding
-        peers = [r.address for r in sharding.live if r.address != sharding.address]
-        await sharding.leave()
-        for peer in peers:  # let them rebalance now instead of at their next membership read
-            with contextlib.suppress(ClusterError, OSError):
-                await self.transport.notify(peer, {"k": "leaving"})
-
-    async def _stop_supervisor(self) -> None:
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await supervisor
+        Every task of the runner is cancelled and the transport and storage are
+        closed, but the runner does not deregister and does not release its
+        shards: peers take them over once its heartbeat and locks expire
+        (``runner_ttl``), and run again what it had not completed. For tests of
+        crash recovery, and for a process that must exit now.
+        """
+        if not self._serving or self._runner is None:
+            return
+        self._serving = False
+        self._stop.set()  # serve() returns
+        await self._runner.abort()
+        log.warning("runner %s aborted", self.address or "client-only")
 
     async def serve(self, on_ready: Callable[[Cluster], None] | None = None) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`), then leave gracefully.
@@ -547,8 +298,15 @@ class Cluster:
         self._stop.set()
 
 
-async def _no_fn(_: Any) -> None:
-    """Stands in for the function while a declaration's options are checked."""
+P = TypeVar("P")
+
+
+def _part(part: P | None) -> P:
+    """A part of a started runner that this member has (client-only ones lack some)."""
+    if part is None:
+        raise ClusterError("this cluster member does not run that part (client-only?)",
+                           reason=Reason.INVALID_ARGUMENT)
+    return part
 
 
 def _without_credentials(url: str) -> str:
@@ -561,27 +319,3 @@ def _without_credentials(url: str) -> str:
         host = f"{host}:{parts.port}"
     user = f"{parts.username}@" if parts.username else ""
     return urlunsplit((parts.scheme, user + host, parts.path, "", ""))
-
-
-def _rebind(runtime: EntityRuntime, clock: Clock, address: RunnerAddress | None) -> EntityRuntime:
-    fresh = EntityRuntime(clock, address)
-    fresh.types = runtime.types
-    fresh.grace = runtime.grace
-    return fresh
-
-
-class _Router:
-    """The Messenger's deliverer: jobs to the JobRunner, the rest to the entities."""
-
-    def __init__(self, entities: EntityRuntime, jobs: JobRunner) -> None:
-        self._entities = entities
-        self._jobs = jobs
-
-    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
-        if envelope.message.address.entity_type == JOB_ENTITY:
-            return await self._jobs.deliver(envelope)
-        return await self._entities.deliver(envelope)
-
-    async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:
-        await self._jobs.stop_shards(shards, graceful=graceful)
-        await self._entities.stop_shards(shards, graceful=graceful)

@@ -1,19 +1,17 @@
 """Layer 3: stateful entities, declared by the application, hosted by runners.
 
-:class:`Entity` and :func:`rpc` declare them; :class:`EntityRuntime` hosts the
-live instances on a runner; :class:`EntityClient` calls them from anywhere.
+An application declares them with :class:`Entity` (options: :class:`EntityOptions`)
+and :func:`rpc`; a handler learns where it runs from :class:`EntityContext`.
+Hosting the live instances (:class:`~covey.entities.runtime.EntityRuntime`) and
+the typed client behind ``cluster.client(...)`` are in
+:mod:`covey.entities.runtime`.
 """
 
-from covey.entities._client import EntityClient
-from covey.entities._definition import Entity, EntityContext, EntityOptions, RpcSpec, rpc
-from covey.entities._runtime import EntityRuntime
+from covey.entities._definition import Entity, EntityContext, EntityOptions, rpc
 
 __all__ = [
     "Entity",
-    "EntityClient",
     "EntityContext",
     "EntityOptions",
-    "EntityRuntime",
-    "RpcSpec",
     "rpc",
 ]

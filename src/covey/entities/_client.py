@@ -19,7 +19,7 @@ from covey.core import (
     validate_value,
 )
 from covey.entities._definition import Entity, RpcSpec
-from covey.sharding import Envelope, Messenger, raise_error_reply
+from covey.sharding.runtime import Envelope, Messenger, raise_error_reply
 from covey.storage import Message
 
 _MISSING: Any = object()

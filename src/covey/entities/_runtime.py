@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from covey.core import (
     use_context,
 )
 from covey.entities._definition import Entity, EntityContext, RpcSpec
-from covey.sharding import Envelope, error_payload
+from covey.sharding.runtime import Envelope, error_payload
 from covey.storage import Reply
 
 log = logging.getLogger("covey.entities")
@@ -49,29 +50,48 @@ class _Instance:
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class EntityRuntime:
-    """Hosts the registered entity types on one runner (the Messenger's Deliverer)."""
+def add_entity_type(types: dict[str, type[Entity]], entity_type: type[Entity]) -> None:
+    """Add ``entity_type`` to ``types`` under its name (again is a no-op).
 
-    def __init__(self, clock: Clock, runner: RunnerAddress | None) -> None:
+    Raises:
+        ClusterError: ``invalid_argument`` for a class that is not a
+            :class:`~covey.Entity` subclass, or another class with the same name.
+    """
+    name = entity_type.__covey_type__
+    if not name:
+        raise ClusterError(f"{entity_type!r} is not a covey.Entity subclass",
+                           reason=Reason.INVALID_ARGUMENT)
+    existing = types.get(name)
+    if existing is not None and existing is not entity_type:
+        raise ClusterError(f"entity type {name!r} is registered twice",
+                           reason=Reason.INVALID_ARGUMENT)
+    types[name] = entity_type
+
+
+class EntityRuntime:
+    """Hosts the registered entity types on one runner (the default deliverer).
+
+    Args:
+        clock: time source.
+        runner: this runner's address (handlers' context shows it).
+        types: the entity types declared before start, by name (copied).
+        grace: seconds stopping shards wait for running handlers.
+    """
+
+    def __init__(self, clock: Clock, runner: RunnerAddress | None, *,
+                 types: Mapping[str, type[Entity]] | None = None, grace: float = 15.0) -> None:
         self._clock = clock
         self._runner = runner
         self._codec = MsgpackCodec()
-        self.types: dict[str, type[Entity]] = {}
+        self.types: dict[str, type[Entity]] = dict(types or {})
         self.instances: dict[EntityAddress, _Instance] = {}
         self._stopping: set[ShardId] = set()
         #: how long stopping shards wait for running handlers (shutdown grace)
-        self.grace = 15.0
+        self.grace = grace
 
     def register(self, entity_type: type[Entity]) -> None:
-        name = entity_type.__covey_type__
-        if not name:
-            raise ClusterError(f"{entity_type!r} is not a covey.Entity subclass",
-                               reason=Reason.INVALID_ARGUMENT)
-        existing = self.types.get(name)
-        if existing is not None and existing is not entity_type:
-            raise ClusterError(f"entity type {name!r} is registered twice",
-                               reason=Reason.INVALID_ARGUMENT)
-        self.types[name] = entity_type
+        """Host ``entity_type`` here too (see :func:`add_entity_type`)."""
+        add_entity_type(self.types, entity_type)
 
     def active_by_type(self) -> dict[str, int]:
         counts: dict[str, int] = dict.fromkeys(self.types, 0)
@@ -134,6 +154,10 @@ class EntityRuntime:
                 call = spec.fn(instance.entity, argument) if spec.takes_argument else spec.fn(
                     instance.entity
                 )
+                # Not fire-and-forget, and not in a TaskSet: the task belongs to its
+                # instance (stop_shards / stop_all cancel and await it) and is awaited
+                # right here; its exception is the caller's answer, not a crash of the
+                # runner, and the hot path keeps one task per call.
                 task = asyncio.ensure_future(call)
             instance.tasks.add(task)
             kind = "persisted" if envelope.persisted else "volatile"

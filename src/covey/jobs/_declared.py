@@ -30,14 +30,14 @@ class JobDefinition(Generic[P]):
     async def submit(  # type: ignore[overload-overlap]
                      self, payload: Sequence[P], *, dedupe_key: None = None,
                      delay: Delay | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> list[JobHandle]: ...
+                     transaction: Any = None) -> list[JobHandle]: ...
     @overload
     async def submit(self, payload: P, *, dedupe_key: str | None = None,
                      delay: Delay | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> JobHandle: ...
+                     transaction: Any = None) -> JobHandle: ...
     async def submit(self, payload: Any, *, dedupe_key: str | None = None,
                      delay: Delay | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> JobHandle | list[JobHandle]:
+                     transaction: Any = None) -> JobHandle | list[JobHandle]:
         """Enqueue one job (or a list, in one round trip); returns handle(s).
 
         Args:
@@ -48,8 +48,8 @@ class JobDefinition(Generic[P]):
                 and not negative.
             priority: ``high``/``normal``/``low`` or an int in -32768..32767;
                 orders a backlog.
-            conn: an asyncpg connection in the application's transaction: the
-                jobs exist only if it commits (PostgreSQL).
+            transaction: an asyncpg connection inside the application's
+                transaction: the jobs exist only if it commits (PostgreSQL).
 
         Raises:
             ClusterError: ``invalid_argument`` naming the argument
@@ -57,4 +57,5 @@ class JobDefinition(Generic[P]):
                 not fit the model. Nothing is stored then.
         """
         return await self._jobs().submit_job(self.spec, payload, dedupe_key=dedupe_key,
-                                             delay=delay, priority=priority, conn=conn)
+                                             delay=delay, priority=priority,
+                                             transaction=transaction)

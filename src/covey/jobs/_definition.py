@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import random
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -13,6 +15,7 @@ from covey.core import (
     ClusterError,
     JobError,
     Reason,
+    check_seconds,
     check_text,
     invalid_argument,
 )
@@ -141,6 +144,36 @@ class JobSpec:
     timeout: float | None
     priority: int
     concurrency: int
+
+
+def job_spec(name: str, fn: Callable[..., Awaitable[Any]], *, retry: Retry | None,
+             timeout: float | None, priority: PriorityName | int,
+             concurrency: int) -> JobSpec:
+    """A checked :class:`JobSpec` from what ``@cluster.job`` declares.
+
+    Raises:
+        ClusterError: ``invalid_argument`` naming the option (``details["field"]``)
+            for an empty name, a timeout that is not a finite number of seconds
+            > 0, a concurrency that is not an int >= 1, a retry that is not a
+            :class:`Retry` or a bad priority; without a field for a handler
+            that does not take ``(job, payload)``.
+    """
+    check_job_name(name)
+    seconds = None if timeout is None else check_seconds("timeout", timeout)
+    if seconds == 0:
+        raise invalid("timeout", "0 would time out every run (None: no timeout)")
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+        raise invalid("concurrency", f"{concurrency!r} is not an int >= 1")
+    if retry is not None and not isinstance(retry, Retry):
+        raise invalid("retry", f"{retry!r} is not a covey.Retry")
+    default_priority = priority_value(priority)
+    hints = typing.get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 2:
+        raise ClusterError(f"job {name!r}: the handler takes (job, payload)",
+                           reason=Reason.INVALID_ARGUMENT)
+    return JobSpec(name, fn, hints.get(params[1], Any), retry or Retry(), seconds,
+                   default_priority, concurrency)
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from covey.jobs._definition import (
     priority_value,
 )
 from covey.jobs._runner import CANCEL_TAG, RETRY_TAG, RUNNING_TAG, error_history
-from covey.sharding import Envelope, Messenger
+from covey.sharding.runtime import Envelope, Messenger
 from covey.storage import (
     Duplicate,
     Message,
@@ -124,14 +124,14 @@ class Jobs:
     async def submit(self, name: str, payload: list[Any] | tuple[Any, ...], *,
                      dedupe_key: None = None, delay: Delay | None = None,
                      priority: PriorityName | int | None = None,
-                     conn: Any = None) -> list[JobHandle]: ...
+                     transaction: Any = None) -> list[JobHandle]: ...
     @overload
     async def submit(self, name: str, payload: Any, *, dedupe_key: str | None = None,
                      delay: Delay | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> JobHandle: ...
+                     transaction: Any = None) -> JobHandle: ...
     async def submit(self, name: str, payload: Any, *, dedupe_key: str | None = None,
                      delay: Delay | None = None, priority: PriorityName | int | None = None,
-                     conn: Any = None) -> JobHandle | list[JobHandle]:
+                     transaction: Any = None) -> JobHandle | list[JobHandle]:
         """Enqueue job(s) by name, from a process that need not declare the job.
 
         Takes the arguments of :meth:`JobDefinition.submit`. When ``name`` is
@@ -142,16 +142,16 @@ class Jobs:
         Raises:
             ClusterError: ``invalid_argument`` naming the argument
                 (``details["field"]``: ``name``, ``delay``, ``priority``,
-                ``dedupe_key``, ``conn``); SerializationError for a payload that
-                does not fit its declared model or cannot be plain data. Nothing
-                is stored then.
+                ``dedupe_key``, ``transaction``); SerializationError for a payload
+                that does not fit its declared model or cannot be plain data.
+                Nothing is stored then.
         """
         return await self.submit_job(name, payload, dedupe_key=dedupe_key, delay=delay,
-                                     priority=priority, conn=conn)
+                                     priority=priority, transaction=transaction)
 
     async def submit_job(self, job: JobSpec | str, payload: Any, *, dedupe_key: str | None,
                          delay: Delay | None, priority: PriorityName | int | None,
-                         conn: Any) -> JobHandle | list[JobHandle]:
+                         transaction: Any) -> JobHandle | list[JobHandle]:
         """One job, or a list of them (``payload`` a list or tuple) in one round trip."""
         batch = isinstance(payload, list | tuple)
         if batch and dedupe_key is not None:
@@ -159,7 +159,7 @@ class Jobs:
         items = list(payload) if batch else [payload]
         messages = [self.message(job, p, dedupe_key=dedupe_key, delay=delay, priority=priority)
                     for p in items]
-        handles = await self.enqueue(messages, transaction=conn)
+        handles = await self.enqueue(messages, transaction=transaction)
         return handles if batch else handles[0]
 
     async def enqueue(self, messages: Sequence[Message],
@@ -174,7 +174,7 @@ class Jobs:
         if transaction is not None:
             store = self._storage.messages
             if not isinstance(store, TransactionalMessages):
-                raise invalid("conn", "submitting inside the application's transaction "
+                raise invalid("transaction", "submitting inside the application's transaction "
                               f"needs PostgreSQL (this cluster uses {self._storage.backend})")
             # the owners are woken at commit (NOTIFY): nothing to push now
             return self._handles(messages, await store.save_requests_in(transaction, messages))

@@ -20,23 +20,28 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covey.core import (
     Clock,
     ClusterError,
     ClusterPlacement,
+    EntityError,
     MsgpackCodec,
     Reason,
     RequestContext,
     ShardId,
+    TaskSet,
     being_cancelled,
     metrics,
     use_context,
 )
 from covey.jobs._definition import JobSpec
-from covey.sharding import Envelope, Reschedule
+from covey.sharding.runtime import Envelope, Reschedule
 from covey.storage import Message, Reply
+
+if TYPE_CHECKING:  # _host imports _jobs, which imports this module
+    from covey.jobs._host import JobHost
 
 log = logging.getLogger("covey.jobs")
 
@@ -118,11 +123,23 @@ class PrioritySemaphore:
 
 
 class JobRunner:
-    """The Messenger's deliverer for ``covey.Job`` envelopes on one runner."""
+    """The deliverer of ``covey.Job`` envelopes on one runner.
 
-    def __init__(self, clock: Clock, runner_id: str | None) -> None:
+    Args:
+        clock: time source.
+        runner_id: this runner's address (the jobs' request context shows it).
+        host: where completions, re-runs, start records and progress go.
+        tasks: the runner's task set for this component: every job run and the
+            start-recording writes live in it.
+        grace: seconds a graceful shard stop waits for running jobs.
+    """
+
+    def __init__(self, clock: Clock, runner_id: str | None, host: JobHost, *,
+                 tasks: TaskSet, grace: float = 15.0) -> None:
         self._clock = clock
         self._runner_id = runner_id
+        self._host = host
+        self._tasks = tasks
         self._codec = MsgpackCodec()
         self.specs: dict[str, JobSpec] = {}
         self._slots: dict[str, PrioritySemaphore] = {}
@@ -130,20 +147,10 @@ class JobRunner:
         self._cancel_requested: set[int] = set()
         self.cancelled: set[int] = set()
         self._shard_of: dict[int, ShardId] = {}
-        self.grace = 15.0
-        #: records pushed job starts in storage (set by the cluster)
-        self.mark_started: Callable[[list[int]], Awaitable[None]] | None = None
+        self.grace = grace
         self._to_mark: list[int] = []
         self._reported: set[int] = set()
-        #: drops a finished job's progress record (set by the cluster)
-        self.forget: Callable[[int], Awaitable[object]] | None = None
-        #: stores progress and heartbeats of running jobs (set by the cluster)
-        self.report: Callable[[int, float | None, str | None], Awaitable[None]] | None = None
         self._marking: asyncio.Task[None] | None = None
-        #: completes a job with a fenced write on this runner (set by the cluster)
-        self.complete: Callable[[ShardId, Reply], Awaitable[None]] | None = None
-        #: resets a stored job and runs it again on this runner (set by the cluster)
-        self.rerun: Callable[[int], Awaitable[None]] | None = None
 
     def add(self, spec: JobSpec) -> None:
         if spec.name in self.specs:
@@ -164,42 +171,40 @@ class JobRunner:
             if task is not None:
                 self._cancel_requested.add(target)
                 task.cancel()
-            elif self.complete is not None:  # queued or scheduled: it never runs
-                await self.complete(message.address.shard,
-                                    self._final(target, "cancelled", "cancelled before it ran"))
+            else:  # queued or scheduled: it never runs
+                await self._host.complete(
+                    message.address.shard,
+                    self._final(target, "cancelled", "cancelled before it ran"))
             return Reply(message.id, self._codec.encode(task is not None))
-        if message.tag == RETRY_TAG and self.rerun is not None:
+        if message.tag == RETRY_TAG:
             self.cancelled.discard(target)
-            await self.rerun(target)
+            await self._host.rerun(target)
             return Reply(message.id, self._codec.encode(True))
         return Reply(message.id, self._codec.encode(target in self.running))
 
     async def _report(self, job_id: int, fraction: float | None, note: str | None) -> None:
-        assert self.report is not None
         self._reported.add(job_id)
-        await self.report(job_id, fraction, note)
+        await self._host.report(job_id, fraction, note)
 
     def _started(self, job_id: int) -> None:
-        if self.mark_started is None:
-            return
         self._to_mark.append(job_id)
         if self._marking is None or self._marking.done():
-            self._marking = asyncio.get_running_loop().create_task(self._flush_marks())
+            self._marking = self._tasks.spawn(self._flush_marks(), name="covey-job-starts")
 
     async def _flush_marks(self) -> None:
         # one write for every run that started while the previous write was in flight
-        assert self.mark_started is not None
         while self._to_mark:
             ids, self._to_mark = self._to_mark, []
             try:
-                await self.mark_started(ids)
+                await self._host.mark_started(ids)
             except ClusterError as exc:
                 log.warning("could not record %d job starts: %s", len(ids), exc)
 
     async def close(self) -> None:
-        """Finish recording job starts."""
+        """Finish recording job starts (5 s at most), then cancel what is left."""
         if self._marking is not None:
             await asyncio.wait([self._marking], timeout=5)
+        await self._tasks.close()
 
     async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:
         """Let running jobs of ``shards`` finish (within the grace), then cancel them.
@@ -248,14 +253,16 @@ class JobRunner:
         # after its runner died counts as an attempt (failures cover retries whose
         # start record had not landed yet)
         attempt = max(message.starts, message.failures) + 1
+        if self._tasks.closed:  # the runner is stopping: the job stays stored for the next
+            raise EntityError("the job runner is stopping", reason=Reason.SHUTTING_DOWN)
         self._started(message.id)
         context = RequestContext.from_headers(message.headers, ClusterPlacement(
             runner_id=self._runner_id, shard_id=str(message.address.shard),
             entity=f"{message.address.entity_type}/{message.address.entity_id}"))
         job = JobContext(message.id, spec.name, attempt, spec.retry.max_attempts, context,
-                         self._report if self.report is not None else None)
-        with use_context(context):
-            task = asyncio.ensure_future(spec.fn(job, payload))
+                         self._report)
+        with use_context(context):  # the task copies the context as it is created
+            task = self._tasks.spawn(_outcome(spec.fn(job, payload)))
         self.running[message.id] = task
         self._shard_of[message.id] = message.address.shard
         metrics.JOBS_RUNNING.labels(spec.name).inc()
@@ -269,21 +276,22 @@ class JobRunner:
                                    attempt=attempt)
             task.cancel()  # the runner is stopping or the shard moved: run it elsewhere
             raise
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and not task.done():
-                task.cancel()
-                exc = TimeoutError(f"timed out after {spec.timeout} s")
-            return self._failed(spec, message, attempt, exc)
+        except TimeoutError:  # the handler's own TimeoutError comes back as a _Failure
+            task.cancel()
+            return self._failed(spec, message, attempt,
+                                TimeoutError(f"timed out after {spec.timeout} s"))
         finally:
             self.running.pop(message.id, None)
             self._shard_of.pop(message.id, None)
             self._cancel_requested.discard(message.id)
             metrics.JOBS_RUNNING.labels(spec.name).dec()
             metrics.JOB_SECONDS.labels(spec.name).observe(self._clock.monotonic() - started)
-        if message.id in self._reported and self.forget is not None:
+        if isinstance(result, _Failure):
+            return self._failed(spec, message, attempt, result.error)
+        if message.id in self._reported:
             self._reported.discard(message.id)
             try:
-                await self.forget(message.id)  # progress of a finished job is noise
+                await self._host.forget(message.id)  # progress of a finished job is noise
             except ClusterError as exc:
                 log.warning("could not drop the progress of job %d: %s", message.id, exc)
         try:
@@ -318,6 +326,27 @@ class JobRunner:
         })
         # only dead jobs are error replies: the dead-letter is exactly the error replies
         return Reply(job_id, payload, is_error=state == "dead")
+
+
+class _Failure:
+    """A handler's exception, carried out of its task as a result."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+async def _outcome(run: Awaitable[Any]) -> Any:
+    """The handler's result, or its exception as a :class:`_Failure`.
+
+    A job that fails is the job's outcome, not a crash of the runner: the task
+    set that owns the run must only ever see it end or be cancelled.
+    """
+    try:
+        return await run
+    except Exception as exc:
+        return _Failure(exc)
 
 
 def error_history(stored: str | None) -> list[str]:

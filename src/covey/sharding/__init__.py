@@ -1,40 +1,48 @@
 """Layer 2: runners, shard assignment and ownership, routing and the transport.
 
-:class:`Sharding` keeps one runner's membership and shard ownership (with
-fencing epochs); :class:`Messenger` routes entity messages to their owners and
-completes persisted ones exactly once in storage; :class:`RunnerTransport` carries
-them between runners (:class:`TcpTransport`, or :class:`LocalTransport` inside
-one process).
+:class:`~covey.sharding.runtime.Sharding` keeps one runner's membership and shard
+ownership (with fencing epochs); :class:`~covey.sharding.runtime.Messenger` routes
+entity messages to their owners and completes persisted ones exactly once in
+storage; a :class:`RunnerTransport` carries them between runners
+(:class:`TcpTransport`, or :class:`LocalTransport` inside one process).
+
+An application writes only the transport names here (``Cluster(transport=...)``,
+an in-process :class:`LocalNetwork` in tests); the machinery a runner is
+assembled from is in :mod:`covey.sharding.runtime`.
 """
 
-from covey.sharding._assignment import assign, shards_of
-from covey.sharding._envelope import (
+# assembly: moves to runtime
+from covey.sharding.runtime import (
+    Deliverer,
+    DeliveryRegistry,
     Envelope,
+    Messenger,
     Reschedule,
+    Sharding,
+    ShardListener,
+    assign,
     error_for,
     error_payload,
     raise_error_reply,
+    shards_of,
 )
-from covey.sharding._local_transport import LocalNetwork, LocalTransport
-from covey.sharding._messenger import Deliverer, Messenger
-from covey.sharding._sharding import Sharding, ShardListener
-from covey.sharding._tcp_transport import TcpTransport
-from covey.sharding._transport import RunnerTransport
+from covey.sharding.transport import LocalNetwork, LocalTransport, RunnerTransport, TcpTransport
 
 __all__ = [
-    "Deliverer",
-    "Envelope",
+    "Deliverer",  # assembly: moves to runtime
+    "DeliveryRegistry",  # assembly: moves to runtime
+    "Envelope",  # assembly: moves to runtime
     "LocalNetwork",
     "LocalTransport",
-    "Messenger",
-    "Reschedule",
+    "Messenger",  # assembly: moves to runtime
+    "Reschedule",  # assembly: moves to runtime
     "RunnerTransport",
-    "ShardListener",
-    "Sharding",
+    "ShardListener",  # assembly: moves to runtime
+    "Sharding",  # assembly: moves to runtime
     "TcpTransport",
-    "assign",
-    "error_for",
-    "error_payload",
-    "raise_error_reply",
-    "shards_of",
+    "assign",  # assembly: moves to runtime
+    "error_for",  # assembly: moves to runtime
+    "error_payload",  # assembly: moves to runtime
+    "raise_error_reply",  # assembly: moves to runtime
+    "shards_of",  # assembly: moves to runtime
 ]

@@ -14,13 +14,13 @@ from typing import Any
 from covey.core import (
     ClusterError,
     EntityAddress,
-    EntityError,
     MsgpackCodec,
     Reason,
     SerializationError,
     ShardId,
     TransportError,
 )
+from covey.sharding._wire_errors import error_fields, error_for
 from covey.storage import Message, Reply
 
 _codec = MsgpackCodec()
@@ -147,17 +147,17 @@ class Reschedule:
     error: str
 
 
-# ---- errors as data ------------------------------------------------------
+# ---- error replies -------------------------------------------------------
 
 def error_payload(exc: BaseException) -> bytes:
-    """Encode an exception so the caller can raise a typed error from it."""
-    if isinstance(exc, ClusterError):
-        reason, details = exc.reason.value, _plain(exc.details)
-    else:
-        reason, details = Reason.HANDLER_FAILED.value, {}
+    """Encode an exception as an error reply's payload (see :mod:`._wire_errors`).
+
+    Its details also name the exception's type and message, for the caller's error.
+    """
+    reason, message, details = error_fields(exc)
     details.setdefault("error_type", type(exc).__name__)
-    details.setdefault("message", str(exc))
-    return _codec.encode({"reason": reason, "message": str(exc), "details": details})
+    details.setdefault("message", message)
+    return _codec.encode({"reason": reason, "message": message, "details": details})
 
 
 def raise_error_reply(reply: Reply, context: str) -> None:
@@ -167,26 +167,7 @@ def raise_error_reply(reply: Reply, context: str) -> None:
         reason = Reason(data.get("reason", Reason.HANDLER_FAILED.value))
         details = dict(data.get("details") or {})
         message = str(data.get("message", ""))
-    except (ClusterError, ValueError):
+    except (ClusterError, ValueError, TypeError):
         reason, details, message = Reason.HANDLER_FAILED, {}, "undecodable error reply"
     raise error_for(reason, f"{context}: {details.get('error_type', reason.value)}: {message}",
                     details)
-
-
-def error_for(reason: Reason, message: str, details: dict[str, Any]) -> ClusterError:
-    """The ClusterError subclass that goes with ``reason``."""
-    if reason in (Reason.PAYLOAD_INVALID, Reason.PAYLOAD_UNKNOWN_TYPE):
-        return SerializationError(message, reason=reason, **details)
-    return EntityError(message, reason=reason, **details)
-
-
-def _plain(details: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in details.items():
-        if isinstance(value, str | int | float | bool) or value is None:
-            out[key] = value
-        elif isinstance(value, list | tuple) and all(isinstance(v, str | int) for v in value):
-            out[key] = list(value)
-        else:
-            out[key] = str(value)
-    return out

@@ -47,6 +47,9 @@ async def push_or_stored(
         ClusterError: whatever ``push`` raises, when storage has no reply first.
     """
     loop = asyncio.get_running_loop()
+    # Scoped to this call, not a background task: awaited here or cancelled before
+    # it returns. Its errors are the call's answer, so it stays out of the
+    # messenger's task set (where an error would count as a crash).
     pushing = loop.create_task(push)
     # One future per wait, woken by the push finishing or by a clock timer: no
     # sleeping task per call (this runs for every persisted call; the push
@@ -92,7 +95,7 @@ async def push_or_stored(
 
 async def _first(pushing: asyncio.Future[Reply], other: Awaitable[T]) -> T | None:
     """Run ``other`` until it or ``pushing`` is done; its result if it finished."""
-    task = asyncio.ensure_future(other)
+    task = asyncio.ensure_future(other)  # scoped like ``pushing`` (see above)
     either: set[asyncio.Future[Any]] = {pushing, task}
     try:
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)

@@ -37,6 +37,7 @@ from covey.core import (
     ShardId,
     SnowflakeGenerator,
     StorageError,
+    TaskSet,
     metrics,
     sleep_or_wake,
 )
@@ -121,13 +122,17 @@ class Sharding:
         await self.refresh_membership()
         await self.rebalance()
 
-    def start_loops(self, tasks: asyncio.TaskGroup) -> None:
-        """Start heartbeats, membership, rebalancing and lock refresh in ``tasks``."""
-        tasks.create_task(self._membership_loop(), name="covey-membership")
-        tasks.create_task(self._heartbeat_loop(), name="covey-heartbeat")
+    def start_loops(self, tasks: TaskSet) -> None:
+        """Start heartbeats, membership, rebalancing and lock refresh in ``tasks``.
+
+        The loops never end by themselves; one that crashes reaches ``tasks``'
+        owner (the runner's supervisor), which stops the runner.
+        """
+        tasks.spawn(self._membership_loop(), name="covey-membership")
+        tasks.spawn(self._heartbeat_loop(), name="covey-heartbeat")
         if self.address is not None:
-            tasks.create_task(self._rebalance_loop(), name="covey-rebalance")
-            tasks.create_task(self._lock_refresh_loop(), name="covey-lock-refresh")
+            tasks.spawn(self._rebalance_loop(), name="covey-rebalance")
+            tasks.spawn(self._lock_refresh_loop(), name="covey-lock-refresh")
 
     async def leave(self) -> None:
         """Graceful stop: deregister, hand shards over, release everything."""

@@ -45,12 +45,13 @@ from covey.core import (
     MsgpackCodec,
     ShardId,
     SnowflakeGenerator,
+    TaskSet,
     check_text,
     metrics,
     shard_for,
 )
 from covey.entities import Entity, rpc
-from covey.sharding import Envelope, Messenger
+from covey.sharding.runtime import Envelope, Messenger
 from covey.singletons._checks import check_name, check_seconds, invalid
 from covey.storage import Message, MessageStorage
 
@@ -188,7 +189,7 @@ class CronManager:
     """Keeps every cron's upcoming ticks stored and runs them when they come due."""
 
     def __init__(self, messenger: Messenger, snowflake: SnowflakeGenerator, clock: Clock,
-                 shards: int, *, messages: MessageStorage) -> None:
+                 shards: int, *, messages: MessageStorage, tasks: TaskSet) -> None:
         self._messenger = messenger
         self._messages = messages
         self._snowflake = snowflake
@@ -202,7 +203,7 @@ class CronManager:
         # later due ticks are stored only when it runs, so the late ticks run in order
         self._backlog: dict[str, float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = tasks  # the look-ahead top-ups after an acquisition
         self.entity_type = self._make_entity()
 
     def add(self, spec: CronSpec) -> None:
@@ -217,11 +218,13 @@ class CronManager:
     # ---- ShardListener ---------------------------------------------------
 
     async def shards_acquired(self, shards: dict[ShardId, int]) -> None:
+        if self._tasks.closed:  # stopped: the next owner schedules
+            return
         for spec in self.specs.values():
             if self.shard_of(spec.name) in shards:
                 self._horizon.pop(spec.name, None)  # whatever we knew may be stale
                 self._backlog.pop(spec.name, None)
-                self._spawn(self._top_up(spec))
+                self._tasks.spawn(self._top_up(spec), name=f"covey-cron-{spec.name}")
 
     async def shards_lost(self, shards: set[ShardId], *, graceful: bool) -> None:
         for spec in self.specs.values():
@@ -230,10 +233,8 @@ class CronManager:
                 self._backlog.pop(spec.name, None)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        """Cancel the schedule top-ups under way."""
+        await self._tasks.cancel_all()
 
     # ---- scheduling ------------------------------------------------------
 
@@ -387,8 +388,3 @@ class CronManager:
                 return await manager.run_tick(self.ctx.entity_id, request.scheduled)
 
         return CronEntity
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

@@ -31,12 +31,13 @@ from covey.core import (
     Reason,
     RequestContext,
     ShardId,
+    TaskSet,
     check_text,
     metrics,
     shard_for,
     use_context,
 )
-from covey.sharding import Sharding
+from covey.sharding.runtime import Sharding
 from covey.singletons._checks import check_name, check_seconds, invalid
 from covey.storage import Fence, Storage
 
@@ -137,17 +138,18 @@ class SingletonContext(Generic[S]):
 class SingletonManager:
     """Starts and stops this runner's singletons as shards come and go."""
 
-    def __init__(self, sharding: Sharding, storage: Storage, clock: Clock, shards: int) -> None:
+    def __init__(self, sharding: Sharding, storage: Storage, clock: Clock, shards: int, *,
+                 tasks: TaskSet) -> None:
         self.sharding = sharding
         self.storage = storage
         self.clock = clock
         self.codec = MsgpackCodec()
         self._shards = shards
+        self._tasks = tasks  # the running singletons and their beat writes
         self.specs: dict[str, SingletonSpec] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
         self._last_beat: dict[str, float] = {}
         self._beat_written: dict[str, float] = {}
-        self._writes: set[asyncio.Task[Any]] = set()
         self.restarts: dict[str, int] = {}
 
     def add(self, spec: SingletonSpec) -> None:
@@ -166,11 +168,13 @@ class SingletonManager:
     # ---- ShardListener ---------------------------------------------------
 
     async def shards_acquired(self, shards: dict[ShardId, int]) -> None:
+        if self._tasks.closed:  # stopped: the next owner runs them
+            return
         for spec in self.specs.values():
             shard = self.shard_of(spec)
             if shard in shards and spec.name not in self._running:
                 fence = Fence(shard, shards[shard])
-                self._running[spec.name] = asyncio.get_running_loop().create_task(
+                self._running[spec.name] = self._tasks.spawn(
                     self._supervise(spec, fence), name=f"covey-singleton-{spec.name}")
 
     async def shards_lost(self, shards: set[ShardId], *, graceful: bool) -> None:
@@ -179,9 +183,9 @@ class SingletonManager:
         await self._cancel(doomed)
 
     async def stop(self) -> None:
+        """Cancel the singletons running here and the beat writes in flight."""
         await self._cancel(list(self._running))
-        for task in list(self._writes):
-            task.cancel()
+        await self._tasks.cancel_all()
 
     async def _cancel(self, names: list[str]) -> None:
         tasks = [self._running.pop(name) for name in names]
@@ -240,22 +244,25 @@ class SingletonManager:
         interval = spec.expected_interval or 10.0
         if now - self._beat_written.get(spec.name, 0.0) >= max(min(interval / 4, 5.0), 0.2):
             self._beat_written[spec.name] = now
-            task = asyncio.get_running_loop().create_task(self._write_beat(spec, fence, now))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+            if not self._tasks.closed:
+                self._tasks.spawn(self._write_beat(spec, fence, now),
+                                  name=f"covey-singleton-beat-{spec.name}")
 
     async def _write_beat(self, spec: SingletonSpec, fence: Fence, now: float) -> None:
         data = self.codec.encode(now)
-        for _ in range(3):
-            current = await self.storage.state.get(spec.beat_key)
-            try:
-                await self.storage.state.set(
-                    spec.beat_key, data, fence=fence,
-                    expected_version=None if current is None else current.version)
-                return
-            except ClusterError as exc:
-                if exc.reason is not Reason.VERSION_CONFLICT:
+        try:
+            for _ in range(3):
+                current = await self.storage.state.get(spec.beat_key)
+                try:
+                    await self.storage.state.set(
+                        spec.beat_key, data, fence=fence,
+                        expected_version=None if current is None else current.version)
                     return
+                except ClusterError as exc:
+                    if exc.reason is not Reason.VERSION_CONFLICT:
+                        return
+        except ClusterError as exc:  # storage unavailable: the next beat writes again
+            log.warning("singleton %s: beat not written (%s)", spec.name, exc)
 
     async def health(self) -> dict[str, SingletonHealth]:
         """The dead-man's switch: is every singleton with an ``expected_interval`` beating?

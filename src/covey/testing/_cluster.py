@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Self, TypeVar
@@ -170,16 +169,11 @@ class TestCluster:
     async def kill(self, index: int) -> None:
         """Crash runner ``index``: no goodbye, no release; peers must notice."""
         runner = self.runners.pop(index)
-        assert runner.address is not None
-        self.network.kill(runner.address)
-        if runner._supervisor is not None:
-            runner._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner._supervisor
-        await runner.runtime.stop_all(graceful=False)
-        await runner.singletons.stop()
-        await runner.messenger.close()
-        await self.storage.runners.expire(runner.address)  # its leases would time out
+        address = runner.address
+        assert address is not None
+        self.network.kill(address)  # peers see it gone at once
+        await runner.abort()
+        await self.storage.runners.expire(address)  # its leases would time out
         await self.settle()
 
     async def stop_runner(self, index: int) -> None:

@@ -7,7 +7,7 @@ both sides ping each other so a silent peer is noticed.
 
 This module holds the per-peer bookkeeping (connect once, back off, report lost
 peers, run handlers as tracked tasks); the per-frame work lives in
-:mod:`covey.sharding._tcp_connection`.
+:mod:`covey.sharding.transport._connection`.
 """
 
 from __future__ import annotations
@@ -16,30 +16,31 @@ import asyncio
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
 from covey.core import (
     Clock,
     ConfigError,
     Reason,
     RunnerAddress,
+    TaskSet,
     TransportError,
     TransportOptions,
 )
-from covey.sharding._frames import ERR, NOTE, REQ, RES, FrameEncoder
-from covey.sharding._rejections import RejectionLog
-from covey.sharding._tcp_connection import Connection
-from covey.sharding._transport import (
+from covey.sharding.transport._connection import Connection
+from covey.sharding.transport._frames import NOTE, REQ, RES, FrameEncoder, err_frame
+from covey.sharding.transport._protocol import (
     Body,
     NotifyHandler,
     PeerLostCallback,
     RequestHandler,
+    TransportTasks,
     call_lost_callbacks,
-    failure_details,
     logger,
     peer_unavailable,
+    remote_failure,
     timed_out,
 )
+from covey.sharding.transport._rejections import RejectionLog
 
 _BACKOFF_BASE = 0.05  # first wait after a failed connect; doubles per failure
 
@@ -48,14 +49,14 @@ _BACKOFF_BASE = 0.05  # first wait after a failed connect; doubles per failure
 class _PeerState:
     """Connect bookkeeping for one peer (the live connection is in ``_ready``)."""
 
-    connecting: asyncio.Task[Connection] | None = None
+    connecting: asyncio.Future[Connection] | None = None
     failures: int = 0
     retry_at: float = 0.0
     last_error: TransportError | None = None
 
 
 class TcpTransport:
-    """A :class:`~covey.sharding._transport.RunnerTransport` over TCP or TLS.
+    """A :class:`~covey.sharding.transport._protocol.RunnerTransport` over TCP or TLS.
 
     Args:
         host: the interface to listen on (``0.0.0.0`` for every interface).
@@ -93,7 +94,7 @@ class TcpTransport:
         self._ready: dict[RunnerAddress, Connection] = {}
         self._peers: dict[RunnerAddress, _PeerState] = {}
         self._connections: set[Connection] = set()  # every open one, both directions
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TransportTasks("covey-transport")
         self._lost_callbacks: list[PeerLostCallback] = []
         # Refused connections: all counted, logged once per host and reason, then
         # summarised, so a port scan or a wrong secret in a loop cannot flood the log.
@@ -113,6 +114,10 @@ class TcpTransport:
     def on_peer_lost(self, callback: PeerLostCallback) -> None:
         """Call ``callback(peer)`` when an established outgoing connection drops."""
         self._lost_callbacks.append(callback)
+
+    def use_tasks(self, tasks: TaskSet) -> None:
+        """Spawn connection and handler tasks into ``tasks`` from now on."""
+        self._tasks.use(tasks)
 
     async def start(self, on_request: RequestHandler, on_notify: NotifyHandler) -> RunnerAddress:
         """Listen and return the address peers should use.
@@ -145,10 +150,7 @@ class TcpTransport:
         connections = list(self._connections)
         for conn in connections:
             conn.abort(peer_unavailable(conn.peer, "transport closed"))
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         # Wait until the loop has really closed each socket, so nothing is left
         # for the garbage collector (which would warn about unclosed sockets).
         waiters = [conn.lost for conn in connections if not conn.lost.done()]
@@ -201,8 +203,8 @@ class TcpTransport:
         state = self._peers.get(peer)
         if state is None:
             state = self._peers[peer] = _PeerState()
-        task = state.connecting
-        if task is None:
+        connecting = state.connecting
+        if connecting is None:
             conn = self._ready.get(peer)
             if conn is not None:
                 return conn
@@ -213,21 +215,34 @@ class TcpTransport:
                 raise TransportError(
                     f"{state.last_error} (not retrying for another {wait:.2f}s)",
                     reason=state.last_error.reason, peer=str(peer), retry_in=wait)
-            task = state.connecting = self.spawn(self._connect(peer, state))
+            # The callers share one connect, which reports to them through a
+            # future: its failure is theirs to handle, not a crash of the task.
+            outcome: asyncio.Future[Connection] = loop.create_future()
+            connecting = state.connecting = outcome
+            task = self._tasks.spawn(self._connect(peer, state, outcome))
+            # cancelled by close(), maybe before it even started
+            task.add_done_callback(
+                lambda _: _fail(outcome, peer_unavailable(peer, "transport closed")))
         try:
             async with asyncio.timeout(limit):
                 # Shielded: one caller giving up must not abort the connect the
                 # other callers share.
-                return await asyncio.shield(task)
+                return await asyncio.shield(connecting)
         except TimeoutError:
             raise timed_out(peer, limit) from None
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if task.cancelled() and (current is None or not current.cancelling()):
-                raise peer_unavailable(peer, "transport closed") from None
-            raise
 
-    async def _connect(self, peer: RunnerAddress, state: _PeerState) -> Connection:
+    async def _connect(self, peer: RunnerAddress, state: _PeerState,
+                       outcome: asyncio.Future[Connection]) -> None:
+        """Dial ``peer`` and hand the connection (or the failure) to ``outcome``."""
+        try:
+            conn = await self._dial(peer, state)
+        except Exception as exc:
+            _fail(outcome, exc)
+        else:
+            if not outcome.done():
+                outcome.set_result(conn)
+
+    async def _dial(self, peer: RunnerAddress, state: _PeerState) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             conn = await self._open(peer)
@@ -273,17 +288,13 @@ class TcpTransport:
 
     # -- called by connections ------------------------------------------------
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the transport tracks and cancels on close."""
-        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
+    def request_received(self, conn: Connection, rid: int, body: Body) -> None:
+        """Answer request ``rid`` in a task of its own (see :meth:`answer`)."""
+        self._tasks.spawn(self.answer(conn, rid, body))
 
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved here; the awaiters got it already
+    def note_received(self, conn: Connection, body: Body) -> None:
+        """Run the notify handler for ``body`` in a task of its own."""
+        self._tasks.spawn(self.deliver(conn, body))
 
     def connection_opened(self, conn: Connection) -> None:
         """Track a new connection (so close() can reach it)."""
@@ -316,9 +327,7 @@ class TcpTransport:
             logger.warning("request handler failed for a request from %s: %s: %s",
                            conn.describe(), type(exc).__name__, exc,
                            exc_info=not isinstance(exc, TransportError))
-            reason, message, details = failure_details(exc)
-            data = self.encoder.encode({"t": ERR, "i": rid, "r": reason, "m": message,
-                                        "x": details})
+            data = self.encoder.encode(err_frame(rid, remote_failure(exc)))
         if not conn.is_closed:
             # If the caller is gone, its side has already failed the request.
             with contextlib.suppress(TransportError):
@@ -332,6 +341,12 @@ class TcpTransport:
         except Exception:
             logger.exception("notify handler failed for a notification from %s",
                              conn.describe())
+
+
+def _fail(outcome: asyncio.Future[Connection], error: BaseException) -> None:
+    if not outcome.done():
+        outcome.set_exception(error)
+        outcome.exception()  # retrieved: every caller may have given up already
 
 
 def _ssl_contexts(options: TransportOptions) -> tuple[ssl.SSLContext | None,

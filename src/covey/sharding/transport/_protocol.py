@@ -12,19 +12,20 @@ happened:
 - ``remote_failure``: the peer's handler raised; ``details`` carries
   ``error_type`` and ``message``.
 
-Implementations: :class:`~covey.sharding._tcp_transport.TcpTransport` (sockets,
-optional TLS) and :class:`~covey.sharding._local_transport.LocalTransport` (one
+Implementations: :class:`~covey.sharding.transport._tcp.TcpTransport` (sockets,
+optional TLS) and :class:`~covey.sharding.transport._local.LocalTransport` (one
 event loop, for tests).
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar, cast
 
-from covey.core import ClusterError, Reason, RunnerAddress, TransportError
+from covey.core import ClusterError, Reason, RunnerAddress, TaskSet, TransportError
+from covey.sharding._wire_errors import error_from_fields
 
 logger = logging.getLogger("covey.transport")
 
@@ -32,6 +33,7 @@ Body = dict[str, Any]
 RequestHandler = Callable[[RunnerAddress | None, Body], Awaitable[Body]]
 NotifyHandler = Callable[[RunnerAddress | None, Body], Awaitable[None]]
 PeerLostCallback = Callable[[RunnerAddress], None]
+T = TypeVar("T")
 
 
 class RunnerTransport(Protocol):
@@ -67,10 +69,57 @@ class RunnerTransport(Protocol):
         """Call ``callback(peer)`` (synchronously, in the loop) when a connection drops."""
         ...
 
+    def use_tasks(self, tasks: TaskSet) -> None:
+        """Spawn every connection and handler task into ``tasks`` from now on.
+
+        A transport never given a set keeps its own; either way :meth:`close`
+        leaves no task of the transport running.
+        """
+        ...
+
     @property
     def address(self) -> RunnerAddress | None:
         """The address peers use to reach this runner; None until started."""
         ...
+
+
+class TransportTasks:
+    """Where a transport's tasks live: the owner's set once given, else its own.
+
+    Args:
+        name: the name of the transport's own set (and of its tasks).
+    """
+
+    __slots__ = ("_given", "_own")
+
+    def __init__(self, name: str) -> None:
+        self._own = TaskSet(name)
+        self._given: TaskSet | None = None
+
+    def use(self, tasks: TaskSet) -> None:
+        """Spawn into ``tasks`` from now on (tasks already running stay where they are)."""
+        self._given = tasks
+
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` as a tracked task.
+
+        When the owner closed its set before closing the transport (it stops its
+        tasks first), the transport's own set takes over, so peers keep getting
+        answers until :meth:`close`.
+
+        Raises:
+            RuntimeError: the transport is closed.
+        """
+        given = self._given
+        if given is not None and not given.closed:
+            return given.spawn(coro)
+        return self._own.spawn(coro)
+
+    async def close(self) -> None:
+        """Cancel every task of the transport, in both sets, and wait for them."""
+        await self._own.close()
+        if self._given is not None:
+            await self._given.close()
 
 
 def peer_unavailable(peer: RunnerAddress | None, why: str) -> TransportError:
@@ -85,8 +134,14 @@ def timed_out(peer: RunnerAddress | None, timeout: float) -> TransportError:
                           reason=Reason.TIMEOUT, peer=str(peer), timeout=timeout)
 
 
-def failure_details(exc: BaseException) -> tuple[str, str, dict[str, Any]]:
-    """``(reason, message, details)`` describing a handler failure for the caller.
+def expire(future: asyncio.Future[Any], peer: RunnerAddress | None, timeout: float) -> None:
+    """Fail a waiting request with :func:`timed_out` (a ``call_later`` target)."""
+    if not future.done():
+        future.set_exception(timed_out(peer, timeout))
+
+
+def remote_failure(exc: BaseException) -> TransportError:
+    """The error a caller gets when the peer's request handler raised ``exc``.
 
     A :class:`ClusterError` raised by the handler keeps its own reason only when it
     is a transport reason (e.g. an oversized reply); anything else is a
@@ -96,30 +151,20 @@ def failure_details(exc: BaseException) -> tuple[str, str, dict[str, Any]]:
     if isinstance(exc, ClusterError):
         details["error_reason"] = exc.reason.value
     if isinstance(exc, TransportError) and exc.reason is Reason.FRAME_TOO_LARGE:
-        return Reason.FRAME_TOO_LARGE.value, f"reply too large: {exc}", details
-    return Reason.REMOTE_FAILURE.value, f"remote handler failed: {type(exc).__name__}: {exc}", \
-        details
+        return TransportError(f"reply too large: {exc}", reason=Reason.FRAME_TOO_LARGE,
+                              **details)
+    return TransportError(f"remote handler failed: {type(exc).__name__}: {exc}",
+                          reason=Reason.REMOTE_FAILURE, **details)
 
 
 def error_from_frame(peer: RunnerAddress | None, reason: Any, message: Any,
                      details: Any) -> TransportError:
-    """Rebuild the caller-side error from an ``err`` frame's fields.
-
-    The fields come from the wire: a reason this version does not know (or that
-    is not text) becomes ``remote_failure``, a message that is not text a generic
-    one, and details that are not a map are dropped.
-    """
-    parsed = Reason.REMOTE_FAILURE
-    if type(reason) is str:
-        with contextlib.suppress(ValueError):
-            parsed = Reason(reason)
-    text = message if type(message) is str else "the peer reported an error without a message"
-    error = TransportError(text, reason=parsed, peer=str(peer))
-    if isinstance(details, dict):
-        # Set after construction: a "message" detail would clash with the
-        # constructor's own parameter of that name.
-        error.details.update((str(k), v) for k, v in details.items())
-    return error
+    """Rebuild the caller-side error from an ``err`` frame's fields (see
+    :func:`~covey.sharding._wire_errors.error_from_fields`; unknown reasons
+    become ``remote_failure``)."""
+    return cast(TransportError, error_from_fields(
+        reason, message, details, fallback=Reason.REMOTE_FAILURE, kind=TransportError,
+        peer=str(peer)))
 
 
 def call_lost_callbacks(callbacks: list[PeerLostCallback], peer: RunnerAddress) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from covey.core import Clock, SystemClock
 from covey.core.metrics import TRANSPORT_REJECTED
-from covey.sharding._transport import logger
+from covey.sharding.transport._protocol import logger
 
 #: How many (host, reason) pairs are tracked; beyond this, new hosts share one
 #: entry, so a flood from many addresses cannot grow memory without bound.

@@ -41,7 +41,8 @@ from typing import Any, Final, TypeGuard
 
 import msgpack
 
-from covey.core import Reason, SerializationError, TransportError
+from covey.core import ClusterError, Reason, SerializationError, TransportError
+from covey.sharding._wire_errors import error_fields
 
 HEADER: Final = struct.Struct(">I")
 HEADER_SIZE: Final = HEADER.size
@@ -232,6 +233,13 @@ _brief.maxstring = _brief.maxother = 80
 def brief(value: object) -> str:
     """A short repr of a value from the wire, for log lines (bounded size and depth)."""
     return _brief.repr(value)
+
+
+def err_frame(rid: int | None, error: ClusterError) -> dict[str, Any]:
+    """The ``err`` frame telling the peer that request ``rid`` failed with ``error``
+    (``rid`` None: a frame the receiver could not even attribute)."""
+    reason, message, details = error_fields(error)
+    return {"t": ERR, "i": rid, "r": reason, "m": message, "x": details}
 
 
 def decode_payload(frame: bytes) -> dict[str, Any]:

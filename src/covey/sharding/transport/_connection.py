@@ -10,51 +10,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
-import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from covey.core import Reason, RunnerAddress, TransportError
-from covey.sharding._frames import (
-    CHALLENGE,
-    DENIED,
+from covey.core import Reason, RunnerAddress, SerializationError, TransportError, TransportOptions
+from covey.sharding.transport._frames import (
     ERR,
     HEADER_SIZE,
-    HELLO,
     NOTE,
     PING,
     PONG,
-    PROTOCOL_VERSION,
     REQ,
     RES,
-    WELCOME,
     FrameDecoder,
     FrameEncoder,
     FrameError,
     IncomingFrameTooLarge,
     brief,
-    hello_problem,
+    err_frame,
     is_body,
-    limit_problem,
 )
-from covey.sharding._transport import (
+from covey.sharding.transport._handshake import challenge, client_step, new_nonce, server_step
+from covey.sharding.transport._protocol import (
     Body,
     error_from_frame,
+    expire,
     logger,
     peer_unavailable,
-    timed_out,
 )
-
-if TYPE_CHECKING:
-    from covey.sharding._tcp_transport import TcpTransport
+from covey.sharding.transport._rejections import RejectionLog
 
 # Until a client has proven the secret it may only send frames this small, so an
 # unauthenticated connection cannot make us buffer max_frame_bytes.
 _HANDSHAKE_FRAME_BYTES = 4096
 _PING_FRAME = FrameEncoder(64).encode({"t": PING})
 _PONG_FRAME = FrameEncoder(64).encode({"t": PONG})
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs from its transport (:class:`~._tcp.TcpTransport`).
+
+    Its settings and this runner's address (sent in the handshake), and to hear
+    of the connection's life: opened, lost (stop sending on it), closed (the
+    socket is gone), and of each request (answer it on ``conn``) and notification.
+    """
+
+    options: TransportOptions
+    encoder: FrameEncoder
+    secret: bytes
+    rejections: RejectionLog
+
+    @property
+    def address(self) -> RunnerAddress | None: ...
+    def connection_opened(self, conn: Connection) -> None: ...
+    def connection_lost(self, conn: Connection, *, established: bool) -> None: ...
+    def connection_closed(self, conn: Connection) -> None: ...
+    def request_received(self, conn: Connection, rid: int, body: Body) -> None: ...
+    def note_received(self, conn: Connection, body: Body) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -65,7 +77,7 @@ class Connection(asyncio.Protocol):
     notices a silent peer on its own.
     """
 
-    def __init__(self, owner: TcpTransport, loop: asyncio.AbstractEventLoop, *,
+    def __init__(self, owner: ConnectionOwner, loop: asyncio.AbstractEventLoop, *,
                  peer: RunnerAddress | None, outgoing: bool) -> None:
         self._owner = owner
         self._loop = loop
@@ -107,8 +119,8 @@ class Connection(asyncio.Protocol):
         _set_nodelay(transport)
         self._owner.connection_opened(self)
         if not self.outgoing:
-            self._nonce = os.urandom(16)
-            transport.write(self._owner.encoder.encode({"t": CHALLENGE, "n": self._nonce}))
+            self._nonce = new_nonce()
+            transport.write(self._owner.encoder.encode(challenge(self._nonce)))
         self._timer = self._loop.call_later(self._options.connect_timeout,
                                             self._handshake_expired)
 
@@ -145,7 +157,7 @@ class Connection(asyncio.Protocol):
                     self._reject("malformed", "req frame without an int id")
                     return
                 if is_body(body):
-                    self._owner.spawn(self._owner.answer(self, rid, body))
+                    self._owner.request_received(self, rid, body)
                 else:
                     self._refuse_request(rid, body)
             elif kind == ERR:
@@ -155,7 +167,7 @@ class Connection(asyncio.Protocol):
                 if not is_body(body):
                     self._reject("malformed", "note frame without a map body")
                     return
-                self._owner.spawn(self._owner.deliver(self, body))
+                self._owner.note_received(self, body)
             elif kind == PING:
                 self._write(_PONG_FRAME)
             elif kind != PONG:
@@ -191,7 +203,7 @@ class Connection(asyncio.Protocol):
         self._pending[rid] = (future, len(data))
         self._write(data)
         # call_later + a bare future is much cheaper than asyncio.timeout() here.
-        handle = self._loop.call_later(limit, _expire, future, self.peer, limit)
+        handle = self._loop.call_later(limit, expire, future, self.peer, limit)
         try:
             return await future
         finally:
@@ -236,52 +248,31 @@ class Connection(asyncio.Protocol):
     # -- handshake and heartbeats -------------------------------------------------
 
     def _handshake(self, kind: str, frame: dict[str, Any]) -> None:
-        owner = self._owner
-        if not self.outgoing and kind == HELLO:
-            expected = hmac.new(owner.secret, self._nonce, hashlib.sha256).digest()
-            mac = frame.get("mac")
-            if not isinstance(mac, bytes) or not hmac.compare_digest(mac, expected):
-                owner.rejections.record(self._host, "auth_failed", "refused runner "
-                                        f"connection from {self._remote}: wrong cluster secret")
-                self._write(owner.encoder.encode({"t": DENIED, "m": "wrong cluster secret"}))
-                self._close_gracefully(None)
-                return
-            if (problem := hello_problem(frame)) is not None:  # once the secret is proven
-                self._reject("malformed", problem)
-                return
-            advertised = frame.get("a")
-            if advertised is not None:
-                self.peer = RunnerAddress(advertised[0], advertised[1])
-            self._learn_limit(frame)
-            self._write(owner.encoder.encode({"t": WELCOME, "m": self._options.max_frame_bytes}))
+        owner, limit = self._owner, self._options.max_frame_bytes
+        step = client_step(kind, frame, secret=owner.secret, max_frame_bytes=limit,
+                           address=owner.address) if self.outgoing else server_step(
+            kind, frame, secret=owner.secret, nonce=self._nonce, max_frame_bytes=limit)
+        if step.malformed is not None:
+            self._reject("malformed", step.malformed)
+            return
+        if step.denied:  # fails the dialler waiting for the welcome, too
+            self._close_gracefully(TransportError(
+                f"runner {self.peer} refused our cluster secret",
+                reason=Reason.AUTH_FAILED, peer=str(self.peer)))
+            return
+        if step.wrong_secret:
+            owner.rejections.record(self._host, "auth_failed", "refused runner "
+                                    f"connection from {self._remote}: wrong cluster secret")
+        self.peer = step.peer or self.peer
+        self.peer_limit = step.peer_limit or self.peer_limit
+        if step.reply is not None:
+            self._write(owner.encoder.encode(step.reply))
+        if step.wrong_secret:
+            self._close_gracefully(None)
+        elif step.ready:
             self._become_ready()
-        elif self.outgoing and kind == CHALLENGE and isinstance(frame.get("n"), bytes):
-            mac = hmac.new(owner.secret, frame["n"], hashlib.sha256).digest()
-            address = owner.address
-            self._write(owner.encoder.encode({
-                "t": HELLO, "v": PROTOCOL_VERSION, "mac": mac, "m": self._options.max_frame_bytes,
-                "a": [address.host, address.port] if address is not None else None}))
-        elif self.outgoing and kind == WELCOME:
-            if (problem := limit_problem(frame)) is not None:
-                self._reject("malformed", problem)
-                return
-            self._learn_limit(frame)
-            self._become_ready()
-            if not self.welcomed.done():
+            if self.outgoing and not self.welcomed.done():
                 self.welcomed.set_result(None)
-        elif self.outgoing and kind == DENIED:
-            error = TransportError(f"runner {self.peer} refused our cluster secret",
-                                   reason=Reason.AUTH_FAILED, peer=str(self.peer))
-            if not self.welcomed.done():
-                self.welcomed.set_exception(error)
-            self._close_gracefully(error)
-        else:
-            self._reject("malformed", f"unexpected {brief(kind)} frame during the handshake")
-
-    def _learn_limit(self, frame: dict[str, Any]) -> None:
-        limit = frame.get("m")
-        if type(limit) is int and limit > 0:
-            self.peer_limit = limit
 
     def _become_ready(self) -> None:
         self._ready = True
@@ -347,9 +338,8 @@ class Connection(asyncio.Protocol):
             self._host, "frame_too_large" if self._ready else "malformed",
             f"closing runner connection from {self.describe()}: {exc}")
         if self._ready:
-            self._write(self._owner.encoder.encode({
-                "t": ERR, "i": None, "r": Reason.FRAME_TOO_LARGE.value, "m": str(exc),
-                "x": {"size": exc.size, "limit": exc.limit}}))
+            self._write(self._owner.encoder.encode(err_frame(None, TransportError(
+                str(exc), reason=Reason.FRAME_TOO_LARGE, size=exc.size, limit=exc.limit))))
         self._close_gracefully(None)
 
     def _refuse_request(self, rid: int, body: Any) -> None:
@@ -357,8 +347,8 @@ class Connection(asyncio.Protocol):
         why = f"a request body must be a map with text keys, not {brief(body)}"
         self._owner.rejections.record(
             self._host, "malformed", f"refused a request from runner {self.describe()}: {why}")
-        self._write(self._owner.encoder.encode({
-            "t": ERR, "i": rid, "r": Reason.PAYLOAD_INVALID.value, "m": why, "x": {}}))
+        self._write(self._owner.encoder.encode(
+            err_frame(rid, SerializationError(why, reason=Reason.PAYLOAD_INVALID))))
 
     def _reject(self, reason: str, why: str) -> None:
         """Drop a connection that broke the protocol: counted, logged rate-limited."""
@@ -398,11 +388,6 @@ class Connection(asyncio.Protocol):
         # Tell the owner now, not when the loop gets round to connection_lost, so
         # no new request picks this connection and on_peer_lost fires at once.
         self._owner.connection_lost(self, established=self._ready)
-
-
-def _expire(future: asyncio.Future[Body], peer: RunnerAddress | None, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(timed_out(peer, timeout))
 
 
 def _set_nodelay(transport: asyncio.BaseTransport) -> None:

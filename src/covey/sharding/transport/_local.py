@@ -1,6 +1,6 @@
 """An in-process transport: many runners in one event loop, no sockets.
 
-:class:`LocalTransport` behaves like :class:`~covey.sharding._tcp_transport.TcpTransport`
+:class:`LocalTransport` behaves like :class:`~covey.sharding.transport._tcp.TcpTransport`
 where a test would notice: bodies are round-tripped through the same msgpack frame
 encoding (an unencodable body fails the same way), the frame-size limit applies in
 both directions, handlers run as their own tasks, a handler that raises becomes
@@ -12,21 +12,38 @@ that talked to it get ``on_peer_lost``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
-from covey.core import ConfigError, Reason, RunnerAddress, TransportError, TransportOptions
-from covey.sharding._frames import HEADER_SIZE, NOTE, REQ, RES, FrameEncoder, decode_payload
-from covey.sharding._transport import (
+from covey.core import (
+    ConfigError,
+    Reason,
+    RunnerAddress,
+    TaskSet,
+    TransportError,
+    TransportOptions,
+)
+from covey.sharding._wire_errors import error_fields
+from covey.sharding.transport._frames import (
+    HEADER_SIZE,
+    NOTE,
+    REQ,
+    RES,
+    FrameEncoder,
+    decode_payload,
+)
+from covey.sharding.transport._protocol import (
     Body,
     NotifyHandler,
     PeerLostCallback,
     RequestHandler,
+    TransportTasks,
     call_lost_callbacks,
     error_from_frame,
-    failure_details,
+    expire,
     logger,
     peer_unavailable,
-    timed_out,
+    remote_failure,
 )
 
 
@@ -107,7 +124,7 @@ class LocalNetwork:
 
 
 class LocalTransport:
-    """A :class:`~covey.sharding._transport.RunnerTransport` inside one event loop.
+    """A :class:`~covey.sharding.transport._protocol.RunnerTransport` inside one event loop.
 
     Args:
         network: the :class:`LocalNetwork` shared by the runners that talk.
@@ -127,7 +144,7 @@ class LocalTransport:
         self._lost_callbacks: list[PeerLostCallback] = []
         self._links: set[RunnerAddress] = set()  # peers we have reached (a "connection")
         self._calls: set[asyncio.Future[Body]] = set()  # waiting calls to or from us
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TransportTasks("covey-local-transport")
         network._join(self)
 
     @property
@@ -143,6 +160,10 @@ class LocalTransport:
     def on_peer_lost(self, callback: PeerLostCallback) -> None:
         """Call ``callback(peer)`` when a peer this runner has reached is killed or closed."""
         self._lost_callbacks.append(callback)
+
+    def use_tasks(self, tasks: TaskSet) -> None:
+        """Run handlers as tasks of ``tasks`` from now on."""
+        self._tasks.use(tasks)
 
     async def start(self, on_request: RequestHandler, on_notify: NotifyHandler) -> RunnerAddress:
         """Become reachable at the address given to the constructor.
@@ -163,10 +184,7 @@ class LocalTransport:
             return
         self.closed = True
         self._net._leave(self)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
 
     async def request(self, peer: RunnerAddress, body: Body, *,
                       timeout: float) -> Body:
@@ -185,7 +203,7 @@ class LocalTransport:
         self._calls.add(future)
         target._calls.add(future)
         target._spawn(target._answer(self.address, decode_payload(frame)["b"], future, self))
-        handle = loop.call_later(timeout, _expire, future, peer, timeout)
+        handle = loop.call_later(timeout, expire, future, peer, timeout)
         try:
             return await future
         finally:
@@ -218,10 +236,8 @@ class LocalTransport:
                 f"{self.max_frame_bytes}",
                 reason=Reason.FRAME_TOO_LARGE, size=size, limit=self.max_frame_bytes)
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro)
 
     async def _answer(self, caller: RunnerAddress | None, body: Any,
                       future: asyncio.Future[Body], sender: LocalTransport) -> None:
@@ -235,8 +251,8 @@ class LocalTransport:
         except Exception as exc:
             logger.warning("request handler on %s failed: %s: %s", self.own_address,
                            type(exc).__name__, exc, exc_info=not isinstance(exc, TransportError))
-            reason, message, details = failure_details(exc)
-            outcome = error_from_frame(self.own_address, reason, message, details)
+            # the same fields a TCP peer would send in its err frame
+            outcome = error_from_frame(self.own_address, *error_fields(remote_failure(exc)))
         if future.done():
             return  # the caller timed out, was cancelled, or one side was killed
         if isinstance(outcome, TransportError):
@@ -257,7 +273,3 @@ class LocalTransport:
             if not future.done():
                 future.set_exception(error)
 
-
-def _expire(future: asyncio.Future[Body], peer: RunnerAddress, timeout: float) -> None:
-    if not future.done():
-        future.set_exception(timed_out(peer, timeout))

@@ -1,0 +1,255 @@
+"""The one place a runner is assembled: its object graph, built in one order.
+
+:meth:`Runner.start` builds, from what the application declared, everything a
+cluster member runs on and starts it::
+
+    storage ─ transport ─ Sharding ─ Messenger ─ Jobs
+                                 └─ deliveries: EntityRuntime (default), JobRunner (covey.Job)
+                                 └─ listeners:  Messenger, SingletonManager, CronManager
+
+Every background task lives in one root :class:`~covey.core.TaskSet` owned by
+the runner's supervisor; each component gets a named child of it. A task that
+crashes cancels the runner's tasks (it stops serving, loudly) and is reported to
+the :class:`~covey.cluster.Cluster` so ``serve()`` returns. :meth:`Runner.close`
+takes it apart gracefully in the reverse order; :meth:`Runner.abort` drops it
+at once, as if the process died.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from covey.cluster._declaring import Declarations
+from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress, TaskSet
+from covey.entities.runtime import EntityRuntime
+from covey.jobs import Jobs
+from covey.jobs.runtime import (
+    JOB_ENTITY,
+    JOBS_METRICS,
+    JobRunner,
+    RunnerJobHost,
+    sample_job_metrics,
+)
+from covey.sharding import RunnerTransport
+from covey.sharding.runtime import Body, DeliveryRegistry, Messenger, RetentionPurger, Sharding
+from covey.singletons import SingletonContext
+from covey.singletons.runtime import CronManager, CronSpec, SingletonManager, SingletonSpec
+from covey.storage import Storage, WakeupSource
+
+log = logging.getLogger("covey.cluster")
+
+
+class Runner:
+    """One started cluster member: every part of it, and its root task set.
+
+    Args:
+        config: the cluster's settings.
+        storage: the store (started by :meth:`start`, closed by :meth:`close`).
+        transport: the transport (started unless ``client_only``).
+        clock: the time source of every part.
+        client_only: route calls but host nothing.
+        groups: the shard groups this runner serves.
+        weight: this runner's share of shards.
+        on_crash: told when a task of the runner crashed (after it was logged).
+    """
+
+    def __init__(self, config: CoveyConfig, storage: Storage, transport: RunnerTransport,
+                 clock: Clock, *, client_only: bool, groups: tuple[str, ...], weight: int,
+                 on_crash: Callable[[BaseException], None]) -> None:
+        self.config = config
+        self.storage = storage
+        self.transport = transport
+        self.clock = clock
+        self.client_only = client_only
+        self._groups = groups
+        self._weight = weight
+        self._on_crash = on_crash
+        self.crashed: BaseException | None = None
+        self.tasks = TaskSet("covey-runner", on_crash=self._crashed)
+        self.deliveries = DeliveryRegistry()
+        self._loops: list[TaskSet] = []  # closed after the components, before the transport
+        self.sharding: Sharding | None = None
+        self.messenger: Messenger | None = None
+        self.jobs: Jobs | None = None
+        self.entities: EntityRuntime | None = None
+        self.job_runner: JobRunner | None = None
+        self.singletons: SingletonManager | None = None
+        self.crons: CronManager | None = None
+
+    # ---- building --------------------------------------------------------
+
+    async def start(self, declared: Declarations) -> None:
+        """Build the graph, join the cluster and start every loop.
+
+        On failure the parts built so far stay set: :meth:`close` closes them.
+        """
+        config, storage, clock = self.config, self.storage, self.clock
+        await storage.start()
+        self.transport.use_tasks(self._child("covey-transport"))
+        address = None
+        if not self.client_only:
+            address = await self.transport.start(self._on_request, self._on_notify)
+        # no await from here to the messenger: the transport's handlers find it set
+        sharding = self.sharding = Sharding(config, storage, clock, address=address,
+                                            groups=self._groups, weight=self._weight)
+        messenger = self.messenger = Messenger(
+            config, storage, self.transport, sharding, clock,
+            deliveries=self.deliveries, tasks=self._child("covey-messenger"))
+        self.jobs = Jobs(storage, messenger, sharding.snowflake, clock, config.shards,
+                         specs={spec.name: spec for spec in declared.jobs})
+        singletons = list(declared.singletons)
+        if address is not None:
+            self._host(declared, address)
+            if declared.jobs and not any(s.name == JOBS_METRICS for s in singletons):
+                singletons.append(SingletonSpec(JOBS_METRICS, self._sample_job_metrics,
+                                                None, None))
+        self.singletons = SingletonManager(sharding, storage, clock, config.shards,
+                                           tasks=self._child("covey-singletons"))
+        for spec in singletons:
+            self.singletons.add(spec)
+        if address is not None:
+            sharding.listeners.append(self.singletons)
+            if declared.crons:
+                self._schedule(declared.crons)
+        self.transport.on_peer_lost(lambda peer: sharding.wake())
+        if address is not None and isinstance(storage, WakeupSource):
+            # None: the listener reconnected and wake-ups may have been missed
+            await storage.listen(
+                lambda shard: messenger.poke() if shard is not None else messenger.resync())
+        await sharding.join()
+        sharding.start_loops(self._loop("covey-sharding"))
+        messenger.start()
+        if self.entities is not None:
+            self._loop("covey-entities").spawn(self.entities.reaper_loop(), name="covey-reaper")
+            purger = RetentionPurger(storage, sharding, clock, config.storage, config.shards,
+                                     keep_errors_of=(JOB_ENTITY,))
+            # not a singleton: it would show in every application's singleton listing
+            self._loop("covey-retention").spawn(purger.run(), name="covey-retention")
+
+    def _host(self, declared: Declarations, address: RunnerAddress) -> None:
+        """What a runner that serves shards hosts: entities (the default
+        deliverer) and the job runner (the deliverer of ``covey.Job``)."""
+        assert self.messenger is not None and self.jobs is not None
+        grace = self.config.sharding.shutdown_grace
+        self.entities = EntityRuntime(self.clock, address, types=declared.entity_types,
+                                      grace=grace)
+        self.deliveries.set_default(self.entities)
+        host = RunnerJobHost(self.messenger, self.storage, self.jobs)
+        self.job_runner = JobRunner(self.clock, str(address), host,
+                                    tasks=self._child("covey-jobs"), grace=grace)
+        for spec in declared.jobs:
+            self.job_runner.add(spec)
+        self.deliveries.register(JOB_ENTITY, self.job_runner)
+
+    def _schedule(self, specs: Sequence[CronSpec]) -> None:
+        """Cron: its ticks are messages to an entity type of the entity runtime."""
+        assert self.sharding is not None and self.messenger is not None
+        assert self.entities is not None
+        self.crons = CronManager(self.messenger, self.sharding.snowflake, self.clock,
+                                 self.config.shards, messages=self.storage.messages,
+                                 tasks=self._child("covey-cron"))
+        for spec in specs:
+            self.crons.add(spec)
+        self.entities.register(self.crons.entity_type)
+        self.sharding.listeners.append(self.crons)
+
+    def _child(self, name: str) -> TaskSet:
+        return self.tasks.child(name)
+
+    def _loop(self, name: str) -> TaskSet:
+        """A component's set of background loops (stopped just before the transport)."""
+        loops = self.tasks.child(name)
+        self._loops.append(loops)
+        return loops
+
+    async def _on_request(self, peer: RunnerAddress | None, body: Body) -> Body:
+        assert self.messenger is not None
+        return await self.messenger.handle_request(peer, body)
+
+    async def _on_notify(self, peer: RunnerAddress | None, body: Body) -> None:
+        assert self.messenger is not None
+        await self.messenger.handle_notify(peer, body)
+
+    async def _sample_job_metrics(self, ctx: SingletonContext[None]) -> None:
+        """The job gauges, exported by one runner (a singleton) for the cluster."""
+        await sample_job_metrics(self.storage.messages, self.clock)
+
+    def _crashed(self, error: BaseException) -> None:
+        """A task of the runner died of ``error``: stop serving, as a TaskGroup would."""
+        if self.crashed is None:
+            log.critical("a covey background task crashed; the runner stops serving "
+                         "(%s: %s)", type(error).__name__, error)
+            self.crashed = error
+        for task in self.tasks.tasks:
+            task.cancel()
+        self._on_crash(error)
+
+    # ---- taking apart ----------------------------------------------------
+
+    async def close(self) -> None:
+        """Leave gracefully and close what :meth:`start` opened, in reverse order.
+
+        Every step runs even when one fails (the storage is closed whatever
+        happened before); the first failure is raised at the end.
+        """
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if self.sharding is not None:
+            steps.append(("membership", self._leave))
+        if self.entities is not None:
+            steps.append(("entities", lambda: self._stop_entities(graceful=True)))
+        for part, component in (("singletons", self.singletons), ("crons", self.crons)):
+            if component is not None:
+                steps.append((part, component.stop))
+        if self.job_runner is not None:
+            steps.append(("job runner", self.job_runner.close))
+        if self.messenger is not None:
+            steps.append(("messenger", self.messenger.close))
+        steps += [("background loops", self._close_loops),
+                  ("transport", self.transport.close), ("storage", self.storage.close),
+                  ("tasks", self.tasks.close)]
+        failure: Exception | None = None
+        for part, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                log.warning("closing the %s failed", part, exc_info=True)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
+    async def abort(self) -> None:
+        """Stop at once: cancel every task, close transport and storage.
+
+        Nothing is handed over: the runner stays registered and keeps its shard
+        locks until they expire, as if its process had died.
+        """
+        await self.tasks.close()
+        steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("transport", self.transport.close), ("storage", self.storage.close)]
+        if self.entities is not None:  # their handlers are tasks of the deliveries
+            steps.insert(0, ("entities", lambda: self._stop_entities(graceful=False)))
+        for part, step in steps:
+            try:
+                await step()
+            except Exception:
+                log.warning("closing the %s of an aborted runner failed", part, exc_info=True)
+
+    async def _leave(self) -> None:
+        """Deregister first, so peers rebalance at once; tell them so."""
+        assert self.sharding is not None
+        sharding = self.sharding
+        peers = [r.address for r in sharding.live if r.address != sharding.address]
+        await sharding.leave()
+        for peer in peers:  # let them rebalance now instead of at their next membership read
+            with contextlib.suppress(ClusterError, OSError):
+                await self.transport.notify(peer, {"k": "leaving"})
+
+    async def _stop_entities(self, *, graceful: bool) -> None:
+        assert self.entities is not None
+        await self.entities.stop_all(graceful=graceful)
+
+    async def _close_loops(self) -> None:
+        for loops in self._loops:
+            await loops.close()

@@ -1,0 +1,177 @@
+"""Declaring: what an application says every runner runs, before it starts.
+
+Entity types, singletons, crons and jobs are declared on the
+:class:`~covey.cluster.Cluster` (this is its declaring half) and checked when
+they are declared — a bad declaration accepted here would only fail at start,
+and stop the whole cluster. :meth:`Declaring.declarations` is what the assembly
+builds a runner from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from covey.core import invalid_argument
+from covey.entities import Entity
+from covey.entities.runtime import add_entity_type
+from covey.jobs import JobDefinition, Jobs, PriorityName, Retry
+from covey.jobs.runtime import JobSpec, job_spec
+from covey.singletons.runtime import CronFn, CronSpec, SingletonFn, SingletonSpec, cron_spec
+
+
+@dataclass(frozen=True)
+class Declarations:
+    """What an application declared on a cluster, as the assembly reads it."""
+
+    entity_types: Mapping[str, type[Entity]]
+    singletons: Sequence[SingletonSpec]
+    crons: Sequence[CronSpec]
+    jobs: Sequence[JobSpec]
+
+
+class Declaring:
+    """The declaring half of :class:`~covey.cluster.Cluster`."""
+
+    def __init__(self) -> None:
+        self._entity_types: dict[str, type[Entity]] = {}
+        self._singleton_specs: list[SingletonSpec] = []
+        self._cron_specs: list[CronSpec] = []
+        self._job_specs: list[JobSpec] = []
+
+    def declarations(self) -> Declarations:
+        """What is declared now (copies: a runner is built from a snapshot)."""
+        return Declarations(dict(self._entity_types), list(self._singleton_specs),
+                            list(self._cron_specs), list(self._job_specs))
+
+    @property
+    def jobs(self) -> Jobs:
+        """The started cluster's jobs (the cluster overrides it)."""
+        raise NotImplementedError
+
+    def _also_host(self, entity_type: type[Entity]) -> None:
+        """An entity type registered after start: the cluster hosts it at once."""
+
+    def register(self, *entity_types: type[Entity]) -> None:
+        """Host these entity types on this runner (every runner registers the same)."""
+        for entity_type in entity_types:
+            add_entity_type(self._entity_types, entity_type)
+            self._also_host(entity_type)
+
+    def singleton(
+        self, name: str, *, state: type[Any] | None = None,
+        expected_interval: float | None = None, shard_group: str = "default",
+    ) -> Callable[[SingletonFn], SingletonFn]:
+        """Declare a singleton: ``async def fn(ctx: covey.SingletonContext) -> None``.
+
+        Args:
+            name: unique in the cluster; decides which shard (and so runner) hosts it.
+            state: a type (e.g. a pydantic model) for ``ctx.state``; saved with
+                ``await ctx.save_state()`` and handed to the next owner.
+            expected_interval: seconds between ``ctx.beat()`` calls; a singleton
+                silent for twice this long is reported unhealthy.
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option
+                (``details["field"]``) for a name that is empty, not a ``str``,
+                longer than 255 UTF-8 bytes, holds NUL or a lone surrogate, or is
+                declared twice; an ``expected_interval`` that is not a finite
+                number of seconds > 0; a bad shard group or state type.
+        """
+        # checked now, not at start: a bad spec there would stop the whole cluster
+        probe = SingletonSpec(name, _no_fn, state, expected_interval, shard_group)
+
+        def declare(fn: SingletonFn) -> SingletonFn:
+            spec = dataclasses.replace(probe, fn=fn)  # checked again
+            if any(s.name == name for s in self._singleton_specs):
+                raise invalid_argument("name", f"singleton {name!r} is declared twice")
+            self._singleton_specs.append(spec)
+            return fn
+
+        return declare
+
+    def cron(
+        self, expression: str, *, name: str | None = None, tz: str = "UTC",
+        skip_if_older_than: dt.timedelta | float = dt.timedelta(days=1),
+        from_previous: bool = False,
+    ) -> Callable[[CronFn], CronFn]:
+        """Declare a cron: ``async def fn(tick: covey.CronTick) -> None``, once per tick.
+
+        Args:
+            expression: 5 fields (minute resolution) or 6 with seconds first
+                (``"*/5 * * * * *"``: every 5 seconds).
+            name: unique in the cluster (default: the function's name).
+            tz: IANA time zone the expression is read in.
+            skip_if_older_than: a tick that comes due later than this (all runners
+                were down) is skipped and counted, never run in a burst; seconds
+                > 0 or a ``timedelta``, ``math.inf`` to never skip.
+            from_previous: after downtime, continue from the last scheduled tick
+                (catching up on ticks younger than ``skip_if_older_than``) instead of
+                from now.
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option
+                (``details["field"]``) for an expression croniter refuses or that
+                never fires, an unknown time zone, a ``skip_if_older_than`` that is
+                not seconds > 0, and a name that is empty, not a ``str``, longer
+                than 255 UTF-8 bytes, holds NUL or a lone surrogate, or is
+                declared twice.
+        """
+        # checked now, not at start: a bad spec there would stop the whole cluster
+        probe = cron_spec("_" if name is None else name, expression, _no_fn, tz=tz,
+                          skip_if_older_than=skip_if_older_than, from_previous=from_previous)
+
+        def declare(fn: CronFn) -> CronFn:
+            cron_name = getattr(fn, "__name__", "") if name is None else name
+            spec = dataclasses.replace(probe, name=cron_name, fn=fn)  # checked again
+            if any(s.name == cron_name for s in self._cron_specs):
+                raise invalid_argument("name", f"cron {cron_name!r} is declared twice")
+            self._cron_specs.append(spec)
+            return fn
+
+        return declare
+
+    def job(
+        self, name: str, *, retry: Retry | None = None, timeout: float | None = None,
+        priority: PriorityName | int = "normal", concurrency: int = 100,
+    ) -> Callable[[Callable[..., Awaitable[Any]]], JobDefinition[Any]]:
+        """Declare a job: ``async def handler(job: covey.JobContext, payload: Model)``.
+
+        Args:
+            retry: the retry policy (default ``Retry()``: 3 attempts, exponential
+                backoff from 1 s with jitter).
+            timeout: seconds a run may take; a run that takes longer is cancelled
+                and counts as a failed attempt.
+            priority: default priority of its jobs (``high``/``normal``/``low``/int).
+            concurrency: runs of this job at once on one runner.
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option (``details["field"]``)
+                for an empty or repeated name, a timeout that is not a finite
+                number of seconds > 0, a concurrency that is not an int >= 1, or a
+                bad priority.
+        """
+        # checked now, not at start: a bad spec there would stop the whole cluster
+        job_spec(name, _no_job_fn, retry=retry, timeout=timeout, priority=priority,
+                 concurrency=concurrency)
+
+        def declare(fn: Callable[..., Awaitable[Any]]) -> JobDefinition[Any]:
+            spec = job_spec(name, fn, retry=retry, timeout=timeout, priority=priority,
+                            concurrency=concurrency)
+            if any(s.name == name for s in self._job_specs):
+                raise invalid_argument("name", f"job {name!r} is declared twice")
+            self._job_specs.append(spec)
+            return JobDefinition(spec, lambda: self.jobs)
+
+        return declare
+
+
+async def _no_fn(_: Any) -> None:
+    """Stands in for the function while a declaration's options are checked."""
+
+
+async def _no_job_fn(job: Any, payload: Any) -> None:
+    """Stands in for a job handler while the declaration's options are checked."""
