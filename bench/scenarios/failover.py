@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 
 import covey
-from covey.core import shard_for
+from covey.core.runtime import shard_for
 
 from ._runners import (
     SHARDS,

@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 
 import covey
-from covey.core import shard_for
+from covey.core.runtime import shard_for
 
 from ._harness import RunnerProcess, wait_until
 from .app import Apply, Ledger

@@ -16,14 +16,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from covey.core import (
-    Reason,
-    RunnerAddress,
-    SerializationError,
-    TaskSet,
-    TransportError,
-    TransportOptions,
-)
+from covey.core import Reason, RunnerAddress, SerializationError, TransportError, TransportOptions
+from covey.core.runtime import TaskSet
 from covey.sharding import TcpTransport
 from covey.sharding.transport._frames import FrameDecoder
 

@@ -5,7 +5,8 @@ from collections import Counter
 
 import pytest
 
-from covey.core import ClusterError, RunnerAddress, ShardId, TestClock, shard_for
+from covey.core import ClusterError, RunnerAddress, ShardId, TestClock
+from covey.core.runtime import shard_for
 
 
 async def test_test_clock_wakes_sleepers_in_order() -> None:

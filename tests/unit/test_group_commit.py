@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import pytest
 
 from covey.core import StorageError
-from covey.storage import GroupCommit
+from covey.storage.runtime import GroupCommit
 
 
 async def test_concurrent_ops_share_batches() -> None:

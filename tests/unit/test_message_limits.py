@@ -25,9 +25,9 @@ from covey.core import (
     Reason,
     RunnerAddress,
     SerializationError,
-    TaskSet,
     TestClock,
 )
+from covey.core.runtime import TaskSet
 from covey.sharding import LocalNetwork, LocalTransport
 from covey.sharding.runtime import DeliveryRegistry, Envelope, Messenger, Sharding
 from covey.storage import Message, Storage

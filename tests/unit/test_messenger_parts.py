@@ -26,9 +26,8 @@ from covey.core import (
     ShardId,
     ShardingOptions,
     SystemClock,
-    TaskSet,
-    shard_for,
 )
+from covey.core.runtime import TaskSet, shard_for
 from covey.sharding import LocalNetwork, LocalTransport
 from covey.sharding._wire import read_answer
 from covey.sharding.runtime import (

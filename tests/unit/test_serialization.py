@@ -10,16 +10,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, Field
 
-from covey.core import (
-    JsonCodec,
-    MsgpackCodec,
-    Reason,
-    SerializationError,
-    codec_for,
-    to_plain,
-    validate,
-    validate_value,
-)
+from covey.core import JsonCodec, MsgpackCodec, Reason, SerializationError
+from covey.core.runtime import codec_for, to_plain, validate, validate_value
 
 
 class Color(enum.Enum):

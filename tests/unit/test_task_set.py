@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from covey.core import TaskSet
+from covey.core.runtime import TaskSet
 
 
 async def test_close_cancels_running_tasks_of_the_set_and_its_children() -> None:

@@ -8,14 +8,8 @@ from typing import Any
 
 import pytest
 
-from covey.core import (
-    Reason,
-    RunnerAddress,
-    SerializationError,
-    TaskSet,
-    TransportError,
-    TransportOptions,
-)
+from covey.core import Reason, RunnerAddress, SerializationError, TransportError, TransportOptions
+from covey.core.runtime import TaskSet
 from covey.sharding import LocalNetwork, LocalTransport
 from covey.sharding.transport._frames import (
     FrameDecoder,

@@ -22,7 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from covey.cluster._declaring import Declarations
-from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress, TaskSet
+from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress
+from covey.core.runtime import TaskSet
 from covey.entities.runtime import EntityRuntime
 from covey.jobs import Jobs
 from covey.jobs.runtime import (

@@ -29,8 +29,8 @@ from covey.core import (
     Reason,
     RunnerAddress,
     SystemClock,
-    shard_for,
 )
+from covey.core.runtime import shard_for
 from covey.entities import Entity
 from covey.entities.runtime import EntityClient, EntityRuntime
 from covey.jobs import Jobs

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from covey.core import invalid_argument
+from covey.core.runtime import invalid_argument
 from covey.entities import Entity
 from covey.entities.runtime import add_entity_type
 from covey.jobs import JobDefinition, Jobs, PriorityName, Retry

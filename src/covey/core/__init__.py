@@ -2,11 +2,11 @@
 
 Identifiers (shards, entity and runner addresses, snowflake ids), the one error
 tree, serialization of typed payloads, configuration and the clock. Nothing here
-does I/O.
+does I/O. The helpers the other layers build with (argument checks, hashing,
+validation, the task set) are in :mod:`covey.core.runtime`.
 """
 
-from covey.core._checks import check_seconds, invalid_argument
-from covey.core._clock import Clock, SystemClock, TestClock, being_cancelled, sleep_or_wake
+from covey.core._clock import Clock, SystemClock, TestClock
 from covey.core._config import (
     DEFAULT_DATABASE_URL,
     CoveyConfig,
@@ -40,9 +40,6 @@ from covey.core._ids import (
     EntityAddress,
     RunnerAddress,
     ShardId,
-    check_text,
-    shard_for,
-    stable_hash,
 )
 from covey.core._request import (
     REQUEST_HEADER,
@@ -58,10 +55,6 @@ from covey.core._serialization import (
     Codec,
     JsonCodec,
     MsgpackCodec,
-    codec_for,
-    to_plain,
-    validate,
-    validate_value,
 )
 from covey.core._snowflake import (
     EPOCH_MS,
@@ -70,7 +63,6 @@ from covey.core._snowflake import (
     SnowflakeParts,
     parse_snowflake,
 )
-from covey.core._tasks import TaskSet
 
 __all__ = [
     "AlreadyProcessed",
@@ -112,24 +104,12 @@ __all__ = [
     "SystemClock",
     "TENANT_HEADER",
     "TRACEPARENT_HEADER",
-    "TaskSet",
     "TestClock",
     "TransportError",
     "TransportOptions",
     "USER_HEADER",
     "VersionConflict",
-    "being_cancelled",
-    "check_seconds",
-    "check_text",
-    "codec_for",
     "current_context",
-    "invalid_argument",
     "parse_snowflake",
-    "shard_for",
-    "sleep_or_wake",
-    "stable_hash",
-    "to_plain",
     "use_context",
-    "validate",
-    "validate_value",
 ]

@@ -13,11 +13,9 @@ from covey.core import (
     MsgpackCodec,
     Reason,
     SnowflakeGenerator,
-    check_text,
     current_context,
-    shard_for,
-    validate_value,
 )
+from covey.core.runtime import check_text, shard_for, validate_value
 from covey.entities._definition import Entity, RpcSpec
 from covey.sharding.runtime import Envelope, Messenger, raise_error_reply
 from covey.storage import Message

@@ -28,8 +28,8 @@ from covey.core import (
     EntityAddress,
     Reason,
     RunnerAddress,
-    check_text,
 )
+from covey.core.runtime import check_text
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -28,10 +28,10 @@ from covey.core import (
     RequestContext,
     RunnerAddress,
     ShardId,
-    being_cancelled,
     metrics,
     use_context,
 )
+from covey.core.runtime import being_cancelled
 from covey.entities._definition import Entity, EntityContext, RpcSpec
 from covey.sharding.runtime import Envelope, error_payload
 from covey.storage import Reply

@@ -9,16 +9,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from covey.core import (
-    MAX_ENTITY_ID_BYTES,
-    MAX_NAME_BYTES,
-    ClusterError,
-    JobError,
-    Reason,
-    check_seconds,
-    check_text,
-    invalid_argument,
-)
+from covey.core import MAX_ENTITY_ID_BYTES, MAX_NAME_BYTES, ClusterError, JobError, Reason
+from covey.core.runtime import check_seconds, check_text, invalid_argument
 
 invalid = invalid_argument  # this package's name for it
 

@@ -17,11 +17,9 @@ from covey.core import (
     MsgpackCodec,
     Reason,
     SnowflakeGenerator,
-    check_seconds,
     current_context,
-    shard_for,
-    validate_value,
 )
+from covey.core.runtime import check_seconds, shard_for, validate_value
 from covey.jobs._definition import (
     JOB_ENTITY,
     TERMINAL,

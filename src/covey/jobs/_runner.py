@@ -31,11 +31,10 @@ from covey.core import (
     Reason,
     RequestContext,
     ShardId,
-    TaskSet,
-    being_cancelled,
     metrics,
     use_context,
 )
+from covey.core.runtime import TaskSet, being_cancelled
 from covey.jobs._definition import JobSpec
 from covey.sharding.runtime import Envelope, Reschedule
 from covey.storage import Message, Reply

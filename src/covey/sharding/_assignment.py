@@ -15,7 +15,8 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 
-from covey.core import RunnerAddress, ShardId, stable_hash
+from covey.core import RunnerAddress, ShardId
+from covey.core.runtime import stable_hash
 from covey.storage import RunnerInfo
 
 VNODES = 128

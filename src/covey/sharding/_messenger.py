@@ -24,7 +24,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from covey.core import Clock, CoveyConfig, RunnerAddress, ShardId, TaskSet
+from covey.core import Clock, CoveyConfig, RunnerAddress, ShardId
+from covey.core.runtime import TaskSet
 from covey.sharding._completion import Completion
 from covey.sharding._delivery import DeliveryRegistry
 from covey.sharding._envelope import Envelope

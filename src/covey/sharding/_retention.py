@@ -22,7 +22,8 @@ import logging
 import math
 from collections.abc import Callable, Collection
 
-from covey.core import Clock, ShardId, StorageOptions, metrics, shard_for
+from covey.core import Clock, ShardId, StorageOptions, metrics
+from covey.core.runtime import shard_for
 from covey.sharding._sharding import Sharding
 from covey.storage import MessageStorage, Storage
 

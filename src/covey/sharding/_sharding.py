@@ -37,10 +37,9 @@ from covey.core import (
     ShardId,
     SnowflakeGenerator,
     StorageError,
-    TaskSet,
     metrics,
-    sleep_or_wake,
 )
+from covey.core.runtime import TaskSet, sleep_or_wake
 from covey.sharding._assignment import assign
 from covey.storage import RunnerInfo, Storage
 

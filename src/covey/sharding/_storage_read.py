@@ -17,7 +17,8 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from covey.core import Clock, ShardingOptions, StorageError, TaskSet, sleep_or_wake
+from covey.core import Clock, ShardingOptions, StorageError
+from covey.core.runtime import TaskSet, sleep_or_wake
 from covey.sharding._completion import Completion
 from covey.sharding._envelope import Envelope
 from covey.sharding._sharding import Sharding

@@ -8,7 +8,8 @@ never (a NaN interval is never reached).
 
 from __future__ import annotations
 
-from covey.core import MAX_NAME_BYTES, check_seconds, check_text, invalid_argument
+from covey.core import MAX_NAME_BYTES
+from covey.core.runtime import check_seconds, check_text, invalid_argument
 
 invalid = invalid_argument  # this package's name for it
 __all__ = ["check_name", "check_seconds", "invalid"]

@@ -45,11 +45,9 @@ from covey.core import (
     MsgpackCodec,
     ShardId,
     SnowflakeGenerator,
-    TaskSet,
-    check_text,
     metrics,
-    shard_for,
 )
+from covey.core.runtime import TaskSet, check_text, shard_for
 from covey.entities import Entity, rpc
 from covey.sharding.runtime import Envelope, Messenger
 from covey.singletons._checks import check_name, check_seconds, invalid

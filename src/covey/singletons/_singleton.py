@@ -31,12 +31,10 @@ from covey.core import (
     Reason,
     RequestContext,
     ShardId,
-    TaskSet,
-    check_text,
     metrics,
-    shard_for,
     use_context,
 )
+from covey.core.runtime import TaskSet, check_text, shard_for
 from covey.sharding.runtime import Sharding
 from covey.singletons._checks import check_name, check_seconds, invalid
 from covey.storage import Fence, Storage

@@ -18,7 +18,6 @@ from covey.storage._contracts import (
     TransactionalMessages,
     WakeupSource,
 )
-from covey.storage._group_commit import GroupCommit
 from covey.storage._message import MAX_DEDUPE_KEY, Message, MessageRecord, dedupe_key
 from covey.storage._model import (
     Duplicate,
@@ -69,7 +68,6 @@ def open_storage(config: CoveyConfig, *, clock: Clock | None = None) -> Storage:
 __all__ = [
     "Duplicate",
     "Fence",
-    "GroupCommit",
     "MAX_DEDUPE_KEY",
     "Message",
     "MessageRecord",

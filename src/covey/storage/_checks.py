@@ -18,7 +18,8 @@ import math
 import sys
 from collections.abc import Collection
 
-from covey.core import MAX_ENTITY_ID_BYTES, MAX_NAME_BYTES, EntityAddress, ShardId, check_text
+from covey.core import MAX_ENTITY_ID_BYTES, MAX_NAME_BYTES, EntityAddress, ShardId
+from covey.core.runtime import check_text
 from covey.storage._errors import invalid
 from covey.storage._model import Fence, Reply
 

@@ -36,8 +36,8 @@ from covey.core import (
     ShardId,
     StorageError,
     VersionConflict,
-    invalid_argument,
 )
+from covey.core.runtime import invalid_argument
 from covey.storage._model import Fence
 
 

@@ -13,9 +13,8 @@ from covey.core import (
     MAX_KEY_BYTES,
     MAX_NAME_BYTES,
     EntityAddress,
-    check_text,
-    invalid_argument,
 )
+from covey.core.runtime import check_text, invalid_argument
 from covey.storage._checks import INT64_MAX, check_address, check_int, check_time
 from covey.storage._errors import corrupt_message, invalid
 from covey.storage._model import Reply

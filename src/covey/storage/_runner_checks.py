@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from covey.core import MAX_NAME_BYTES, RunnerAddress, ShardId, check_text
+from covey.core import MAX_NAME_BYTES, RunnerAddress, ShardId
+from covey.core.runtime import check_text
 from covey.storage._checks import check_shard_ids
 from covey.storage._errors import invalid
 

@@ -8,14 +8,8 @@ from dataclasses import replace
 from typing import Any, Self, TypeVar
 
 from covey.cluster import Cluster
-from covey.core import (
-    Clock,
-    CoveyConfig,
-    RunnerAddress,
-    ShardingOptions,
-    SystemClock,
-    shard_for,
-)
+from covey.core import Clock, CoveyConfig, RunnerAddress, ShardingOptions, SystemClock
+from covey.core.runtime import shard_for
 from covey.entities import Entity
 from covey.sharding import LocalNetwork, LocalTransport
 from covey.storage import Storage, open_storage

@@ -15,14 +15,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
-from covey.core import (
-    ConfigError,
-    Reason,
-    RunnerAddress,
-    TaskSet,
-    TransportError,
-    TransportOptions,
-)
+from covey.core import ConfigError, Reason, RunnerAddress, TransportError, TransportOptions
+from covey.core.runtime import TaskSet
 from covey.sharding._wire_errors import error_fields
 from covey.sharding.transport._frames import (
     HEADER_SIZE,

@@ -24,7 +24,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, cast
 
-from covey.core import ClusterError, Reason, RunnerAddress, TaskSet, TransportError
+from covey.core import ClusterError, Reason, RunnerAddress, TransportError
+from covey.core.runtime import TaskSet
 from covey.sharding._wire_errors import error_from_fields
 
 logger = logging.getLogger("covey.transport")

@@ -17,15 +17,8 @@ import contextlib
 import ssl
 from dataclasses import dataclass
 
-from covey.core import (
-    Clock,
-    ConfigError,
-    Reason,
-    RunnerAddress,
-    TaskSet,
-    TransportError,
-    TransportOptions,
-)
+from covey.core import Clock, ConfigError, Reason, RunnerAddress, TransportError, TransportOptions
+from covey.core.runtime import TaskSet
 from covey.sharding.transport._connection import Connection
 from covey.sharding.transport._frames import NOTE, REQ, RES, FrameEncoder, err_frame
 from covey.sharding.transport._protocol import (

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 import asyncpg
 
-from covey.core import ClusterError, Reason, StorageError, invalid_argument
+from covey.core import ClusterError, Reason, StorageError
+from covey.core.runtime import invalid_argument
 
 #: SQLSTATE codes (or two-character classes) for which a retry may succeed.
 TRANSIENT_SQLSTATES = frozenset({

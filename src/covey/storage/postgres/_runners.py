@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from covey.core import MAX_MACHINE_ID, Clock, RunnerAddress, ShardId, StorageOptions, stable_hash
+from covey.core import MAX_MACHINE_ID, Clock, RunnerAddress, ShardId, StorageOptions
+from covey.core.runtime import stable_hash
 from covey.storage._checked import CheckedRunnerStorage
 from covey.storage._errors import corrupt_runner, machine_ids_exhausted
 from covey.storage._model import MACHINE_ID_EXPIRY, RunnerInfo

@@ -15,8 +15,8 @@ from covey.core import (
     ShardingOptions,
     StorageError,
     StorageOptions,
-    stable_hash,
 )
+from covey.core.runtime import stable_hash
 from covey.storage._base import InstallFrom, StorageLifecycle, check_shards, plan_migrations
 from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore
 from covey.storage._errors import not_started

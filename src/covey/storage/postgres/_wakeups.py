@@ -23,7 +23,8 @@ from typing import Any
 
 import asyncpg
 
-from covey.core import Clock, ClusterError, ShardId, StorageOptions, metrics, sleep_or_wake
+from covey.core import Clock, ClusterError, ShardId, StorageOptions, metrics
+from covey.core.runtime import sleep_or_wake
 from covey.storage.postgres._errors import translated
 from covey.storage.postgres._sessions import KEEPALIVE_SETTINGS, client_keepalive
 

@@ -1,0 +1,10 @@
+"""What covey's backends and runners build with; not for applications.
+
+:class:`GroupCommit` batches concurrent writes of one backend into one
+transaction (each caller still gets its own result). Everything an application
+or a new backend writes against is in :mod:`covey.storage`.
+"""
+
+from covey.storage._group_commit import GroupCommit
+
+__all__ = ["GroupCommit"]
