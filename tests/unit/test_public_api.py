@@ -79,7 +79,7 @@ EXPECTED: dict[str, list[str]] = {
     "covey.storage": [
         "Duplicate", "Fence", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
         "MessageStorage", "Reply", "RunnerInfo", "RunnerStorage", "SaveResult", "Saved",
-        "StateStore", "Storage", "StorageInfo", "TransactionalMessages", "Versioned",
+        "StateStore", "Storage", "StorageInfo", "TransactionalMessages", "UnitOfWork", "Versioned",
         "WakeupSource", "dedupe_key", "open_storage",
     ],
     "covey.storage.memory": [

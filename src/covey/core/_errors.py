@@ -19,7 +19,8 @@ exist so ``except`` clauses can be narrow where that reads better::
     │                                auth_failed, remote_failure
     ├── EntityError                  unknown_entity_type, unknown_rpc, not_owner,
     │                                mailbox_full, handler_failed, shutting_down,
-    │                                timeout
+    │                                timeout, idempotency_conflict, invalid_transition,
+    │                                state_version_unknown, state_read_only
     └── JobError                     job_not_found, job_dead, job_cancelled
 
 ``retryable`` tells a caller whether trying the same call again later may succeed.
@@ -60,6 +61,10 @@ class Reason(StrEnum):
     JOB_NOT_FOUND = "job_not_found"
     JOB_DEAD = "job_dead"
     JOB_CANCELLED = "job_cancelled"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    INVALID_TRANSITION = "invalid_transition"
+    STATE_VERSION_UNKNOWN = "state_version_unknown"
+    STATE_READ_ONLY = "state_read_only"
 
 
 _RETRYABLE = frozenset({

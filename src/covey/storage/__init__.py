@@ -16,6 +16,7 @@ from covey.storage._contracts import (
     StateStore,
     Storage,
     TransactionalMessages,
+    UnitOfWork,
     WakeupSource,
 )
 from covey.storage._message import MAX_DEDUPE_KEY, Message, MessageRecord, dedupe_key
@@ -81,6 +82,7 @@ __all__ = [
     "Storage",
     "StorageInfo",
     "TransactionalMessages",
+    "UnitOfWork",
     "Versioned",
     "WakeupSource",
     "dedupe_key",
