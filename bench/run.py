@@ -25,6 +25,7 @@ SCENARIOS: dict[str, str] = {
     "jobs-throughput": "scenarios.jobs_throughput",
     "jobs-latency": "scenarios.jobs_latency",
     "store-growth": "scenarios.store_growth",
+    "entity-state": "scenarios.entity_state",
     "transport": "scenarios.transport",
 }
 

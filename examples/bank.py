@@ -1,17 +1,24 @@
 """The bank the demo's runner processes host: one ``Account`` entity per account id.
 
 Each runner runs ``python -m covey run bank:cluster`` (with ``examples/`` on the
-path and ``COVEY_*`` plus ``BANK_LEDGER`` in the environment; ``demo.py`` sets
+path and ``COVEY_*`` plus ``BANK_RUNS`` in the environment; ``demo.py`` sets
 them up).
 
-covey runs a persisted request *at least once* (a runner killed after the
-handler's effect but before its reply commits makes the new owner run it again)
-and answers a repeated ``primary_key`` with the first reply. So the handler makes
-its own effect idempotent: it records the deposit in the bank's ledger, a small
-SQLite table of its own keyed by transaction id (``INSERT OR IGNORE``), and adds
-to the in-memory balance only when that row is new. The in-memory balance dies
-with its runner; ``on_start`` rebuilds it from the ledger wherever the account
-comes back to life.
+covey runs a persisted request *at least once*: a runner killed after the
+handler ran but before its reply committed makes the new owner run it again.
+The account needs no coordination code for that:
+
+* its balance is **durable state** (``state=AccountState``): covey loads it when
+  the account starts, wherever that is, and stores the change with the reply;
+* the deposit is recorded in the bank's own ``deposits`` table through
+  ``self.ctx.transaction()``: on SQLite the statement is staged and runs inside
+  covey's commit transaction, in the same file. State, row and reply commit
+  together exactly once, or not at all, so a re-run adds nothing twice.
+
+The ``deposits`` table has **no unique constraint**: a deposit applied twice
+would show as two rows. Every run of the handler is also logged, outside the
+transaction, in a file of its own (``BANK_RUNS``), so the demo can show the
+handler ran more often than effects were applied.
 """
 
 from __future__ import annotations
@@ -26,27 +33,31 @@ from pydantic import BaseModel
 
 import covey
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-    txn_id  TEXT PRIMARY KEY,   -- the effect: at most one row per transaction
+#: The bank's own table, in covey's SQLite file. No unique constraint on purpose.
+DEPOSITS = """
+CREATE TABLE IF NOT EXISTS deposits (
+    txn_id  TEXT NOT NULL,
     account TEXT NOT NULL,
     amount  INTEGER NOT NULL,
     runner  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (  -- every handler execution, for the demo's report
-    txn_id TEXT NOT NULL,
-    runner TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_by_account ON ledger (account);
-"""
+)"""
+RUNS = "CREATE TABLE IF NOT EXISTS runs (txn_id TEXT NOT NULL, runner TEXT NOT NULL)"
 
 
-class Ledger:
-    """The bank's durable record, one SQLite connection per runner process.
+def create_tables(store: str, runs: str) -> None:
+    """Create ``deposits`` in covey's store file and the run log, before the runners start."""
+    for path, schema in ((store, DEPOSITS), (runs, RUNS)):
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(schema)
 
-    The connection is in autocommit mode, so each statement is its own
-    transaction; ``INSERT OR IGNORE`` on the primary key is what makes a second
-    run of the same deposit a no-op.
+
+class RunLog:
+    """Every run of a deposit handler, one autocommit SQLite connection per runner.
+
+    This is instrumentation, not bank logic: it is written *outside* covey's
+    transaction, so a run whose commit never happened (its runner died) is
+    counted too.
     """
 
     def __init__(self, path: str) -> None:
@@ -54,25 +65,13 @@ class Ledger:
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
-    async def connection(self) -> aiosqlite.Connection:
+    async def record(self, txn_id: str, runner: str) -> None:
         async with self._lock:
             if self._conn is None:
-                conn = await aiosqlite.connect(self.path, isolation_level=None)
-                await conn.executescript("PRAGMA busy_timeout = 10000;" + SCHEMA)
-                self._conn = conn
-            return self._conn
-
-    async def apply(self, txn_id: str, account: str, amount: int, runner: str) -> bool:
-        """Record one run of a deposit; ``True`` if this run applied it (first time)."""
-        conn = await self.connection()
-        async with conn.execute("INSERT INTO runs (txn_id, runner) VALUES (?, ?)",
-                                (txn_id, runner)):
+                self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._conn.execute("PRAGMA busy_timeout = 10000")
+        async with self._conn.execute("INSERT INTO runs VALUES (?, ?)", (txn_id, runner)):
             pass
-        async with conn.execute(
-            "INSERT OR IGNORE INTO ledger (txn_id, account, amount, runner) VALUES (?, ?, ?, ?)",
-            (txn_id, account, amount, runner),
-        ) as cursor:
-            return cursor.rowcount == 1
 
     async def close(self) -> None:
         async with self._lock:
@@ -80,26 +79,8 @@ class Ledger:
                 await self._conn.close()  # its thread would keep the process alive
                 self._conn = None
 
-    async def balance(self, account: str) -> int:
-        conn = await self.connection()
-        # One job on the connection's thread: execute and read to the end. A SELECT
-        # left open holds a read snapshot, and a write from another coroutine on
-        # this connection would then fail at once with "database is locked".
-        rows = await conn.execute_fetchall(
-            "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE account = ?", (account,)
-        )
-        row = next(iter(rows), None)
-        return int(row[0]) if row else 0
 
-
-def create_ledger(path: str) -> None:
-    """Create the ledger file in WAL mode (once, before the runners open it)."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        db.execute("PRAGMA journal_mode = WAL")
-        db.executescript(SCHEMA)
-
-
-ledger = Ledger(os.environ.get("BANK_LEDGER", "bank-ledger.db"))
+run_log = RunLog(os.environ.get("BANK_RUNS", "bank-runs.db"))
 
 
 class Deposit(BaseModel):
@@ -107,22 +88,26 @@ class Deposit(BaseModel):
     amount: int
 
 
-class Account(covey.Entity, type="Account", max_idle=300):
-    funds: int = 0  # in-memory: lost with the runner, rebuilt from the ledger
+class AccountState(BaseModel):
+    balance: int = 0
 
-    async def on_start(self) -> None:
-        self.funds = await ledger.balance(self.ctx.entity_id)
 
+class Account(covey.Entity, type="Account", state=AccountState, max_idle=300):
     @covey.rpc(persisted=True, primary_key=lambda d: d.txn_id)
     async def deposit(self, cmd: Deposit) -> int:
         runner = str(self.ctx.runner)
-        if await ledger.apply(cmd.txn_id, self.ctx.entity_id, cmd.amount, runner):
-            self.funds += cmd.amount
-        return self.funds
+        await run_log.record(cmd.txn_id, runner)
+        self.state.balance += cmd.amount
+        tx = await self.ctx.transaction()  # staged; runs in covey's commit transaction
+        await tx.execute(
+            "INSERT INTO deposits (txn_id, account, amount, runner) VALUES (?, ?, ?, ?)",
+            cmd.txn_id, self.ctx.entity_id, cmd.amount, runner,
+        )
+        return self.state.balance
 
     @covey.rpc
     async def balance(self) -> int:
-        return self.funds
+        return self.state.balance
 
     @covey.rpc
     async def where(self) -> str:
@@ -131,13 +116,13 @@ class Account(covey.Entity, type="Account", max_idle=300):
 
 
 class BankCluster(covey.Cluster):
-    """A cluster that also closes the bank's ledger when the runner leaves."""
+    """A cluster that also closes the run log when the runner leaves."""
 
     async def stop(self) -> None:
         try:
             await super().stop()
         finally:
-            await ledger.close()
+            await run_log.close()
 
 
 def cluster() -> covey.Cluster:

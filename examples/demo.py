@@ -3,13 +3,17 @@
 What it shows, on the embedded SQLite store with no settings:
 
 1. three ``covey run bank:cluster`` processes (``examples/bank.py``) share the
-   shards of a bank whose ``Account`` entities take persisted, idempotent
-   deposits;
+   shards of a bank whose ``Account`` entities keep their balance as durable
+   state and record each persisted, idempotent deposit in the bank's own
+   ``deposits`` table through ``ctx.transaction`` (no ledger, no dedupe code);
 2. this process, a client-only member of the same cluster, sends thousands of
    deposits to many accounts;
 3. half-way it SIGKILLs one runner and shows the survivors take over its shards;
-4. at the end it checks, from durable state only, that every deposit was applied
-   exactly once, and prints PASS (exit 0) or what went wrong (exit 1).
+4. at the end it checks, from what is stored only, that every deposit was
+   applied exactly once: the ``deposits`` table has **no unique constraint**, so
+   it counts rows, duplicates and missing deposits and prints the counts; every
+   stored balance (``cluster.state_of``) equals the sum of its deposits. It
+   prints PASS (exit 0) or what went wrong (exit 1).
 
 Run it with ``make demo`` (or ``python examples/demo.py [--deposits N --accounts N]``).
 Everything it writes lives in ``.demo/`` (``--workdir``), wiped at start; runner
@@ -35,7 +39,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bank import Account, Deposit, create_ledger  # examples/bank.py, next to this file
+from bank import Account, AccountState, Deposit, create_tables  # examples/bank.py
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -308,40 +312,64 @@ class Verdict:
     reruns_by_victim: int
 
 
-def read_ledger(path: Path) -> tuple[dict[str, tuple[str, int]], list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class Effects:
+    """What the bank's ``deposits`` table (no unique constraint) holds after the run."""
+
+    rows: dict[str, list[tuple[str, int]]]  # txn id -> every (account, amount) row
+    total: int
+    duplicates: int  # txn ids with more than one row
+    missing: int
+    unknown: int
+
+
+def read_effects(store: Path, txns: list[Txn]) -> Effects:
+    rows: defaultdict[str, list[tuple[str, int]]] = defaultdict(list)
+    with contextlib.closing(sqlite3.connect(store)) as db:
+        for txn_id, account, amount in db.execute("SELECT txn_id, account, amount FROM deposits"):
+            rows[txn_id].append((account, amount))
+        (duplicates,) = db.execute("SELECT count(*) FROM (SELECT txn_id FROM deposits"
+                                   " GROUP BY txn_id HAVING count(*) > 1)").fetchone()
+    expected = {t.txn_id for t in txns}
+    return Effects(dict(rows), sum(map(len, rows.values())), int(duplicates),
+                   len(expected - rows.keys()), len(rows.keys() - expected))
+
+
+def read_runs(path: Path) -> list[tuple[str, str]]:
     with contextlib.closing(sqlite3.connect(path)) as db:
-        ledger = {t: (a, m) for t, a, m in db.execute("SELECT txn_id, account, amount FROM ledger")}
-        runs = list(db.execute("SELECT txn_id, runner FROM runs"))
-    return ledger, runs
+        return list(db.execute("SELECT txn_id, runner FROM runs"))
 
 
-def check_ledger(txns: list[Txn], ledger: dict[str, tuple[str, int]]) -> list[str]:
+def check_effects(txns: list[Txn], effects: Effects) -> list[str]:
     problems = []
-    expected = {t.txn_id: (t.account, t.amount) for t in txns}
-    missing = expected.keys() - ledger.keys()
-    unknown = ledger.keys() - expected.keys()
-    wrong = [t for t in expected.keys() & ledger.keys() if expected[t] != ledger[t]]
-    if missing:
-        problems.append(f"{len(missing)} deposits missing from the ledger, e.g. {min(missing)}")
-    if unknown:
-        problems.append(f"{len(unknown)} unknown transactions in the ledger")
+    if effects.duplicates:
+        problems.append(f"{effects.duplicates} deposits were applied more than once")
+    if effects.missing:
+        problems.append(f"{effects.missing} deposits are missing from the deposits table")
+    if effects.unknown:
+        problems.append(f"{effects.unknown} unknown transactions in the deposits table")
+    wrong = [t.txn_id for t in txns if any(row != (t.account, t.amount)
+                                           for row in effects.rows.get(t.txn_id, []))]
     if wrong:
-        problems.append(f"{len(wrong)} ledger rows with a wrong account or amount")
+        problems.append(f"{len(wrong)} deposit rows with a wrong account or amount, "
+                        f"e.g. {wrong[0]}")
     return problems
 
 
-def check_balances(txns: list[Txn], ledger: dict[str, tuple[str, int]],
+def check_balances(txns: list[Txn], durable: dict[str, AccountState | None],
                    live: dict[str, int]) -> list[str]:
     expected: defaultdict[str, int] = defaultdict(int)
-    durable: defaultdict[str, int] = defaultdict(int)
     for t in txns:
         expected[t.account] += t.amount
-    for account, amount in ledger.values():
-        durable[account] += amount
-    problems = [f"{a}: durable balance {durable[a]}, expected {expected[a]}"
-                for a in sorted(expected) if durable[a] != expected[a]]
-    problems += [f"{a}: live in-memory balance {live[a]}, expected {expected[a]}"
-                 for a in sorted(expected) if live.get(a) != expected[a]]
+    problems = []
+    for account in sorted(expected):
+        state = durable.get(account)
+        stored = state.balance if state is not None else None
+        if stored != expected[account]:
+            problems.append(f"{account}: stored balance {stored}, expected {expected[account]}")
+        if live.get(account) != expected[account]:
+            problems.append(f"{account}: live balance {live.get(account)}, "
+                            f"expected {expected[account]}")
     return problems[:10]
 
 
@@ -358,23 +386,53 @@ def check_runs(runs: list[tuple[str, str]], victim: str) -> tuple[list[str], int
     return problems, len(rerun), len(by_victim)
 
 
-async def verify(cluster: covey.Cluster, txns: list[Txn], ledger_path: Path,
+async def check_conflict(cluster: covey.Cluster, txn: Txn) -> list[str]:
+    """A retry of ``txn`` with another amount must be refused, not answered."""
+    forged = Deposit(txn_id=txn.txn_id, amount=txn.amount + 1)
+    try:
+        reply = await cluster.client(Account, txn.account).deposit(forged)
+    except covey.ClusterError as exc:
+        if exc.reason == "idempotency_conflict":
+            console.print(f"{txn.txn_id} sent again with another amount: refused with "
+                          f"[bold]{exc.reason}[/bold] (the stored reply is not returned)")
+            return []
+        return [f"{txn.txn_id} with another amount failed with {exc.reason}, "
+                "not idempotency_conflict"]
+    return [f"{txn.txn_id} with another amount was answered ({reply}), not refused"]
+
+
+def effects_table(txns: list[Txn], effects: Effects, runs: int) -> Table:
+    table = Table(title="the bank's deposits table (no unique constraint)")
+    for column in ("deposits sent", "rows", "duplicates", "missing", "handler runs"):
+        table.add_column(column, justify="right")
+    table.add_row(str(len(txns)), str(effects.total), str(effects.duplicates),
+                  str(effects.missing), str(runs))
+    return table
+
+
+async def verify(cluster: covey.Cluster, txns: list[Txn], paths: tuple[Path, Path],
                  failover: Failover, tally: Tally) -> Verdict:
-    ledger, runs = read_ledger(ledger_path)
+    store, runs_path = paths
     accounts = sorted({t.account for t in txns})
+    # the stored balances, read from storage without activating the accounts
+    durable = await asyncio.gather(*(cluster.state_of(Account, a) for a in accounts))
     live = await asyncio.gather(*(cluster.client(Account, a).balance() for a in accounts))
-    problems = check_ledger(txns, ledger)
-    problems += check_balances(txns, ledger, dict(zip(accounts, live, strict=True)))
+    effects, runs = read_effects(store, txns), read_runs(runs_path)
+    problems = check_effects(txns, effects)
+    problems += check_balances(txns, dict(zip(accounts, durable, strict=True)),
+                               dict(zip(accounts, live, strict=True)))
     run_problems, reruns, by_victim = check_runs(runs, failover.victim.address)
     problems += run_problems
     problems += [f"a resent deposit got a different reply: {m}"
                  for m in tally.resend_mismatches[:5]]
+    problems += await check_conflict(cluster, txns[0])
     info = await cluster.storage.info()
     if info.messages_unprocessed:
         problems.append(f"{info.messages_unprocessed} persisted messages still unprocessed")
     if info.messages_total != len(txns):
         problems.append(f"covey stored {info.messages_total} messages for {len(txns)} deposits")
     console.print(info_table(info, title="covey's store after the run"))
+    console.print(effects_table(txns, effects, len(runs)))
     return Verdict(problems, len(runs), reruns, by_victim)
 
 
@@ -387,9 +445,10 @@ def prepare(workdir: Path) -> dict[str, str]:
     workdir.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
     env.update(DEMO_SETTINGS)
-    env["COVEY_DATABASE_URL"] = f"sqlite:///{workdir / 'covey-demo.db'}"
-    env["BANK_LEDGER"] = str(workdir / "bank-ledger.db")
-    create_ledger(env["BANK_LEDGER"])
+    store, runs = workdir / "covey-demo.db", workdir / "bank-runs.db"
+    env["COVEY_DATABASE_URL"] = f"sqlite:///{store}"
+    env["BANK_RUNS"] = str(runs)
+    create_tables(str(store), str(runs))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(EXAMPLES), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -425,13 +484,14 @@ def report(txns: list[Txn], tally: Tally, failover: Failover, verdict: Verdict,
     victim = failover.victim.name
     if verdict.reruns:
         runs = (f"{verdict.reruns} deposit(s) had started on {victim} when it died and ran "
-                "again on a survivor; the ledger's txn-id key kept each to one effect")
+                "again on a survivor; their first run never committed, so each was "
+                "applied once")
     else:
         runs = f"no deposit was mid-handler on {victim} when it died, so none ran twice"
     console.print(f"handler runs: {verdict.handler_runs} for {len(txns)} deposits; {runs}")
     console.print(
-        f"[dim]{failover.victim.name}'s in-memory balances died with it; the survivors "
-        "rebuilt them from the durable ledger when the accounts restarted.[/dim]"
+        f"[dim]{failover.victim.name}'s accounts were loaded again on the survivors from "
+        "their last committed state; nothing in the bank rebuilds or deduplicates.[/dim]"
     )
 
 
@@ -450,7 +510,9 @@ async def run(args: argparse.Namespace, runners: Runners) -> int:
                                                       args.concurrency)
         after = await where_accounts(cluster, accounts)
         console.print(placement_table("after the failover", runners, cluster, after))
-        verdict = await verify(cluster, txns, Path(runners.env["BANK_LEDGER"]), failover, tally)
+        paths = (Path(runners.env["COVEY_DATABASE_URL"].removeprefix("sqlite:///")),
+                 Path(runners.env["BANK_RUNS"]))
+        verdict = await verify(cluster, txns, paths, failover, tally)
     report(txns, tally, failover, verdict, elapsed)
     return finish(runners, verdict, len(txns))
 

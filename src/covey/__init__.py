@@ -25,9 +25,10 @@ from covey.core import (
     StorageOptions,
     TransportError,
     current_context,
+    upcaster,
     use_context,
 )
-from covey.entities import Entity, EntityContext, rpc
+from covey.entities import Entity, EntityContext, StateMachine, rpc
 from covey.jobs import JobContext, JobHandle, JobStatus, Retry, exponential
 from covey.singletons import CronTick, SingletonContext
 from covey.storage import open_storage
@@ -57,6 +58,7 @@ __all__ = [
     "ShardId",
     "SingletonContext",
     "SnowflakeGenerator",
+    "StateMachine",
     "StorageError",
     "StorageOptions",
     "TransportError",
@@ -65,5 +67,6 @@ __all__ = [
     "exponential",
     "open_storage",
     "rpc",
+    "upcaster",
     "use_context",
 ]

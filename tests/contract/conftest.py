@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +35,30 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@dataclass(frozen=True)
+class Namespace:
+    """Where a test's storages live: a PostgreSQL ``schema`` in the database at
+    ``url``, or the SQLite file at ``path`` (memory: nowhere)."""
+
+    backend: str
+    url: str
+    schema: str
+    path: Path
+
+
+@pytest.fixture
+def namespace(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Namespace:
+    url = request.getfixturevalue("pg_database") if backend == "postgres" else ""
+    return Namespace(backend, url, f"t_{uuid.uuid4().hex[:12]}", tmp_path / "covey.db")
+
+
 @pytest.fixture
 async def make_storage(
-    backend: str, clock: TestClock, tmp_path: Path, request: pytest.FixtureRequest
+    backend: str, clock: TestClock, namespace: Namespace
 ) -> AsyncIterator[MakeStorage]:
     opened: list[Storage] = []
     memory_shared: list[Storage] = []
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    url = ""
-    if backend == "postgres":
-        url = request.getfixturevalue("pg_database")
+    schema, url = namespace.schema, namespace.url
 
     async def make(shards: int = 16, start: bool = True, **options: Any) -> Storage:
         opts = StorageOptions(schema=schema, **options)
@@ -53,7 +68,7 @@ async def make_storage(
             config = CoveyConfig(database_url="memory://", shards=shards, storage=opts)
         elif backend == "sqlite":
             config = CoveyConfig(
-                database_url=f"sqlite:///{tmp_path / 'covey.db'}", shards=shards, storage=opts
+                database_url=f"sqlite:///{namespace.path}", shards=shards, storage=opts
             )
         else:
             config = CoveyConfig(database_url=url, shards=shards, storage=opts)

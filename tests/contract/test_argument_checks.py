@@ -7,7 +7,8 @@ unknown enum strings, bad fences and shard ids. Each must raise a
 ``ClusterError`` with reason ``invalid_argument`` and ``details["field"]``
 naming the argument — nothing else (no bare ``TypeError``, no driver error) —
 and change nothing. ``RunnerStorage`` has its table in
-``test_runner_bad_arguments.py``. A method of a contract without cases fails
+``test_runner_bad_arguments.py``, ``MessageStorage.unit`` and ``UnitOfWork`` theirs
+in ``test_unit_bad_arguments.py``. A method of a contract without cases fails
 :func:`test_every_method_of_every_contract_has_bad_argument_cases`, so a new
 method cannot be added without them.
 """
@@ -34,6 +35,7 @@ from covey.storage import (
     StateStore,
     Storage,
     TransactionalMessages,
+    UnitOfWork,
 )
 from covey.storage._checked import (
     CheckedMessageStorage,
@@ -41,6 +43,7 @@ from covey.storage._checked import (
     CheckedStateStore,
     CheckedTransactionalMessages,
 )
+from covey.storage._unit import CheckedUnitOfWork
 
 from . import test_runner_bad_arguments
 from ._helpers import RUNNER_A, S1, S2, msg
@@ -326,11 +329,14 @@ def _contract_methods(contract: type) -> list[str]:
 
 
 def test_every_method_of_every_contract_has_bad_argument_cases() -> None:
+    from . import test_unit_bad_arguments  # it imports this module's tables
+
     covered = {
-        MessageStorage: set(MESSAGE_CASES),
+        MessageStorage: set(MESSAGE_CASES) | {"unit"},
         StateStore: set(STATE_CASES),
         RunnerStorage: test_runner_bad_arguments.COVERED,
         TransactionalMessages: {"save_requests_in"},
+        UnitOfWork: test_unit_bad_arguments.COVERED,
     }
     for contract, methods in covered.items():
         missing = set(_contract_methods(contract)) - methods
@@ -340,6 +346,7 @@ def test_every_method_of_every_contract_has_bad_argument_cases() -> None:
 @pytest.mark.parametrize(("contract", "checked"), [
     (MessageStorage, CheckedMessageStorage), (RunnerStorage, CheckedRunnerStorage),
     (StateStore, CheckedStateStore), (TransactionalMessages, CheckedTransactionalMessages),
+    (UnitOfWork, CheckedUnitOfWork),
 ])
 def test_every_method_goes_through_the_shared_checks(contract: type, checked: type) -> None:
     # the public methods are the checking ones; a backend only implements ``_`` methods
@@ -350,9 +357,11 @@ def test_every_method_goes_through_the_shared_checks(contract: type, checked: ty
 
 async def test_every_backend_goes_through_the_shared_checks(storage: Storage,
                                                             backend: str) -> None:
+    unit = storage.messages.unit(Fence(S1, 1), 1)
     for store, checked in [(storage.messages, CheckedMessageStorage),
                            (storage.runners, CheckedRunnerStorage),
-                           (storage.state, CheckedStateStore)]:
+                           (storage.state, CheckedStateStore),
+                           (unit, CheckedUnitOfWork)]:
         assert isinstance(store, checked)
         for name in vars(checked):
             if not name.startswith("_"):

@@ -3,7 +3,7 @@
 Not found, already processed, fenced out (a stale epoch, a shard never
 acquired, a message of another shard) and version conflicts: the exact keys
 and values of ``details`` documented in ``covey.storage._contracts``, and which
-refusal wins when several apply.
+refusal wins when several apply — for a unit of work's commit too.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from covey.core import AlreadyProcessed, FencedOut, MessageNotFound, VersionConflict
-from covey.storage import Fence, Reply, Storage
+from covey.storage import Fence, Reply, Storage, UnitOfWork
 
 from ._helpers import RUNNER_A, RUNNER_B, S1, S2, S3, msg, next_id
 from .conftest import MakeStorage
@@ -129,3 +129,43 @@ async def test_which_refusal_wins(make_storage: MakeStorage) -> None:
     with pytest.raises(FencedOut) as info:
         await storage.messages.save_reply(Reply(done.id, b"r"), old)
     assert "message_id" not in info.value.details
+
+
+def _used_unit(storage: Storage, fence: Fence, request_id: int, key: str = "u") -> UnitOfWork:
+    """A unit with a staged write: its commit takes the unit's own transaction."""
+    unit = storage.messages.unit(fence, request_id)
+    unit.put_state(key, b"v", expected_version=None)
+    return unit
+
+
+async def test_a_units_commit_is_refused_with_the_same_details(
+    make_storage: MakeStorage,
+) -> None:
+    storage, old, current = await _stale(make_storage)
+    fence = Fence(S1, current)
+    missing, elsewhere, done, fresh = next_id(), msg(shard=S2), msg(), msg()
+    await storage.messages.save_requests([elsewhere, done, fresh])
+    await storage.messages.save_reply(Reply(done.id, b"r"), fence)
+    await storage.state.set("taken", b"v", expected_version=None)
+    refusals: list[tuple[UnitOfWork, int, type[Exception], dict[str, object]]] = [
+        (_used_unit(storage, fence, missing), missing, MessageNotFound,
+         {"message_id": missing}),
+        (_used_unit(storage, old, fresh.id), fresh.id, FencedOut,
+         {"shard": "default:1", "epoch": old.epoch, "current_epoch": current}),
+        (_used_unit(storage, fence, elsewhere.id), elsewhere.id, FencedOut,
+         {"shard": "default:1", "epoch": current, "current_epoch": current,
+          "message_id": elsewhere.id, "message_shard": "default:2"}),
+        (_used_unit(storage, fence, done.id), done.id, AlreadyProcessed,
+         {"message_id": done.id}),
+        (_used_unit(storage, fence, fresh.id, key="taken"), fresh.id, VersionConflict,
+         {"key": "taken", "expected_version": None, "current_version": 1}),
+    ]
+    for unit, request_id, error, details in refusals:
+        with pytest.raises(error) as info:
+            await unit.commit(Reply(request_id, b"r"))
+        assert info.value.details == details  # type: ignore[attr-defined]
+    # a stale fence wins over a version conflict, as over an already processed message
+    both = _used_unit(storage, old, fresh.id, key="taken")
+    with pytest.raises(FencedOut):
+        await both.commit(Reply(fresh.id, b"r"))
+    assert await storage.state.get("u") is None

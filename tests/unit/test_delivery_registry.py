@@ -6,7 +6,7 @@ import pytest
 
 from covey.core import ClusterError, Reason, ShardId
 from covey.sharding.runtime import DeliveryRegistry, Envelope, Reschedule
-from covey.storage import Reply
+from covey.storage import Reply, UnitOfWork
 
 
 class Recorder:
@@ -14,7 +14,8 @@ class Recorder:
         self.name = name
         self.stopped = stopped
 
-    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+    async def deliver(self, envelope: Envelope,
+                      unit: UnitOfWork | None = None) -> Reply | Reschedule:
         raise AssertionError("not called here")
 
     async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:

@@ -40,7 +40,7 @@ from covey.sharding.runtime import (
     raise_error_reply,
 )
 from covey.sharding.transport import Body
-from covey.storage import Message, Reply, Storage
+from covey.storage import Message, Reply, Storage, UnitOfWork
 from covey.storage.memory import InMemoryStorage
 
 SHARDS = 4
@@ -54,7 +54,8 @@ class Recorder:
         self.ran: list[str] = []
         self.block = block
 
-    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+    async def deliver(self, envelope: Envelope,
+                      unit: UnitOfWork | None = None) -> Reply | Reschedule:
         if self.block is not None:
             await self.block.wait()
         self.ran.append(envelope.message.address.entity_type)
@@ -168,11 +169,12 @@ async def test_message_runs_are_tasks_of_the_given_set_and_close_ends_them() -> 
 class _StuckOnFirst(Recorder):
     """Runs every message at once, except the first one it gets: that one hangs."""
 
-    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+    async def deliver(self, envelope: Envelope,
+                      unit: UnitOfWork | None = None) -> Reply | Reschedule:
         if not self.ran:
             self.ran.append("stuck")
             await asyncio.Event().wait()
-        return await super().deliver(envelope)
+        return await super().deliver(envelope, unit)
 
 
 async def test_a_backlog_is_read_again_while_part_of_the_last_read_still_runs() -> None:
@@ -229,7 +231,8 @@ class _Failing:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+    async def deliver(self, envelope: Envelope,
+                      unit: UnitOfWork | None = None) -> Reply | Reschedule:
         raise self.error
 
     async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:

@@ -23,8 +23,8 @@ EXPECTED: dict[str, list[str]] = {
         "Entity", "EntityAddress", "EntityContext", "EntityError", "JobContext", "JobError",
         "JobHandle", "JobStatus", "Reason", "RequestContext", "Retry", "RunnerAddress",
         "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator",
-        "StorageError", "StorageOptions", "TransportError", "__version__", "current_context",
-        "exponential", "open_storage", "rpc", "use_context",
+        "StateMachine", "StorageError", "StorageOptions", "TransportError", "__version__",
+        "current_context", "exponential", "open_storage", "rpc", "upcaster", "use_context",
     ],
     "covey.cli": ["info_table", "main"],
     "covey.cluster": ["Cluster"],
@@ -42,15 +42,21 @@ EXPECTED: dict[str, list[str]] = {
         "ShardCountMismatch", "ShardId", "ShardingOptions", "SnowflakeGenerator",
         "SnowflakeParts", "StorageError", "StorageOptions", "SystemClock", "TENANT_HEADER",
         "TRACEPARENT_HEADER", "TestClock", "TransportError", "TransportOptions",
-        "USER_HEADER", "VersionConflict", "current_context", "parse_snowflake", "use_context",
+        "USER_HEADER", "VersionConflict", "current_context", "parse_snowflake", "upcaster",
+        "use_context",
     ],
     "covey.core.runtime": [
-        "TaskSet", "being_cancelled", "check_seconds", "check_text", "codec_for",
-        "invalid_argument", "shard_for", "sleep_or_wake", "stable_hash", "to_plain",
-        "validate", "validate_value",
+        "TaskSet", "being_cancelled", "check_seconds", "check_text", "check_upcasters",
+        "codec_for", "invalid_argument", "shard_for", "sleep_or_wake", "stable_hash",
+        "state_version", "to_plain", "upcast", "validate", "validate_value",
     ],
-    "covey.entities": ["Entity", "EntityContext", "EntityOptions", "rpc"],
-    "covey.entities.runtime": ["EntityClient", "EntityRuntime", "RpcSpec", "add_entity_type"],
+    "covey.entities": [
+        "Entity", "EntityContext", "EntityOptions", "StateMachine", "Transition", "rpc",
+    ],
+    "covey.entities.runtime": [
+        "EntityClient", "EntityRuntime", "OutboxClients", "RpcSpec", "STATE_KEY_PREFIX",
+        "add_entity_type", "handler_unit", "read_state", "state_key",
+    ],
     "covey.jobs": [
         "Backoff", "JobContext", "JobDefinition", "JobHandle", "JobStatus", "Jobs",
         "PriorityName", "Retry", "exponential",
@@ -84,11 +90,11 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "covey.storage.memory": [
         "InMemoryMessageStorage", "InMemoryRunnerStorage", "InMemoryStateStore",
-        "InMemoryStorage",
+        "InMemoryStorage", "MemoryTransaction",
     ],
     "covey.storage.postgres": ["PostgresStorage"],
     "covey.storage.runtime": ["GroupCommit"],
-    "covey.storage.sqlite": ["SqliteStorage"],
+    "covey.storage.sqlite": ["SqliteStorage", "SqliteTransaction"],
     "covey.testing": ["TestCluster"],
 }
 

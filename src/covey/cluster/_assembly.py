@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from covey.cluster._declaring import Declarations
 from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress
-from covey.core.runtime import TaskSet
-from covey.entities.runtime import EntityRuntime
+from covey.core.runtime import TaskSet, check_upcasters
+from covey.entities.runtime import EntityRuntime, OutboxClients
 from covey.jobs import Jobs
 from covey.jobs.runtime import (
     JOB_ENTITY,
@@ -87,6 +87,7 @@ class Runner:
         On failure the parts built so far stay set: :meth:`close` closes them.
         """
         config, storage, clock = self.config, self.storage, self.clock
+        _check_state_versions(declared)
         await storage.start()
         self.transport.use_tasks(self._child("covey-transport"))
         address = None
@@ -133,9 +134,12 @@ class Runner:
         """What a runner that serves shards hosts: entities (the default
         deliverer) and the job runner (the deliverer of ``covey.Job``)."""
         assert self.messenger is not None and self.jobs is not None
+        assert self.sharding is not None
         grace = self.config.sharding.shutdown_grace
-        self.entities = EntityRuntime(self.clock, address, types=declared.entity_types,
-                                      grace=grace)
+        self.entities = EntityRuntime(
+            self.clock, address, types=declared.entity_types, grace=grace,
+            state=self.storage.state,
+            outbox=OutboxClients(self.messenger, self.sharding.snowflake, self.config.shards))
         self.deliveries.set_default(self.entities)
         host = RunnerJobHost(self.messenger, self.storage, self.jobs)
         self.job_runner = JobRunner(self.clock, str(address), host,
@@ -254,3 +258,12 @@ class Runner:
     async def _close_loops(self) -> None:
         for loops in self._loops:
             await loops.close()
+
+
+def _check_state_versions(declared: Declarations) -> None:
+    """Refuse to start with a gap in an entity state's upcaster chain: an old
+    snapshot would otherwise fail on its first read, long after the deploy."""
+    for entity_type in declared.entity_types.values():
+        state = getattr(entity_type, "__covey_state__", None)
+        if state is not None:
+            check_upcasters(state)

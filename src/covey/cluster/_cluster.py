@@ -31,8 +31,8 @@ from covey.core import (
     SystemClock,
 )
 from covey.core.runtime import shard_for
-from covey.entities import Entity
-from covey.entities.runtime import EntityClient, EntityRuntime
+from covey.entities import Entity, EntityContext
+from covey.entities.runtime import EntityClient, EntityRuntime, read_state, state_key
 from covey.jobs import Jobs
 from covey.jobs.runtime import JobRunner
 from covey.sharding import RunnerTransport, TcpTransport
@@ -125,8 +125,12 @@ class Cluster(Declaring):
             transaction: an asyncpg connection inside the application's own
                 transaction (PostgreSQL): persisted calls are stored through it,
                 exist only if it commits, wake the owner at commit, and return
-                ``None``.
+                ``None``. Or ``self.ctx`` in a persisted entity handler: the same
+                as ``self.ctx.client(entity_type, entity_id)`` (stored with the
+                handler's commit, any backend).
         """
+        if isinstance(transaction, EntityContext):
+            return transaction.client(entity_type, entity_id)
         client = EntityClient(
             self.messenger, self.sharding.snowflake, entity_type, entity_id,
             shards=self.config.shards,
@@ -159,6 +163,32 @@ class Cluster(Declaring):
         if reply.is_error:
             raise_error_reply(reply, f"{entity_type}.{tag}")
         return MsgpackCodec().decode(reply.payload, Any)
+
+    async def state_of(self, entity_type: type[Entity], entity_id: str) -> Any:
+        """The last committed durable state of one entity, read from storage.
+
+        For dashboards and tests: nothing is routed and no instance is activated
+        (a handler running now may have changed it since, uncommitted). Stored
+        snapshots of older versions are upcast; ``None`` when the entity never
+        committed any state.
+
+        Raises:
+            ClusterError: ``invalid_argument`` (``details["field"]``:
+                ``entity_type`` for a class that is not an entity or has no
+                ``state=``, ``entity_id`` for an id no entity can have).
+            EntityError: ``state_version_unknown`` for a snapshot written by
+                newer code (left as it is).
+        """
+        runner = self._started_runner()
+        model = getattr(entity_type, "__covey_state__", None)
+        name = getattr(entity_type, "__covey_type__", "")
+        if not name or model is None:
+            what = "is not a covey.Entity subclass" if not name else "declares no state="
+            raise ClusterError(f"{entity_type!r} {what}: it has no durable state to read",
+                               reason=Reason.INVALID_ARGUMENT, field="entity_type")
+        # the limits of every entity id, checked where its address would be built
+        shard_for(entity_id, self.config.shards, entity_type.__covey_options__.shard_group)
+        return await read_state(runner.storage.state, model, state_key(name, entity_id))
 
     def snowflake(self) -> int:
         """A cluster-wide unique, time-ordered 64-bit id."""

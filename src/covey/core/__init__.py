@@ -1,9 +1,10 @@
 """Layer 0: the vocabulary every other layer speaks.
 
 Identifiers (shards, entity and runner addresses, snowflake ids), the one error
-tree, serialization of typed payloads, configuration and the clock. Nothing here
-does I/O. The helpers the other layers build with (argument checks, hashing,
-validation, the task set) are in :mod:`covey.core.runtime`.
+tree, serialization of typed payloads, configuration, the clock and the versions
+of stored data (:func:`upcaster`). Nothing here does I/O. The helpers the other
+layers build with (argument checks, hashing, validation, the task set) are in
+:mod:`covey.core.runtime`.
 """
 
 from covey.core._clock import Clock, SystemClock, TestClock
@@ -63,6 +64,7 @@ from covey.core._snowflake import (
     SnowflakeParts,
     parse_snowflake,
 )
+from covey.core._upcasting import upcaster
 
 __all__ = [
     "AlreadyProcessed",
@@ -111,5 +113,6 @@ __all__ = [
     "VersionConflict",
     "current_context",
     "parse_snowflake",
+    "upcaster",
     "use_context",
 ]

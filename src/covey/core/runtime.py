@@ -1,8 +1,10 @@
 """What covey's own layers build with; not for applications.
 
-Argument checks, shard hashing, payload validation, the clock helpers and the
-:class:`TaskSet` that owns a runner's background tasks. Everything an
-application writes is in :mod:`covey.core` (and :mod:`covey`).
+Argument checks, shard hashing, payload validation, the clock helpers, the
+upcaster chains of stored versions (:func:`state_version`, :func:`upcast`,
+:func:`check_upcasters`) and the :class:`TaskSet` that owns a runner's
+background tasks. Everything an application writes is in :mod:`covey.core`
+(and :mod:`covey`).
 """
 
 from covey.core._checks import check_seconds, invalid_argument
@@ -10,18 +12,22 @@ from covey.core._clock import being_cancelled, sleep_or_wake
 from covey.core._ids import check_text, shard_for, stable_hash
 from covey.core._serialization import codec_for, to_plain, validate, validate_value
 from covey.core._tasks import TaskSet
+from covey.core._upcasting import check_upcasters, state_version, upcast
 
 __all__ = [
     "TaskSet",
     "being_cancelled",
     "check_seconds",
     "check_text",
+    "check_upcasters",
     "codec_for",
     "invalid_argument",
     "shard_for",
     "sleep_or_wake",
     "stable_hash",
+    "state_version",
     "to_plain",
+    "upcast",
     "validate",
     "validate_value",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from covey.core import (
@@ -18,7 +19,7 @@ from covey.core import (
 from covey.core.runtime import check_text, shard_for, validate_value
 from covey.entities._definition import Entity, RpcSpec
 from covey.sharding.runtime import Envelope, Messenger, raise_error_reply
-from covey.storage import Message
+from covey.storage import Message, UnitOfWork
 
 _MISSING: Any = object()
 
@@ -43,6 +44,10 @@ class EntityClient:
     (``invalid_argument``, raised by the constructor), an RPC the type does not
     declare (``unknown_rpc``), a missing or superfluous argument
     (``invalid_argument``).
+
+    With ``outbox`` (a persisted handler's unit of work: ``ctx.client(...)``)
+    persisted calls are staged on the unit, stored with its commit, sent after
+    it, and return ``None``; a volatile RPC is refused (``invalid_argument``).
     """
 
     def __init__(
@@ -57,8 +62,10 @@ class EntityClient:
         discard: bool,
         headers: Callable[[], Mapping[str, str]] | None = None,
         transaction: Any = None,
+        outbox: UnitOfWork | None = None,
     ) -> None:
         self._messenger = messenger
+        self._outbox = outbox
         self._snowflake = snowflake
         self._type = entity_type
         self._timeout = timeout
@@ -111,6 +118,9 @@ class EntityClient:
             headers=dict(self._headers()) if self._headers else current_context().to_headers(),
             primary_key=primary_key,
         )
+        if self._outbox is not None:
+            self._stage(spec, message)
+            return None
         reply = await self._messenger.call(
             Envelope(message, spec.persisted), timeout=self._timeout, discard=self._discard,
             transaction=self._transaction,
@@ -120,3 +130,29 @@ class EntityClient:
         if reply.is_error:
             raise_error_reply(reply, f"{self.address.entity_type}.{spec.name}")
         return self._codec.decode(reply.payload, spec.response_type)
+
+    def _stage(self, spec: RpcSpec, message: Message) -> None:
+        if not spec.persisted:
+            raise EntityError(
+                f"{self.address.entity_type}.{spec.name} is volatile: ctx.client() sends "
+                "persisted RPCs only (they are stored with the handler's commit); call "
+                "volatile ones through cluster.client()",
+                reason=Reason.INVALID_ARGUMENT, field="rpc", rpc=spec.name)
+        assert self._outbox is not None
+        self._outbox.send([self._messenger.checked(message)])
+
+
+@dataclass(frozen=True)
+class OutboxClients:
+    """What ``ctx.client(entity_type, entity_id)`` needs of its runner: builds the
+    outbox client of a persisted run's unit of work."""
+
+    messenger: Messenger
+    snowflake: SnowflakeGenerator
+    shards: int
+
+    def __call__(self, entity_type: type[Entity], entity_id: str,
+                 unit: UnitOfWork) -> EntityClient:
+        # timeout: never used, an outbox call does not wait for its reply
+        return EntityClient(self.messenger, self.snowflake, entity_type, entity_id,
+                            shards=self.shards, timeout=0.0, discard=True, outbox=unit)

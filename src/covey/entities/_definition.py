@@ -10,6 +10,15 @@ An entity class names its type, its options and its RPC handlers::
 
 Request and response types come from the handler's annotations (a pydantic
 model or any type pydantic can validate); a handler takes zero or one argument.
+
+With ``state=`` (a pydantic model) an entity has durable state: ``self.state``
+is loaded on activation and committed with each persisted call's reply::
+
+    class Cart(covey.Entity, type="Cart", state=CartState):
+        @covey.rpc(persisted=True, primary_key=lambda c: c.id)
+        async def add(self, cmd: Add) -> int:
+            self.state.items.append(cmd.item)
+            return len(self.state.items)
 """
 
 from __future__ import annotations
@@ -19,19 +28,24 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, TypeVar, cast, overload
+
+import pydantic
 
 from covey.core import (
     DEFAULT_GROUP,
     MAX_NAME_BYTES,
     ClusterError,
     EntityAddress,
+    EntityError,
     Reason,
     RunnerAddress,
 )
 from covey.core.runtime import check_text
+from covey.entities._call import current_run, run_unit
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+E = TypeVar("E", bound="Entity")
 
 _NO_ARG = object()
 
@@ -75,7 +89,13 @@ class EntityOptions:
 
 @dataclass(frozen=True)
 class EntityContext:
-    """What a handler knows about where it runs."""
+    """What a handler knows about where it runs, and the effects of a persisted run.
+
+    Inside a persisted RPC handler, :meth:`transaction`, :meth:`client` and
+    ``job.submit(..., transaction=ctx)`` stage effects that commit in one
+    transaction with the message's reply (and the entity's state), or not at
+    all: the handler runs at least once, its effects exactly once.
+    """
 
     address: EntityAddress
     runner: RunnerAddress | None
@@ -89,6 +109,47 @@ class EntityContext:
     def shard(self) -> str:
         return str(self.address.shard)
 
+    @property
+    def request_id(self) -> int | None:
+        """The id of the persisted message the current handler runs (the same on
+        every run of it: use it as the idempotency key of calls to outside
+        systems); ``None`` in a volatile handler."""
+        run = current_run(self.address)
+        return None if run is None else run.request_id
+
+    async def transaction(self) -> Any:
+        """The application's handle inside the transaction the run commits with.
+
+        PostgreSQL: an asyncpg connection inside covey's transaction. SQLite: a
+        ``SqliteTransaction`` (``await tx.execute(sql, *params)`` /
+        ``executemany``, ``?`` placeholders) whose statements run inside the
+        commit. Memory: a ``MemoryTransaction`` whose ``on_commit(fn)``
+        callables run at commit. Writes made through it commit with the reply,
+        or not at all (a handler that raises keeps none of them).
+
+        Raises:
+            EntityError: ``invalid_argument`` (field ``transaction``) outside a
+                persisted RPC handler.
+        """
+        _, unit = run_unit(self.address, "transaction")
+        return await unit.transaction()
+
+    def client(self, entity_type: type[E], entity_id: str) -> E:
+        """An outbox client: persisted calls made through it are stored with this
+        run's commit (never if the handler raises), sent after it, and return
+        ``None``.
+
+        Raises:
+            EntityError: ``invalid_argument`` (field ``client``) outside a
+                persisted RPC handler; calling a volatile RPC through it is
+                refused the same way (field ``rpc``).
+        """
+        run, unit = run_unit(self.address, "client")
+        if run.outbox is None:
+            raise EntityError("this runner has no outbox (entities hosted outside a cluster)",
+                              reason=Reason.INVALID_ARGUMENT, field="client")
+        return cast(E, run.outbox(entity_type, entity_id, unit))
+
 
 class Entity:
     """Base class of stateful entities: one live instance per id, cluster-wide.
@@ -98,18 +159,30 @@ class Entity:
     into each new instance, so mutable defaults are safe. ``self.ctx`` is the
     instance's :class:`EntityContext`. Override ``on_start``/``on_stop`` for
     set-up and clean-up.
+
+    ``state=`` (a pydantic model class) gives the entity durable state:
+    ``self.state`` is loaded before ``on_start`` (a fresh model when none is
+    stored). A persisted RPC's change to it commits with the reply, in one
+    transaction fenced by the shard's epoch; a handler that raises leaves the
+    last committed state. A volatile RPC sees the state; one that changes it
+    fails with ``state_read_only`` (and the change is undone). Such an entity
+    runs one handler at a time (``concurrency > 1`` is refused).
     """
 
     __covey_type__: ClassVar[str] = ""
     __covey_rpcs__: ClassVar[dict[str, RpcSpec]] = {}
     __covey_options__: ClassVar[EntityOptions] = EntityOptions()
+    __covey_state__: ClassVar[type[pydantic.BaseModel] | None] = None
 
     ctx: EntityContext
+    #: the durable state of an entity declared with ``state=`` (loaded on activation)
+    state: Any
 
     def __init_subclass__(
         cls,
         *,
         type: str | None = None,
+        state: type[pydantic.BaseModel] | None = None,
         **options: Any,
     ) -> None:
         super().__init_subclass__()
@@ -126,6 +199,7 @@ class Entity:
         if cls.__covey_options__.concurrency < 1 or cls.__covey_options__.mailbox_capacity < 1:
             raise ClusterError(f"{cls.__name__}: concurrency and mailbox_capacity must be >= 1",
                                reason=Reason.INVALID_ARGUMENT)
+        _declare_state(cls, state)
         rpcs: dict[str, RpcSpec] = {}
         for klass in reversed(cls.__mro__):
             for name, value in vars(klass).items():
@@ -137,7 +211,7 @@ class Entity:
     def __init__(self) -> None:
         for klass in reversed(type(self).__mro__):
             for name in getattr(klass, "__annotations__", {}):
-                if name in ("ctx",) or name.startswith("__"):
+                if name in ("ctx", "state") or name.startswith("__"):
                     continue
                 if name in vars(klass) and not callable(vars(klass)[name]):
                     setattr(self, name, copy.deepcopy(vars(klass)[name]))
@@ -147,6 +221,22 @@ class Entity:
 
     async def on_stop(self) -> None:
         """Called when the instance is dropped (idle, shard moved, shutdown)."""
+
+
+def _declare_state(cls: type[Entity], state: type[pydantic.BaseModel] | None) -> None:
+    """Check and record ``state=`` (inherited from a stateful base when not given)."""
+    if state is None:
+        state = cls.__covey_state__
+    elif not (isinstance(state, type) and issubclass(state, pydantic.BaseModel)):
+        raise ClusterError(f"{cls.__name__}: state= must be a pydantic model class, "
+                           f"not {state!r}", reason=Reason.INVALID_ARGUMENT, field="state")
+    if state is not None and cls.__covey_options__.concurrency > 1:
+        # one committed snapshot per instance: handlers that overlap would commit
+        # each other's half-done changes
+        raise ClusterError(f"{cls.__name__}: an entity with state= runs one handler at a time "
+                           f"(concurrency={cls.__covey_options__.concurrency} is refused)",
+                           reason=Reason.INVALID_ARGUMENT, field="concurrency")
+    cls.__covey_state__ = state
 
 
 @dataclass

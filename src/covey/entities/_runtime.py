@@ -5,7 +5,12 @@ after ``max_idle`` without requests unless ``keep_alive`` (``on_stop``). Each
 instance runs at most ``concurrency`` handlers at once and holds at most
 ``mailbox_capacity`` requests (running + waiting). A handler that raises fails
 that request only: the caller gets a typed error carrying the exception's type
-and message, and the instance keeps serving.
+and message, and the instance keeps serving. (A persisted handler that meets a
+retryable storage failure is no answer: its message runs again.)
+
+An entity with durable state (``state=``) is loaded on activation; its
+persisted runs stage their state change on the run's unit of work and hold the
+instance until the unit ends (:mod:`covey.entities._state`).
 """
 
 from __future__ import annotations
@@ -28,13 +33,16 @@ from covey.core import (
     RequestContext,
     RunnerAddress,
     ShardId,
+    StorageError,
     metrics,
     use_context,
 )
 from covey.core.runtime import being_cancelled
+from covey.entities._call import CURRENT_RUN, HandlerRun, OutboxFactory
 from covey.entities._definition import Entity, EntityContext, RpcSpec
+from covey.entities._state import DurableState, StateUnreadable
 from covey.sharding.runtime import Envelope, error_payload
-from covey.storage import Reply
+from covey.storage import Reply, StateStore, UnitOfWork
 
 log = logging.getLogger("covey.entities")
 
@@ -48,6 +56,7 @@ class _Instance:
     last_active: float = 0.0
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    state: DurableState | None = None  # an entity declared with state=
 
 
 def add_entity_type(types: dict[str, type[Entity]], entity_type: type[Entity]) -> None:
@@ -76,12 +85,18 @@ class EntityRuntime:
         runner: this runner's address (handlers' context shows it).
         types: the entity types declared before start, by name (copied).
         grace: seconds stopping shards wait for running handlers.
+        state: where entities declared with ``state=`` keep it (``None``: in
+            memory only, each activation starts fresh).
+        outbox: builds the clients of ``ctx.client(...)`` (``None``: refused).
     """
 
     def __init__(self, clock: Clock, runner: RunnerAddress | None, *,
-                 types: Mapping[str, type[Entity]] | None = None, grace: float = 15.0) -> None:
+                 types: Mapping[str, type[Entity]] | None = None, grace: float = 15.0,
+                 state: StateStore | None = None, outbox: OutboxFactory | None = None) -> None:
         self._clock = clock
         self._runner = runner
+        self._state = state
+        self._outbox = outbox
         self._codec = MsgpackCodec()
         self.types: dict[str, type[Entity]] = dict(types or {})
         self.instances: dict[EntityAddress, _Instance] = {}
@@ -101,13 +116,16 @@ class EntityRuntime:
 
     # ---- delivery --------------------------------------------------------
 
-    async def deliver(self, envelope: Envelope) -> Reply:
+    async def deliver(self, envelope: Envelope, unit: UnitOfWork | None = None) -> Reply:
         """Run the envelope's handler here; its failure is an error ``Reply``.
 
-        An unknown entity type or RPC raises ``unknown_entity_type`` /
+        ``unit`` (a persisted run's unit of work) receives what the handler
+        stages: its durable state change, ``ctx.transaction`` writes, outbox
+        messages. An unknown entity type or RPC raises ``unknown_entity_type`` /
         ``unknown_rpc`` for a volatile envelope; a persisted one is answered with
         that error as its reply, so it is stored and the message never read again
-        (like a payload that cannot be decoded).
+        (like a payload that cannot be decoded, or a stored state this code
+        cannot read: ``state_version_unknown``).
         """
         message = envelope.message
         address = message.address
@@ -127,30 +145,80 @@ class EntityRuntime:
             )
         except ClusterError as exc:
             return Reply(message.id, error_payload(exc), is_error=True)
-        instance = await self._instance(entity_type, address)
+        try:
+            instance = await self._instance(entity_type, address)
+        except StateUnreadable as exc:
+            return _unreadable(envelope, exc)
         options = entity_type.__covey_options__
         if instance.pending >= options.mailbox_capacity:
             raise EntityError(f"mailbox of {address} is full ({options.mailbox_capacity})",
                               reason=Reason.MAILBOX_FULL, entity_type=address.entity_type)
+        run = None if not envelope.persisted else HandlerRun(address, message.id, unit,
+                                                             self._outbox)
         instance.pending += 1
+        if instance.state is not None:
+            return await self._run_with_state(instance, spec, envelope, argument, run)
         try:
-            return await self._run(instance, spec, envelope, argument)
+            async with instance.semaphore:
+                return await self._run(instance, spec, envelope, argument, run)
         finally:
             instance.pending -= 1
             instance.last_active = self._clock.monotonic()
 
-    async def _run(
-        self, instance: _Instance, spec: RpcSpec, envelope: Envelope, argument: Any
-    ) -> Reply:
+    async def _run_with_state(self, instance: _Instance, spec: RpcSpec, envelope: Envelope,
+                              argument: Any, run: HandlerRun | None) -> Reply:
+        """:meth:`_run` for an entity with durable state: its change is staged on the
+        unit, and the instance stays held until the unit commits or is discarded."""
+        state = instance.state
+        assert state is not None
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                instance.pending -= 1
+                instance.last_active = self._clock.monotonic()
+                instance.semaphore.release()
+
+        held = False
+        try:
+            await instance.semaphore.acquire()
+        except BaseException:
+            instance.pending -= 1
+            raise
+        try:
+            try:
+                await state.refresh(instance.entity, self._state)
+            except StateUnreadable as exc:
+                return _unreadable(envelope, exc)
+            try:
+                reply = await self._run(instance, spec, envelope, argument, run)
+                if run is None or run.unit is None:
+                    return state.read_only(instance.entity, reply.request_id) or reply
+                reply, held = state.stage(instance.entity, run.unit, reply, release)
+            except BaseException:
+                state.restore(instance.entity)  # the run did not complete: it keeps nothing
+                raise
+            return reply
+        finally:
+            if not held:
+                release()
+
+    async def _run(self, instance: _Instance, spec: RpcSpec, envelope: Envelope,
+                   argument: Any, run: HandlerRun | None) -> Reply:
         message = envelope.message
-        async with instance.semaphore:
-            placement = ClusterPlacement(
-                runner_id=None if self._runner is None else str(self._runner),
-                shard_id=str(message.address.shard),
-                entity=f"{message.address.entity_type}/{message.address.entity_id}",
-            )
-            # the handler task copies the context as it is created: set it first
-            with use_context(RequestContext.from_headers(message.headers, placement)):
+        placement = ClusterPlacement(
+            runner_id=None if self._runner is None else str(self._runner),
+            shard_id=str(message.address.shard),
+            entity=f"{message.address.entity_type}/{message.address.entity_id}",
+        )
+        # the handler task copies the context as it is created: set it first
+        with use_context(RequestContext.from_headers(message.headers, placement)):
+            # a volatile call made outside any persisted run (the usual case) sets nothing
+            token = (CURRENT_RUN.set(run)
+                     if run is not None or CURRENT_RUN.get() is not None else None)
+            try:
                 call = spec.fn(instance.entity, argument) if spec.takes_argument else spec.fn(
                     instance.entity
                 )
@@ -159,29 +227,39 @@ class EntityRuntime:
                 # right here; its exception is the caller's answer, not a crash of the
                 # runner, and the hot path keeps one task per call.
                 task = asyncio.ensure_future(call)
-            instance.tasks.add(task)
-            kind = "persisted" if envelope.persisted else "volatile"
-            entity_type = message.address.entity_type
-            started = self._clock.monotonic()
-            try:
-                result = await asyncio.shield(task)
-            except asyncio.CancelledError:
-                if task.cancelled() and not being_cancelled():
-                    # the shard was taken away while the handler ran: not completed here
-                    raise EntityError(f"{message.address} stopped: its shard moved",
-                                      reason=Reason.NOT_OWNER) from None
-                task.cancel()
-                raise
-            except Exception as exc:  # a handler failure is the caller's, not ours
-                log.info("handler %s.%s failed: %r", entity_type, spec.name, exc)
-                metrics.MESSAGES_FAILED.labels(entity_type, kind).inc()
-                return Reply(message.id, error_payload(exc), is_error=True)
             finally:
-                instance.tasks.discard(task)
-                metrics.HANDLER_SECONDS.labels(entity_type).observe(
-                    self._clock.monotonic() - started
-                )
-                metrics.MESSAGES_HANDLED.labels(entity_type, kind).inc()
+                if token is not None:
+                    CURRENT_RUN.reset(token)
+        instance.tasks.add(task)
+        kind = "persisted" if envelope.persisted else "volatile"
+        entity_type = message.address.entity_type
+        started = self._clock.monotonic()
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and not being_cancelled():
+                # the shard was taken away while the handler ran: not completed here
+                raise EntityError(f"{message.address} stopped: its shard moved",
+                                  reason=Reason.NOT_OWNER) from None
+            task.cancel()
+            raise
+        except Exception as exc:  # a handler failure is the caller's, not ours
+            if run is not None and isinstance(exc, StorageError) and exc.retryable:
+                # the store failed under the handler (say its unit's transaction
+                # could not open): no answer to keep; the message stays stored and
+                # runs again, as after a crash
+                log.info("handler %s.%s met a storage failure; it runs again: %r",
+                         entity_type, spec.name, exc)
+                raise
+            log.info("handler %s.%s failed: %r", entity_type, spec.name, exc)
+            metrics.MESSAGES_FAILED.labels(entity_type, kind).inc()
+            return Reply(message.id, error_payload(exc), is_error=True)
+        finally:
+            instance.tasks.discard(task)
+            metrics.HANDLER_SECONDS.labels(entity_type).observe(
+                self._clock.monotonic() - started
+            )
+            metrics.MESSAGES_HANDLED.labels(entity_type, kind).inc()
         try:
             return Reply(message.id, self._codec.encode(result))
         except ClusterError as exc:
@@ -189,24 +267,32 @@ class EntityRuntime:
 
     async def _instance(self, entity_type: type[Entity], address: EntityAddress) -> _Instance:
         instance = self.instances.get(address)
-        if instance is None:
-            entity = entity_type()
-            entity.ctx = EntityContext(address, self._runner)
-            options = entity_type.__covey_options__
-            instance = _Instance(entity, asyncio.Semaphore(options.concurrency),
-                                 last_active=self._clock.monotonic())
-            self.instances[address] = instance
-            metrics.ENTITIES_ACTIVE.labels(address.entity_type).inc()
-            try:
-                await entity.on_start()
-            except Exception:
+        if instance is not None:
+            await instance.started.wait()
+            if self.instances.get(address) is instance:
+                return instance
+            # its activation failed (or it was dropped meanwhile): activate it here
+            return await self._instance(entity_type, address)
+        entity = entity_type()
+        entity.ctx = EntityContext(address, self._runner)
+        options = entity_type.__covey_options__
+        instance = _Instance(entity, asyncio.Semaphore(options.concurrency),
+                             last_active=self._clock.monotonic())
+        self.instances[address] = instance
+        metrics.ENTITIES_ACTIVE.labels(address.entity_type).inc()
+        try:
+            model = entity_type.__covey_state__
+            if model is not None:
+                instance.state, entity.state = await DurableState.load(self._state, model,
+                                                                       address)
+            await entity.on_start()
+        except BaseException:
+            if self.instances.get(address) is instance:
                 del self.instances[address]
                 metrics.ENTITIES_ACTIVE.labels(address.entity_type).dec()
-                instance.started.set()
-                raise
+            raise
+        finally:
             instance.started.set()
-        else:
-            await instance.started.wait()
         return instance
 
     # ---- stopping --------------------------------------------------------
@@ -266,3 +352,11 @@ def _unknown(entity_type: str, tag: str, *, known_type: bool) -> EntityError:
                            reason=Reason.UNKNOWN_ENTITY_TYPE, entity_type=entity_type)
     return EntityError(f"{entity_type} has no rpc {tag!r}", reason=Reason.UNKNOWN_RPC,
                        entity_type=entity_type, rpc=tag)
+
+
+def _unreadable(envelope: Envelope, unreadable: StateUnreadable) -> Reply:
+    """The answer to a call of an entity whose stored state this code cannot read:
+    a persisted one gets the error as its (stored) reply, a volatile one raises it."""
+    if not envelope.persisted:
+        raise unreadable.error from None
+    return Reply(envelope.message.id, error_payload(unreadable.error), is_error=True)

@@ -49,7 +49,9 @@ class JobDefinition(Generic[P]):
             priority: ``high``/``normal``/``low`` or an int in -32768..32767;
                 orders a backlog.
             transaction: an asyncpg connection inside the application's
-                transaction: the jobs exist only if it commits (PostgreSQL).
+                transaction: the jobs exist only if it commits (PostgreSQL); or
+                ``self.ctx`` in a persisted entity handler: they are stored with
+                the handler's commit (any backend).
 
         Raises:
             ClusterError: ``invalid_argument`` naming the argument

@@ -37,7 +37,7 @@ from covey.core import (
 from covey.core.runtime import TaskSet, being_cancelled
 from covey.jobs._definition import JobSpec
 from covey.sharding.runtime import Envelope, Reschedule
-from covey.storage import Message, Reply
+from covey.storage import Message, Reply, UnitOfWork
 
 if TYPE_CHECKING:  # _host imports _jobs, which imports this module
     from covey.jobs._host import JobHost
@@ -218,7 +218,9 @@ class JobRunner:
 
     # ---- delivery --------------------------------------------------------
 
-    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+    async def deliver(self, envelope: Envelope,
+                      unit: UnitOfWork | None = None) -> Reply | Reschedule:
+        # ``unit``: jobs stage nothing on it (yet); their reply is stored the plain way
         message = envelope.message
         if message.tag in CONTROL_TAGS:
             return await self.control(envelope)

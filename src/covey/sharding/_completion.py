@@ -8,6 +8,13 @@ fenced by the shard's epoch; a fenced-out write drops the shard at once. A
 deliverer may instead answer "retry later": the same message is rescheduled,
 fenced the same way.
 
+Each run gets a unit of work (``storage.messages.unit``) the deliverer may
+stage effects on (durable state, the application's writes, outgoing
+messages). A used unit commits them with the reply in that one fenced
+transaction, and the owners of its outgoing messages are woken after it; a
+run that failed, raised or is rescheduled discards them. An unused unit costs
+nothing: the reply is stored the plain, group-committed way.
+
 "Not due yet" and "runs again later" are answers, not errors: :class:`NotYet`.
 The public ``not_owner`` reason means only that this runner does not serve the
 message's shard.
@@ -33,14 +40,18 @@ from covey.core import (
     StorageError,
 )
 from covey.sharding._delivery import Deliverer, DeliveryRegistry
-from covey.sharding._envelope import Envelope, Reschedule
+from covey.sharding._envelope import Envelope, Reschedule, error_payload
 from covey.sharding._sharding import Sharding
-from covey.storage import Fence, Reply, Storage
+from covey.storage import Fence, Message, Reply, Storage, UnitOfWork
 
 log = logging.getLogger("covey.messages")
 
 #: how long a persisted message waits for room in a full mailbox before trying again
 _MAILBOX_RETRY = 0.01
+#: runs of a message that met a retryable storage failure, tried again here at
+#: once (with a backoff from this many seconds) before it waits for a later read
+_STORAGE_RETRIES = 4
+_STORAGE_BACKOFF = 0.025
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +82,21 @@ class Completion:
         clock: the time source of ``deliver_at``.
         deliveries: who runs which entity type.
         schedule: asks for a storage read at a time (a message comes due then).
+        wake: told the messages a run's commit stored (its outbox), to wake
+            their owners.
     """
 
     def __init__(self, options: ShardingOptions, storage: Storage, sharding: Sharding,
                  clock: Clock, deliveries: DeliveryRegistry,
-                 schedule: Callable[[float], None]) -> None:
+                 schedule: Callable[[float], None],
+                 wake: Callable[[list[Message]], None] | None = None) -> None:
         self._options = options
         self._storage = storage
         self._sharding = sharding
         self._clock = clock
         self._deliveries = deliveries
         self._schedule = schedule
+        self._wake = wake
         self._inflight: dict[int, asyncio.Future[Reply | NotYet]] = {}
         self._inflight_shard: dict[int, ShardId] = {}
         self._retry_at: dict[int, float] = {}
@@ -178,23 +193,52 @@ class Completion:
             log.exception("processing message %s failed", envelope.message.id)
 
     async def _run_and_complete(self, envelope: Envelope, epoch: int) -> Reply | NotYet:
-        started = self._clock.monotonic()
-        deliverer = self._deliverer(envelope)
+        failures = 0
         while True:
             try:
-                answer = await deliverer.deliver(envelope)
-                break
-            except EntityError as exc:
-                if exc.reason is not Reason.MAILBOX_FULL:
+                return await self._attempt(envelope, epoch)
+            except StorageError as exc:
+                failures += 1
+                if (not exc.retryable or failures > _STORAGE_RETRIES
+                        or self._sharding.epoch_of(envelope.shard) != epoch):
                     raise
-                # persisted overflow waits (it is stored) instead of failing
-                await self._clock.sleep(_MAILBOX_RETRY)
+                # The store failed under the run or its completion (a dropped
+                # connection, usually back at once): nothing of it was kept, or its
+                # commit did land and the next one finds the reply. Run it again
+                # now rather than after the message's lease.
+                log.info("message %s met a storage failure; running it again: %s",
+                         envelope.message.id, exc)
+                await self._clock.sleep(_STORAGE_BACKOFF * 2 ** failures)
+
+    async def _attempt(self, envelope: Envelope, epoch: int) -> Reply | NotYet:
+        started = self._clock.monotonic()
+        deliverer = self._deliverer(envelope)
+        fence = Fence(envelope.shard, epoch)
+        # one small object; it opens nothing until the handler uses it
+        unit = self._storage.messages.unit(fence, envelope.message.id)
+        try:
+            while True:
+                try:
+                    answer = await deliverer.deliver(envelope, unit)
+                    break
+                except EntityError as exc:
+                    if exc.reason is not Reason.MAILBOX_FULL:
+                        raise
+                    # persisted overflow waits (it is stored) instead of failing
+                    await self._clock.sleep(_MAILBOX_RETRY)
+        except BaseException:
+            await _discard(unit)
+            raise
         if isinstance(answer, Reschedule):
+            await _discard(unit)
             await self._reschedule(envelope, epoch, answer)
             return RUNS_LATER
         reply = answer
         try:
-            await self._storage.messages.save_reply(reply, Fence(envelope.shard, epoch))
+            if unit.used:
+                reply = await self._commit(unit, reply, fence)
+            else:
+                await self._storage.messages.save_reply(reply, fence)
         except AlreadyProcessed:
             stored = await self.stored_reply(envelope.message.id)
             reply = stored or reply
@@ -204,6 +248,31 @@ class Completion:
         self._remember(reply)
         for callback in self.on_completed:
             callback(envelope, reply, self._clock.monotonic() - started)
+        return reply
+
+    async def _commit(self, unit: UnitOfWork, reply: Reply, fence: Fence) -> Reply:
+        """Complete a run whose handler staged effects: all of them with its reply,
+        in one fenced transaction; none of them if it failed."""
+        if reply.is_error:
+            # a handler that raised keeps nothing: its writes and messages go
+            await unit.discard()
+            await self._storage.messages.save_reply(reply, fence)
+            return reply
+        try:
+            await unit.commit(reply)
+        except EntityError as exc:
+            if exc.reason is not Reason.HANDLER_FAILED:
+                raise
+            # an application write failed inside the commit: nothing was written,
+            # and that failure is the run's answer
+            reply = Reply(reply.request_id, error_payload(exc), is_error=True)
+            await self._storage.messages.save_reply(reply, fence)
+            return reply
+        finally:
+            await unit.discard()  # after a failed commit; a no-op after a good one
+        sent = unit.sent
+        if sent and self._wake is not None:
+            self._wake(sent)
         return reply
 
     # ---- completing --------------------------------------------------------
@@ -264,3 +333,11 @@ class Completion:
         if deliverer is None:
             raise EntityError("this process hosts no entities", reason=Reason.NOT_OWNER)
         return deliverer
+
+
+async def _discard(unit: UnitOfWork) -> None:
+    """Drop a unit whose run did not complete; its failure must not hide the run's."""
+    try:
+        await unit.discard()
+    except Exception:
+        log.warning("discarding the unit of message %s failed", unit, exc_info=True)

@@ -13,17 +13,21 @@ from typing import Protocol
 
 from covey.core import ClusterError, Reason, ShardId
 from covey.sharding._envelope import Envelope, Reschedule
-from covey.storage import Reply
+from covey.storage import Reply, UnitOfWork
 
 
 class Deliverer(Protocol):
     """Runs an envelope's handler on this runner."""
 
-    async def deliver(self, envelope: Envelope) -> Reply | Reschedule:
+    async def deliver(self, envelope: Envelope,
+                      unit: UnitOfWork | None = None) -> Reply | Reschedule:
         """Run the handler; a handler failure is an error ``Reply``, not an exception.
 
         A persisted envelope may also be answered with :class:`Reschedule` (retry
-        the same message later).
+        the same message later). It comes with ``unit``, the run's unit of work:
+        what the deliverer stages on it commits with a successful reply, in one
+        fenced transaction; an error reply, a reschedule or an exception discards
+        it (``None``: a volatile envelope).
 
         Raises:
             EntityError: ``not_owner`` if the shard stopped while waiting,

@@ -21,6 +21,7 @@ awaiting it: the call path costs no extra frame.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -35,6 +36,8 @@ from covey.sharding._storage_read import StorageReader
 from covey.sharding._wire import Inbound
 from covey.sharding.transport import Body, RunnerTransport
 from covey.storage import Message, Reply, Storage
+
+log = logging.getLogger("covey.messages")
 
 
 class Messenger:
@@ -68,7 +71,7 @@ class Messenger:
         self._deliveries = deliveries
         self._shutdown_grace = options.shutdown_grace
         self._completion = Completion(options, storage, sharding, clock, deliveries,
-                                      self.schedule)
+                                      self.schedule, self._wake_sent)
         self._reader = StorageReader(options, storage, sharding, clock, self._completion,
                                      self._spawn)
         self._inbound = Inbound(self._completion, sharding, self._spawn)
@@ -89,6 +92,18 @@ class Messenger:
     async def close(self) -> None:
         """Stop the loops and cancel every message still being run here."""
         await self._tasks.close()
+
+    def _wake_sent(self, messages: list[Message]) -> None:
+        """Wake the owners of the messages a run's commit stored (its outbox)."""
+        self._spawn(self._wake_quietly([Envelope(m, persisted=True) for m in messages]))
+
+    async def _wake_quietly(self, envelopes: list[Envelope]) -> None:
+        try:
+            await self._outbound.push_many(envelopes)
+        except Exception:
+            # they are stored: the owners' storage reads find them anyway
+            log.warning("waking the owners of %d sent messages failed", len(envelopes),
+                        exc_info=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         if self._tasks.closed:  # stopped: nothing new runs here, as on a lost shard

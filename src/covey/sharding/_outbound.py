@@ -2,7 +2,8 @@
 
 A volatile call goes to the owner over the transport (or straight to the local
 deliverer), retrying while no runner serves the shard, the owner says "not
-here" or cannot be reached. A persisted call is stored first (deduplicated);
+here" or cannot be reached. A persisted call is stored first (deduplicated: a
+primary key stored before with another payload is an ``idempotency_conflict``);
 then the envelope itself is pushed to the owner, which runs it at once and
 answers its reply. Meanwhile the caller also watches storage for the reply and
 pushes again when ownership changes: an owner the push cannot reach still finds
@@ -92,6 +93,9 @@ class Outbound:
             lambda: self._storage.messages.save_request(envelope.message), deadline
         )
         if isinstance(result, Duplicate):
+            if result.original_id != envelope.message.id:
+                await self._same_request_or_conflict(envelope.message, result.original_id,
+                                                     deadline)
             if result.reply is not None:
                 return None if discard else result.reply
             envelope = Envelope(replace(envelope.message, id=result.original_id), persisted=True)
@@ -173,6 +177,28 @@ class Outbound:
             await self._backoff(attempt, deadline, cause)
 
     # ---- persisted ---------------------------------------------------------
+
+    async def _same_request_or_conflict(self, message: Message, original_id: int,
+                                        deadline: float) -> None:
+        """Refuse a request whose primary key was stored with another payload.
+
+        Only on the duplicate path (one extra read): the key then stands for the
+        stored request, and answering this one with that one's reply would lie.
+        A stored message gone meanwhile (purged with its reply) is no evidence.
+        """
+        if message.primary_key is None:
+            return
+        stored = await self._with_retry(lambda: self._storage.messages.get(original_id),
+                                        deadline)
+        if stored is None or (stored.tag == message.tag and stored.payload == message.payload):
+            return
+        address = message.address
+        raise EntityError(
+            f"{address.entity_type}.{message.tag}: primary key {message.primary_key!r} was "
+            f"used before with another payload (request {original_id}); use a new key for "
+            "a new request", reason=Reason.IDEMPOTENCY_CONFLICT,
+            entity_type=address.entity_type, entity_id=address.entity_id, rpc=message.tag,
+            primary_key=message.primary_key, original_id=original_id)
 
     async def _await_persisted(self, envelope: Envelope, deadline: float) -> Reply:
         # an owner we cannot reach still runs the message from storage: watch there too

@@ -16,7 +16,6 @@ from covey.storage._contracts import (
     StateStore,
     Storage,
     TransactionalMessages,
-    UnitOfWork,
     WakeupSource,
 )
 from covey.storage._message import MAX_DEDUPE_KEY, Message, MessageRecord, dedupe_key
@@ -30,6 +29,7 @@ from covey.storage._model import (
     StorageInfo,
     Versioned,
 )
+from covey.storage._unit_contract import UnitOfWork
 
 
 def open_storage(config: CoveyConfig, *, clock: Clock | None = None) -> Storage:

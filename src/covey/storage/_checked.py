@@ -23,6 +23,7 @@ from covey.core import EntityAddress, RunnerAddress, ShardId
 from covey.storage._checks import (
     check_address,
     check_counting,
+    check_fence,
     check_id,
     check_ids,
     check_limit,
@@ -44,6 +45,7 @@ from covey.storage._runner_checks import (
     check_runner_address,
     check_runner_shards,
 )
+from covey.storage._unit import CheckedUnitOfWork
 
 MessageState = Literal["unprocessed", "processed", "error"]
 
@@ -133,6 +135,11 @@ class CheckedMessageStorage(ABC):
     async def save_requests(self, messages: Sequence[Message]) -> list[SaveResult]:
         batch = check_messages(messages)
         return await self._save_requests(batch) if batch else []
+
+    @final
+    def unit(self, fence: Fence, request_id: int) -> CheckedUnitOfWork:
+        check_fence(fence)
+        return self._unit(fence, check_id("request_id", request_id))
 
     @final
     async def save_reply(self, reply: Reply, fence: Fence) -> None:
@@ -232,6 +239,10 @@ class CheckedMessageStorage(ABC):
     @abstractmethod
     async def _save_requests(self, messages: list[Message]) -> list[SaveResult]:
         """Never called with an empty list."""
+
+    @abstractmethod
+    def _unit(self, fence: Fence, request_id: int) -> CheckedUnitOfWork:
+        """A new unit; nothing may be opened here (see :mod:`covey.storage._unit`)."""
 
     @abstractmethod
     async def _save_reply(self, reply: Reply, fence: Fence) -> None: ...

@@ -23,6 +23,9 @@ Errors are the same on every backend (built in :mod:`covey.storage._errors`):
   ``["current_version"]`` (``None``: no such key).
 * A stored row that cannot be read back is ``storage_corrupt`` with
   ``details["message_id"]``, ``["address"]`` (a runner) or ``["key"]`` (state).
+* An application write that fails inside :meth:`UnitOfWork.commit` is an
+  :class:`~covey.core.EntityError` ``handler_failed`` with ``details["sql"]``
+  and ``["error"]``: the handler's error, not the store's.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 from covey.core import EntityAddress, RunnerAddress, ShardId
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Fence, Reply, RunnerInfo, SaveResult, StorageInfo, Versioned
+from covey.storage._unit_contract import UnitOfWork
 
 
 @runtime_checkable
@@ -125,7 +129,12 @@ class MessageStorage(Protocol):
 
     def unit(self, fence: Fence, request_id: int) -> UnitOfWork:
         """A :class:`UnitOfWork` for one run of stored request ``request_id``,
-        fenced by ``fence``; nothing is opened until it is used."""
+        fenced by ``fence``; nothing is opened until it is used.
+
+        Cheap enough for every run: one small object, no I/O. The arguments are
+        checked here (``fence``, ``request_id``); whether the message exists, is
+        in the fenced shard or has a reply is found out by :meth:`UnitOfWork.commit`.
+        """
         ...
 
     async def save_reply(self, reply: Reply, fence: Fence) -> None:
@@ -338,83 +347,6 @@ class Storage(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
-
-
-@runtime_checkable
-class UnitOfWork(Protocol):
-    """The effects of one run of a persisted message, committed with its reply.
-
-    The owner of the message's shard opens one per run
-    (:meth:`MessageStorage.unit`); opening touches nothing. The handler's layer
-    stages effects on it; the owner then either commits it with the reply or
-    discards it. :meth:`commit` is **one transaction fenced by the shard's
-    epoch**: the state writes, the application's writes made through
-    :meth:`transaction`, the outgoing messages, the reply and the processed flag
-    are all kept, or none of them. A handler that runs twice (its runner died
-    before the commit) therefore has its effects applied once.
-
-    A unit nobody used (:attr:`used` is false) is completed the plain way
-    (``save_reply``, group-committed); using one costs a transaction of its own.
-    """
-
-    @property
-    def used(self) -> bool:
-        """Whether anything was staged or the transaction opened."""
-        ...
-
-    @property
-    def sent(self) -> list[Message]:
-        """The outgoing messages staged with :meth:`send` (to wake their owners after commit)."""
-        ...
-
-    async def transaction(self) -> Any:
-        """The application's handle inside the unit's transaction, opened on first use.
-
-        PostgreSQL: an asyncpg connection inside covey's transaction (its writes
-        commit with the reply, or not at all). SQLite: a
-        :class:`~covey.storage.sqlite.SqliteTransaction` whose ``execute`` /
-        ``executemany`` statements run inside the commit transaction (reads see
-        committed data only). Memory: a
-        :class:`~covey.storage.memory.MemoryTransaction` whose ``on_commit``
-        callables run at commit, atomically with the rest.
-        """
-        ...
-
-    def put_state(self, key: str, value: bytes, *, expected_version: int | None) -> None:
-        """Stage a state-store write (compare-and-set on ``expected_version``; ``None``:
-        the key must not exist), fenced like the reply."""
-        ...
-
-    def send(self, messages: Sequence[Message]) -> None:
-        """Stage outgoing persisted messages: stored at commit (deduplicated as by
-        ``save_requests``), never if the unit is discarded."""
-        ...
-
-    def on_commit(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the unit committed."""
-        ...
-
-    def on_discard(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the unit was discarded or its commit failed."""
-        ...
-
-    async def commit(self, reply: Reply) -> None:
-        """Write everything staged plus ``reply`` (processed) in one fenced transaction.
-
-        Raises:
-            FencedOut: the fence is stale; nothing was written.
-            AlreadyProcessed: the message has a reply already; nothing was written.
-            VersionConflict: a staged state write found another version; nothing
-                was written.
-            StorageError: the store failed; nothing was written (or, for a lost
-                connection during COMMIT, the outcome is unknown: the message
-                stays unprocessed unless it committed, and a re-run finds it).
-        """
-        ...
-
-    async def discard(self) -> None:
-        """Roll back and drop everything staged; safe to call twice and after commit."""
-        ...
 
 
 @runtime_checkable

@@ -18,6 +18,8 @@ conflict      ``version_conflict``   ``key``, ``expected_version``,
                                      ``current_version`` (``None``: no such key)
 corrupt row   ``storage_corrupt``    ``message_id``, ``address`` (a runner) or
                                      ``key`` (state)
+app write     ``handler_failed``     ``sql`` (the application's statement; ``None``
+                                     when not known), ``error`` (what failed)
 ============  =====================  ===============================================
 
 :func:`completion_refused` is the fenced-completion rule itself (which error a
@@ -30,6 +32,7 @@ from covey.core import (
     MAX_MACHINE_ID,
     AlreadyProcessed,
     ClusterError,
+    EntityError,
     FencedOut,
     MessageNotFound,
     Reason,
@@ -144,6 +147,29 @@ def message_vanished(message_id: int, during: str) -> StorageError:
     """A row seen a moment ago is gone (deleted concurrently); a retry may succeed."""
     return StorageError(f"message {message_id} vanished while {during}; retry",
                         message_id=message_id)
+
+
+def app_write_failed(sql: str | None, exc: BaseException | str) -> EntityError:
+    """The application's own write in a unit of work failed: the handler's error.
+
+    A unit's commit that meets it writes nothing; the completion path stores it
+    as the handler's error reply, as if the handler had raised it.
+    """
+    error = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return EntityError(f"the application's write failed: {error}",
+                       reason=Reason.HANDLER_FAILED, sql=sql, error=error)
+
+
+def unit_finished(request_id: int) -> ClusterError:
+    """A unit of work is used after its commit or discard."""
+    return invalid_argument("unit", f"the unit of work of message {request_id} is committed "
+                            "or discarded already", message_id=request_id)
+
+
+def handle_closed() -> ClusterError:
+    """The application writes through a unit's handle after the unit finished."""
+    return invalid_argument("transaction", "the unit of work is committed or discarded "
+                            "already: its writes would be lost")
 
 
 def machine_ids_exhausted() -> StorageError:

@@ -13,6 +13,7 @@ from covey.storage._model import StorageInfo
 from covey.storage.memory._messages import InMemoryMessageStorage
 from covey.storage.memory._runners import InMemoryRunnerStorage
 from covey.storage.memory._state import InMemoryStateStore
+from covey.storage.memory._unit import MemoryTransaction
 
 
 class InMemoryStorage(StorageLifecycle):
@@ -38,8 +39,8 @@ class InMemoryStorage(StorageLifecycle):
         self.shards = shards
         self._recorded_shards: int | None = None
         self.runners = InMemoryRunnerStorage(clock, options)
-        self.messages = InMemoryMessageStorage(clock, options, self.runners)
         self.state = InMemoryStateStore(self.runners)
+        self.messages = InMemoryMessageStorage(clock, options, self.runners, self.state)
 
     async def start(self) -> None:
         if self._recorded_shards is None:
@@ -66,4 +67,5 @@ __all__ = [
     "InMemoryRunnerStorage",
     "InMemoryStateStore",
     "InMemoryStorage",
+    "MemoryTransaction",
 ]

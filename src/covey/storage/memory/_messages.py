@@ -9,7 +9,10 @@ from covey.storage._checked import CheckedMessageStorage, MessageState
 from covey.storage._errors import completion_refused, message_not_found
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
+from covey.storage._unit import CheckedUnitOfWork, StateWrite
 from covey.storage.memory._runners import InMemoryRunnerStorage
+from covey.storage.memory._state import InMemoryStateStore
+from covey.storage.memory._unit import InMemoryUnitOfWork, MemoryTransaction
 
 
 @dataclass
@@ -34,10 +37,12 @@ class _Row:
 class InMemoryMessageStorage(CheckedMessageStorage):
     """Messages and replies in a dictionary keyed by id."""
 
-    def __init__(self, clock: Clock, options: StorageOptions, runners: InMemoryRunnerStorage):
+    def __init__(self, clock: Clock, options: StorageOptions, runners: InMemoryRunnerStorage,
+                 state: InMemoryStateStore) -> None:
         self._clock = clock
         self._options = options
         self._runners = runners
+        self._state = state
         self.rows: dict[int, _Row] = {}
         self._by_key: dict[str, int] = {}
 
@@ -82,10 +87,37 @@ class InMemoryMessageStorage(CheckedMessageStorage):
         return row
 
     async def _save_reply(self, reply: Reply, fence: Fence) -> None:
-        row = self._completable(reply.request_id, fence)
+        self._complete(self._completable(reply.request_id, fence), reply)
+
+    def _complete(self, row: _Row, reply: Reply) -> None:
         row.reply = reply
         row.processed_at = self._clock.now()
         row.lease_until = None
+
+    def _unit(self, fence: Fence, request_id: int) -> CheckedUnitOfWork:
+        return InMemoryUnitOfWork(self, fence, request_id, self._save_reply)
+
+    def commit_unit(self, reply: Reply, fence: Fence, states: list[StateWrite],
+                    sent: list[Message], app: MemoryTransaction | None) -> None:
+        """A unit's commit: every check, then every write, with no ``await`` between.
+
+        Checked in order (the first refusal raises, and nothing is written): the
+        fenced-completion rule, the state versions, the application's callables
+        (an error of theirs is ``handler_failed``); the outgoing messages are
+        deduplicated as by ``save_requests``.
+        """
+        row = self._completable(reply.request_id, fence)
+        self._state.check_writes(states)
+        staged: dict[int, _Row] = {}
+        keys: dict[str, int] = {}
+        for message in sent:
+            self._stage(message, staged, keys)
+        if app is not None:
+            app.apply()
+        self._state.apply_writes(states)
+        self.rows.update(staged)
+        self._by_key.update(keys)
+        self._complete(row, reply)
 
     async def _unprocessed(self, shards: list[ShardId], limit: int) -> list[Message]:
         now = self._clock.now()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from covey.storage._checked import CheckedStateStore
 from covey.storage._errors import fenced_out, version_conflict
 from covey.storage._model import Fence, Versioned
+from covey.storage._unit import StateWrite
 from covey.storage.memory._runners import InMemoryRunnerStorage
 
 
@@ -31,6 +32,19 @@ class InMemoryStateStore(CheckedStateStore):
         version = (found or 0) + 1
         self._values[key] = Versioned(value, version)
         return version
+
+    def check_writes(self, writes: list[StateWrite]) -> None:
+        """Refuse the first write whose expected version is not the stored one."""
+        for write in writes:
+            current = self._values.get(write.key)
+            found = current.version if current else None
+            if found != write.expected_version:
+                raise version_conflict(write.key, write.expected_version, found)
+
+    def apply_writes(self, writes: list[StateWrite]) -> None:
+        """Apply writes that :meth:`check_writes` accepted."""
+        for write in writes:
+            self._values[write.key] = Versioned(write.value, (write.expected_version or 0) + 1)
 
     async def _delete(self, key: str, expected_version: int | None) -> bool:
         current = self._values.get(key)

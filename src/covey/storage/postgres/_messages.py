@@ -13,8 +13,10 @@ from covey.storage._group_commit import GroupCommit
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Fence, Reply, SaveResult
 from covey.storage._rows import message_of, record_of, reply_of
+from covey.storage._unit import CheckedUnitOfWork
 from covey.storage.postgres._errors import translated
 from covey.storage.postgres._queries import LIST_FILTERS, Statements
+from covey.storage.postgres._unit import PostgresUnitOfWork, UnitHost
 from covey.storage.postgres._writer import CompleteOp, Op, SaveOp, Writer
 
 
@@ -65,6 +67,7 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         self._options = options
         self._clock = clock
         self._batcher = batcher
+        self._units = UnitHost(pool, sql, writer, channel, clock, options.connect_timeout)
 
     async def _save_requests_in(self, connection: Any,
                                 messages: list[Message]) -> list[SaveResult]:
@@ -76,6 +79,9 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         if isinstance(out[0], BaseException):
             raise out[0]
         return cast(list[SaveResult], out[0])
+
+    def _unit(self, fence: Fence, request_id: int) -> CheckedUnitOfWork:
+        return PostgresUnitOfWork(self._units, fence, request_id, self._save_reply)
 
     async def _save_request(self, message: Message) -> SaveResult:
         results = cast(list[SaveResult], await self._batcher.submit(SaveOp((message,))))

@@ -83,7 +83,7 @@ class Writer:
                 if saves:
                     await self.save(conn, saves, out)
                 if completions:
-                    await self._complete(conn, completions, out)
+                    await self.complete(conn, completions, out)
                 if states:
                     async with conn.transaction():
                         await self._set_states(conn, states, out)
@@ -167,9 +167,11 @@ class Writer:
             out[i] = final if len(final) == len(refs[i]) else message_vanished(
                 op.messages[len(final)].id, "saved (its duplicate was deleted)")
 
-    async def _complete(
+    async def complete(
         self, conn: Any, ops: list[tuple[int, CompleteOp]], out: list[object]
     ) -> None:
+        """Complete the messages of ``ops`` fenced (:attr:`Statements.FENCED_COMPLETE`);
+        ``out[i]`` ``None``, the new failure count of a reschedule, or the refusal."""
         # One statement per round; a message completed twice in one batch goes to
         # a later round, which then finds it processed (as if sent one by one).
         while ops:

@@ -9,14 +9,16 @@ from typing import Any
 
 from covey.core import Clock, EntityAddress, ShardId, StorageOptions
 from covey.storage._checked import CheckedMessageStorage, MessageState
-from covey.storage._errors import completion_refused, message_not_found, message_vanished
-from covey.storage._message import Message, MessageRecord, encode_headers
-from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
+from covey.storage._errors import message_not_found, message_vanished
+from covey.storage._message import Message, MessageRecord
+from covey.storage._model import Fence, Reply, SaveResult
 from covey.storage._rows import message_of, record_of, reply_of
+from covey.storage._unit import CheckedUnitOfWork
 from covey.storage.sqlite import _queries as q
 from covey.storage.sqlite._connection import SqliteDatabase, changed
-from covey.storage.sqlite._runners import current_epoch
+from covey.storage.sqlite._unit import SqliteUnitOfWork
 from covey.storage.sqlite._writer import SqliteGroupWriter
+from covey.storage.sqlite._writes import check_completable, insert_message
 
 #: Ids per ``IN (…)`` list, well below SQLite's bound-parameter limit.
 _CHUNK = 500
@@ -25,35 +27,6 @@ _CHUNK = 500
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
     for i in range(0, len(ids), _CHUNK):
         yield ids[i : i + _CHUNK]
-
-
-def _insert(conn: sqlite3.Connection, message: Message, now: float) -> SaveResult:
-    key = message.dedupe_key
-    address = message.address
-    if changed(conn, q.INSERT_MESSAGE, (
-        message.id, address.entity_type, address.entity_id, address.shard.group,
-        address.shard.id, message.tag, message.payload, encode_headers(message.headers),
-        message.primary_key, key, message.deliver_at, message.priority, now,
-    )):
-        return Saved(message.id)
-    # The dedupe key (or the same id, a retried save) exists already.
-    row = None if key is None else conn.execute(q.ORIGINAL_BY_KEY, (key,)).fetchone()
-    if row is None:
-        row = conn.execute(q.ORIGINAL_BY_ID, (message.id,)).fetchone()
-    if row is None:
-        raise message_vanished(message.id, "saved (its duplicate was deleted)")
-    original, processed, reply, is_error = row
-    return Duplicate(original, reply_of(original, reply, is_error) if processed else None)
-
-
-def _completable(conn: sqlite3.Connection, message_id: int, fence: Fence) -> None:
-    """Apply the fenced-completion rule inside the write's own transaction."""
-    row = conn.execute(q.COMPLETION_TARGET, (message_id,)).fetchone()
-    refused = completion_refused(
-        fence, current_epoch(conn, fence.shard), message_id,
-        None if row is None else ShardId(row[0], row[1]), bool(row is not None and row[2]))
-    if refused is not None:
-        raise refused
 
 
 class SqliteMessageStorage(CheckedMessageStorage):
@@ -83,18 +56,22 @@ class SqliteMessageStorage(CheckedMessageStorage):
 
     async def _save_request(self, message: Message) -> SaveResult:
         now = self._clock.now()
-        return await self._writer.submit(lambda conn: _insert(conn, message, now))
+        return await self._writer.submit(lambda conn: insert_message(conn, message, now))
 
     async def _save_requests(self, messages: list[Message]) -> list[SaveResult]:
         now = self._clock.now()
         # one op, one savepoint: all of them or none
-        return await self._writer.submit(lambda conn: [_insert(conn, m, now) for m in messages])
+        return await self._writer.submit(
+            lambda conn: [insert_message(conn, m, now) for m in messages])
+
+    def _unit(self, fence: Fence, request_id: int) -> CheckedUnitOfWork:
+        return SqliteUnitOfWork(self._db, fence, request_id, self._save_reply, self._clock)
 
     async def _save_reply(self, reply: Reply, fence: Fence) -> None:
         now = self._clock.now()
 
         def op(conn: sqlite3.Connection) -> None:
-            _completable(conn, reply.request_id, fence)
+            check_completable(conn, reply.request_id, fence)
             conn.execute(q.COMPLETE, (now, reply.payload, int(reply.is_error), reply.request_id))
 
         await self._writer.submit(op)
@@ -102,7 +79,7 @@ class SqliteMessageStorage(CheckedMessageStorage):
     async def _reschedule(self, request_id: int, deliver_at: float, error: str,
                           fence: Fence) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            _completable(conn, request_id, fence)
+            check_completable(conn, request_id, fence)
             conn.execute(q.RESCHEDULE, (deliver_at, error, request_id))
             row = conn.execute(q.FAILURES, (request_id,)).fetchone()
             if row is None:

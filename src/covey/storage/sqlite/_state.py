@@ -5,12 +5,14 @@ from __future__ import annotations
 import sqlite3
 
 from covey.storage._checked import CheckedStateStore
-from covey.storage._errors import corrupt_state, fenced_out, version_conflict
+from covey.storage._errors import corrupt_state, fenced_out
 from covey.storage._model import Fence, Versioned
+from covey.storage._unit import StateWrite
 from covey.storage.sqlite import _queries as q
 from covey.storage.sqlite._connection import SqliteDatabase, changed
 from covey.storage.sqlite._runners import current_epoch
 from covey.storage.sqlite._writer import SqliteGroupWriter
+from covey.storage.sqlite._writes import write_state
 
 
 class SqliteStateStore(CheckedStateStore):
@@ -47,13 +49,7 @@ class SqliteStateStore(CheckedStateStore):
                 epoch = current_epoch(conn, fence.shard)
                 if epoch != fence.epoch:
                     raise fenced_out(fence, epoch)
-            if expected_version is None:
-                done = changed(conn, q.CREATE_STATE, (key, value))
-            else:
-                done = changed(conn, q.UPDATE_STATE, (value, key, expected_version))
-            if not done:
-                row = conn.execute(q.STATE_VERSION, (key,)).fetchone()
-                raise version_conflict(key, expected_version, None if row is None else row[0])
+            write_state(conn, StateWrite(key, value, expected_version))
             return (expected_version or 0) + 1
 
         return await self._writer.submit(op)

@@ -14,6 +14,7 @@ from covey.storage.sqlite._connection import SqliteDatabase, is_locked, split_st
 from covey.storage.sqlite._messages import SqliteMessageStorage
 from covey.storage.sqlite._runners import SqliteRunnerStorage
 from covey.storage.sqlite._state import SqliteStateStore
+from covey.storage.sqlite._transaction import execute_script
 from covey.storage.sqlite._writer import SqliteGroupWriter
 
 _PACKAGE = "covey.storage.sqlite"
@@ -116,6 +117,21 @@ class SqliteStorage(StorageLifecycle):
                 raise MigrationError(
                     f"{name} failed on {self.path}: {exc}", migration=name
                 ) from exc
+
+    async def execute_script(self, sql: str) -> None:
+        """Run the application's own DDL (or other writes) in the store's file.
+
+        The tables an application writes through ``ctx.transaction`` must live in
+        this file to commit with covey's rows. The script (statements separated
+        by ``;``) runs in one transaction of its own: all of it or none. It may
+        not control transactions, run pragmas or write covey's tables
+        (``covey_*``); use ``IF NOT EXISTS`` to make it safe to run at every start.
+
+        Raises:
+            ClusterError: ``invalid_argument`` (``details["field"] == "sql"``) for a
+                statement SQLite refuses; nothing of the script is kept.
+        """
+        await execute_script(self._db, sql)
 
     async def info(self) -> StorageInfo:
         """A summary for humans: schema version, shard count, runners, messages."""
