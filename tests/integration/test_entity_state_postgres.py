@@ -80,6 +80,32 @@ class PgShop(covey.Entity, type="PgShop", state=CartState):
         return len(self.state.items)
 
 
+DROPPED: list[str] = []
+
+
+class PgDropped(covey.Entity, type="PgDropped", state=CartState):
+    """Its first run loses the connection under ``ctx.transaction`` mid-handler."""
+
+    state: CartState
+
+    @covey.rpc(persisted=True, primary_key=lambda c: c.id)
+    async def buy(self, cmd: Buy) -> int:
+        DROPPED.append(cmd.id)
+        self.state.items.append(cmd.item)
+        tx = await self.ctx.transaction()
+        if len(DROPPED) == 1:  # the server drops this session, as a failover would
+            killer = await asyncpg.connect(DROPPED_URL[0])
+            try:
+                await killer.execute("SELECT pg_terminate_backend($1)", tx.get_server_pid())
+            finally:
+                await killer.close()
+        await write_audit(tx, self.ctx.entity_id, cmd.item, table=cmd.table)
+        return len(self.state.items)
+
+
+DROPPED_URL: list[str] = []
+
+
 class Members:
     """Cluster members in one process, each with its own PostgreSQL storage."""
 
@@ -94,7 +120,7 @@ class Members:
         self._port += 1
         member = covey.Cluster(self.config, client_only=client_only, transport=LocalTransport(
             self.network, RunnerAddress("runner", self._port)))
-        member.register(PgShop, PgStock)
+        member.register(PgShop, PgStock, PgDropped)
 
         @member.job("pg.email")
         async def email(job: covey.JobContext, msg: Email) -> None:
@@ -186,3 +212,19 @@ async def test_a_run_lost_before_its_commit_leaves_no_effect_behind(
         ("apple",), ("pear",)]
     await until(lambda: sorted(RESERVED) == ["o1", "o2"] and len(EMAILED) == 2)
     assert await second.state_of(PgShop, "s1") == CartState(items=["apple", "pear"])
+
+
+async def test_a_connection_lost_under_the_handler_runs_it_again_not_fails_it(
+        setup: tuple[Members, str, str]) -> None:
+    # The driver's error of a statement on a lost ctx.transaction is the store's
+    # failure: the message runs again (nothing of the first run was kept), it is
+    # not answered with the driver's error as the handler's.
+    members, url, table = setup
+    DROPPED.clear()
+    DROPPED_URL[:] = [url]
+    runner = await members.start()
+    shop = runner.client(PgDropped, "d1")
+    assert await shop.buy(Buy(id="o1", item="apple", table=table)) == 1
+    assert DROPPED == ["o1", "o1"]
+    assert await _rows(url, f"SELECT cart, item FROM {table}") == [("d1", "apple")]
+    assert await runner.state_of(PgDropped, "d1") == CartState(items=["apple"])

@@ -251,6 +251,14 @@ class EntityRuntime:
                 log.info("handler %s.%s met a storage failure; it runs again: %r",
                          entity_type, spec.name, exc)
                 raise
+            if run is not None and run.unit is not None and run.unit.lost:
+                # the driver's error of a statement on ctx.transaction whose
+                # connection was lost: the store's failure too, not the handler's
+                log.info("handler %s.%s lost its transaction; it runs again: %r",
+                         entity_type, spec.name, exc)
+                raise StorageError(f"the transaction of {message.address} was lost: {exc}",
+                                   reason=Reason.STORAGE_UNAVAILABLE,
+                                   error_type=type(exc).__name__) from exc
             log.info("handler %s.%s failed: %r", entity_type, spec.name, exc)
             metrics.MESSAGES_FAILED.labels(entity_type, kind).inc()
             return Reply(message.id, error_payload(exc), is_error=True)

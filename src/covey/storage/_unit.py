@@ -104,6 +104,15 @@ class CheckedUnitOfWork(ABC):
         """The outgoing messages staged with :meth:`send`, in order."""
         return list(self._sent or ())
 
+    @property
+    def lost(self) -> bool:
+        """Whether the store lost the open transaction (see the contract)."""
+        return self._lost()
+
+    def _lost(self) -> bool:
+        """Backends whose transaction can be lost under the handler override this."""
+        return False
+
     @final
     async def transaction(self) -> Any:
         """The application's handle inside the unit's transaction (opened once)."""

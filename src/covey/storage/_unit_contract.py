@@ -41,6 +41,13 @@ class UnitOfWork(Protocol):
         """The outgoing messages staged with :meth:`send` (to wake their owners after commit)."""
         ...
 
+    @property
+    def lost(self) -> bool:
+        """Whether the store lost the unit's open transaction (its connection
+        closed): nothing of it can commit, and an error the handler met through
+        :meth:`transaction` is the store's failure, not the application's."""
+        ...
+
     async def transaction(self) -> Any:
         """The application's handle inside the unit's transaction, opened on first use.
 

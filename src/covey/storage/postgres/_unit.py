@@ -96,6 +96,10 @@ class PostgresUnitOfWork(CheckedUnitOfWork):
         self._conn: Any = None
         self._tx: Any = None
 
+    def _lost(self) -> bool:
+        # asyncpg marks a connection closed once the server or network dropped it
+        return self._conn is not None and bool(self._conn.is_closed())
+
     async def _transaction(self) -> Any:
         if self._conn is None:
             conn, tx = await self._begin()
