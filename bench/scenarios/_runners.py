@@ -187,12 +187,15 @@ def caller_config(url: str) -> CoveyConfig:
 
 
 @contextlib.asynccontextmanager
-async def cluster_of_two(url: str) -> AsyncIterator[tuple[list[Runner], covey.Cluster]]:
-    """Two runner processes and a client-only caller, balanced; torn down on exit."""
+async def cluster_of_two(
+    url: str, app: str = APP
+) -> AsyncIterator[tuple[list[Runner], covey.Cluster]]:
+    """Two runner processes of ``app`` and a client-only caller, balanced; torn
+    down on exit."""
     runners: list[Runner] = []
     try:
-        runners.append(await start_runner(url))  # the first one migrates the schema
-        runners.append(await start_runner(url))
+        runners.append(await start_runner(url, app=app))  # the first one migrates the schema
+        runners.append(await start_runner(url, app=app))
         async with covey.Cluster(caller_config(url), client_only=True) as caller:
             conn = await asyncpg.connect(url)
             try:

@@ -20,11 +20,9 @@ durable state and inserts one row into the application's table through
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import itertools
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -32,14 +30,10 @@ import asyncpg
 import covey
 
 from ._runners import (
-    Runner,
-    caller_config,
+    cluster_of_two,
     log,
     scratch_database,
     server_settings,
-    start_runner,
-    stop_runners,
-    wait_balanced,
 )
 from .volatile_rpc import CONCURRENCY, ENTITIES, Call, latency, shape, throughput
 
@@ -57,24 +51,6 @@ RAW_STATE = ("UPDATE raw_state SET balance = balance + $2, last_key = $3, versio
              " WHERE entity = $1 RETURNING balance")
 RAW_EFFECT = "INSERT INTO raw_effects (entity, key, amount) VALUES ($1, $2, $3)"
 RAW_LEDGER = "INSERT INTO raw_ledger (key, entity, reply) VALUES ($1, $2, $3)"
-
-
-@contextlib.asynccontextmanager
-async def two_runners(url: str) -> AsyncIterator[tuple[list[Runner], covey.Cluster]]:
-    """Two runners of the state app and a balanced client-only caller."""
-    runners: list[Runner] = []
-    try:
-        runners.append(await start_runner(url, app=APP))  # the first one migrates
-        runners.append(await start_runner(url, app=APP))
-        async with covey.Cluster(caller_config(url), client_only=True) as caller:
-            conn = await asyncpg.connect(url)
-            try:
-                await wait_balanced(conn, caller, runners)
-            finally:
-                await conn.close()
-            yield runners, caller
-    finally:
-        await stop_runners(runners)
 
 
 def add_call(caller: covey.Cluster, answered: list[int]) -> Call:
@@ -141,7 +117,7 @@ async def run(quick: bool) -> dict[str, Any]:
             await conn.execute(state_app.TABLE)
         finally:
             await conn.close()
-        async with two_runners(url) as (runners, caller):
+        async with cluster_of_two(url, app=APP) as (runners, caller):
             result = await measure(caller, url, quick)
     result.update(
         scenario="entity-state", quick=quick, concurrency=CONCURRENCY, entities=ENTITIES,
