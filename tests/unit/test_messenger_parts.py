@@ -25,6 +25,7 @@ from covey.core import (
     RunnerAddress,
     ShardId,
     ShardingOptions,
+    StorageError,
     SystemClock,
 )
 from covey.core.runtime import TaskSet, shard_for
@@ -40,7 +41,7 @@ from covey.sharding.runtime import (
     raise_error_reply,
 )
 from covey.sharding.transport import Body
-from covey.storage import Message, Reply, Storage, UnitOfWork
+from covey.storage import Fence, Message, Reply, Storage, UnitOfWork
 from covey.storage.memory import InMemoryStorage
 
 SHARDS = 4
@@ -268,3 +269,29 @@ async def test_an_error_keeps_its_reason_and_details_in_every_container() -> Non
     for decoded in (over_the_wire.value, stored.value):
         assert decoded.reason is Reason.INVALID_ARGUMENT
         assert {k: decoded.details[k] for k in details} == details
+
+
+async def test_a_reply_write_the_store_refused_once_is_written_again_without_a_rerun() -> None:
+    # A plain run (nothing staged) whose reply could not be stored: the write is
+    # tried again, the handler is not run again for the store's sake.
+    entities = Recorder()
+    config = CoveyConfig(database_url="memory://", shards=SHARDS)
+    storage = InMemoryStorage(shards=SHARDS, options=config.storage, clock=SystemClock())
+    real_save_reply = storage.messages.save_reply
+    failed: list[int] = []
+
+    async def flaky_save_reply(reply: Reply, fence: Fence) -> None:
+        if not failed:
+            failed.append(reply.request_id)
+            raise StorageError("connection lost while storing the reply")
+        await real_save_reply(reply, fence)
+
+    storage.messages.save_reply = flaky_save_reply  # type: ignore[method-assign]
+    async with one_runner(DeliveryRegistry(entities), storage=storage, config=config) as runner:
+        envelope = runner.envelope("Account", persisted=True)
+        reply = await runner.messenger.call(envelope, timeout=5, discard=False)
+        assert reply is not None and reply.payload == b"Account"
+        assert failed == [envelope.message.id]
+        assert entities.ran == ["Account"]  # once
+        stored = await storage.messages.replies_for([envelope.message.id])
+        assert stored[envelope.message.id].payload == b"Account"

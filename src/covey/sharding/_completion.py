@@ -197,17 +197,16 @@ class Completion:
         while True:
             try:
                 return await self._attempt(envelope, epoch)
-            except StorageError as exc:
+            except _RunAgain as again:
                 failures += 1
-                if (not exc.retryable or failures > _STORAGE_RETRIES
-                        or self._sharding.epoch_of(envelope.shard) != epoch):
-                    raise
-                # The store failed under the run or its completion (a dropped
+                if failures > _STORAGE_RETRIES or self._sharding.epoch_of(envelope.shard) != epoch:
+                    raise again.cause from None
+                # The store failed under the run or its unit's commit (a dropped
                 # connection, usually back at once): nothing of it was kept, or its
                 # commit did land and the next one finds the reply. Run it again
                 # now rather than after the message's lease.
                 log.info("message %s met a storage failure; running it again: %s",
-                         envelope.message.id, exc)
+                         envelope.message.id, again.cause)
                 await self._clock.sleep(_STORAGE_BACKOFF * 2 ** failures)
 
     async def _attempt(self, envelope: Envelope, epoch: int) -> Reply | NotYet:
@@ -226,8 +225,10 @@ class Completion:
                         raise
                     # persisted overflow waits (it is stored) instead of failing
                     await self._clock.sleep(_MAILBOX_RETRY)
-        except BaseException:
+        except BaseException as exc:
             await _discard(unit)
+            if isinstance(exc, StorageError) and exc.retryable:
+                raise _RunAgain(exc) from exc
             raise
         if isinstance(answer, Reschedule):
             await _discard(unit)
@@ -238,7 +239,7 @@ class Completion:
             if unit.used:
                 reply = await self._commit(unit, reply, fence)
             else:
-                await self._storage.messages.save_reply(reply, fence)
+                await self._save_reply(reply, fence)
         except AlreadyProcessed:
             stored = await self.stored_reply(envelope.message.id)
             reply = stored or reply
@@ -256,17 +257,21 @@ class Completion:
         if reply.is_error:
             # a handler that raised keeps nothing: its writes and messages go
             await unit.discard()
-            await self._storage.messages.save_reply(reply, fence)
+            await self._save_reply(reply, fence)
             return reply
         try:
             await unit.commit(reply)
+        except StorageError as exc:
+            if not exc.retryable:
+                raise
+            raise _RunAgain(exc) from exc  # the transaction is gone: only a new run can redo it
         except EntityError as exc:
             if exc.reason is not Reason.HANDLER_FAILED:
                 raise
             # an application write failed inside the commit: nothing was written,
             # and that failure is the run's answer
             reply = Reply(reply.request_id, error_payload(exc), is_error=True)
-            await self._storage.messages.save_reply(reply, fence)
+            await self._save_reply(reply, fence)
             return reply
         finally:
             await unit.discard()  # after a failed commit; a no-op after a good one
@@ -274,6 +279,23 @@ class Completion:
         if sent and self._wake is not None:
             self._wake(sent)
         return reply
+
+    async def _save_reply(self, reply: Reply, fence: Fence) -> None:
+        """Store a run's reply the plain way; a store failure retries the write,
+        not the run (the handler is not run again for the store's sake)."""
+        failures = 0
+        while True:
+            try:
+                await self._storage.messages.save_reply(reply, fence)
+                return
+            except StorageError as exc:
+                failures += 1
+                if (not exc.retryable or failures > _STORAGE_RETRIES
+                        or self._sharding.epoch_of(fence.shard) != fence.epoch):
+                    raise
+                log.info("storing the reply of message %s failed; trying again: %s",
+                         reply.request_id, exc)
+                await self._clock.sleep(_STORAGE_BACKOFF * 2 ** failures)
 
     # ---- completing --------------------------------------------------------
 
@@ -333,6 +355,15 @@ class Completion:
         if deliverer is None:
             raise EntityError("this process hosts no entities", reason=Reason.NOT_OWNER)
         return deliverer
+
+
+class _RunAgain(Exception):
+    """The store failed under a run or its unit's commit: nothing of the run was
+    kept, so it may run again here at once (``cause`` is raised if it may not)."""
+
+    def __init__(self, cause: StorageError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 async def _discard(unit: UnitOfWork) -> None:

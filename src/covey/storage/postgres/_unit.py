@@ -97,8 +97,13 @@ class PostgresUnitOfWork(CheckedUnitOfWork):
         self._tx: Any = None
 
     def _lost(self) -> bool:
-        # asyncpg marks a connection closed once the server or network dropped it
-        return self._conn is not None and bool(self._conn.is_closed())
+        if self._conn is None:
+            return False
+        try:
+            # asyncpg marks a connection closed once the server or network dropped it
+            return bool(self._conn.is_closed())
+        except asyncpg.InterfaceError:
+            return True  # and may already have handed the dropped one back to its pool
 
     async def _transaction(self) -> Any:
         if self._conn is None:
