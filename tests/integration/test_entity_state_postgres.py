@@ -24,7 +24,8 @@ from covey.core import (
 )
 from covey.jobs import JobDefinition
 from covey.sharding import LocalNetwork, LocalTransport
-from tests.unit._state_helpers import CrashBeforeCommit, until, write_audit
+from tests.unit._state_helpers import CrashBeforeCommit, write_audit
+from tests.unit._waiting import until
 
 pytestmark = pytest.mark.postgres
 

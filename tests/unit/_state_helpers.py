@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +60,20 @@ async def write_audit(tx: Any, cart: str, item: str, *, table: str = "audit") ->
         await tx.execute(f"INSERT INTO {table}(cart, item) VALUES ($1, $2)", cart, item)
 
 
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Wait until ``condition()`` holds, or fail after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        met = condition()
-        if not isinstance(met, bool):
-            met = await met
-        if met:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
+def _wrap_units_until_reached(
+    storage: Storage, wrapper: Callable[[UnitOfWork, asyncio.Event], Any]
+) -> asyncio.Event:
+    """Wrap the units ``storage`` makes until the returned event is set."""
+    reached = asyncio.Event()
+    messages = storage.messages
+    real = messages.unit
+
+    def unit(fence: Any, request_id: int) -> Any:
+        made = real(fence, request_id)
+        return made if reached.is_set() else wrapper(made, reached)
+
+    messages.unit = unit  # type: ignore[method-assign]
+    return reached
 
 
 class _CommitNeverReturns:
@@ -93,15 +96,7 @@ class CrashBeforeCommit:
     runner then (units made before it commit as usual)."""
 
     def __init__(self, storage: Storage) -> None:
-        self.reached = asyncio.Event()
-        messages = storage.messages
-        real = messages.unit
-
-        def unit(fence: Any, request_id: int) -> Any:
-            made = real(fence, request_id)
-            return made if self.reached.is_set() else _CommitNeverReturns(made, self.reached)
-
-        messages.unit = unit  # type: ignore[method-assign]
+        self.reached = _wrap_units_until_reached(storage, _CommitNeverReturns)
 
 
 class _CommitOutcomeLost:
@@ -134,12 +129,4 @@ class LoseCommitOutcome:
     """Makes the next unit's commit on ``storage`` succeed but report a failure."""
 
     def __init__(self, storage: Storage) -> None:
-        self.reached = asyncio.Event()
-        messages = storage.messages
-        real = messages.unit
-
-        def unit(fence: Any, request_id: int) -> Any:
-            made = real(fence, request_id)
-            return made if self.reached.is_set() else _CommitOutcomeLost(made, self.reached)
-
-        messages.unit = unit  # type: ignore[method-assign]
+        self.reached = _wrap_units_until_reached(storage, _CommitOutcomeLost)

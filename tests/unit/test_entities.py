@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from covey.core import EntityError, Reason, SerializationError
 from covey.testing import TestCluster as _TestCluster
 
 from ._entities import APPLIED, STARTS, Account, Deposit, Ephemeral, Parallel, Slow
+from ._waiting import until
 
 ALL = (Account, Slow, Parallel, Ephemeral)
 
@@ -32,19 +33,6 @@ _URL: list[str] = []
 
 def TestCluster(*types: type[Any], **options: Any) -> _TestCluster:
     return _TestCluster(*types, database_url=_URL[-1], **options)
-
-
-async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Wait until ``condition()`` holds, or fail after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        met = condition()
-        if not isinstance(met, bool):
-            met = await met
-        if met:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_calls_reach_entities_on_every_runner() -> None:

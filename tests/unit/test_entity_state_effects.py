@@ -15,7 +15,8 @@ import covey
 from covey.core import EntityError, Reason, ShardingOptions
 from covey.jobs import JobDefinition
 
-from ._state_helpers import Backend, CrashBeforeCommit, until, write_audit
+from ._state_helpers import Backend, CrashBeforeCommit, write_audit
+from ._waiting import until
 
 
 class CartState(BaseModel):

@@ -70,10 +70,6 @@ class DeliveryRegistry:
         """Who runs ``entity_type`` here (``None``: nobody, this runner hosts nothing)."""
         return self._by_type.get(entity_type, self._default)
 
-    @property
-    def hosts_anything(self) -> bool:
-        return self._default is not None or bool(self._by_type)
-
     def deliverers(self) -> list[Deliverer]:
         """Each distinct deliverer once, the registered ones first, the default last."""
         seen: list[Deliverer] = []
