@@ -1,0 +1,1 @@
+"""covey in an ASGI application (Starlette, FastAPI): lifespan, errors as HTTP, probes."""

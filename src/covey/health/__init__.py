@@ -1,0 +1,1 @@
+"""The cluster's health: built-in and application checks, liveness and readiness."""
