@@ -43,7 +43,7 @@ class Account(covey.Entity, type="StateAccount", state=AccountState):
         await (await runs_pool()).execute(
             "INSERT INTO deposit_runs (deposit_id, runner) VALUES ($1, $2)", cmd.deposit_id, runner)
         self.state.balance += cmd.amount
-        tx = await self.ctx.transaction()  # an asyncpg connection inside covey's transaction
+        tx = await self.ctx.transaction()  # staged: runs in covey's commit transaction
         await tx.execute(
             "INSERT INTO deposits (deposit_id, account, amount, runner) VALUES ($1, $2, $3, $4)",
             cmd.deposit_id, self.ctx.entity_id, cmd.amount, runner,

@@ -127,16 +127,18 @@ async def test_sqlite_application_ddl_runs_whole_or_not_at_all(storage: Storage)
 
 
 @postgres_only
-async def test_postgres_the_handle_is_a_connection_inside_covey_transaction(
+async def test_postgres_the_live_handle_is_a_connection_inside_covey_transaction(
     storage: Storage, app: AppTable,
 ) -> None:
     fence = await owned(storage)
     request = msg()
     await storage.messages.save_request(request)
     unit = storage.messages.unit(fence, request.id)
-    conn = await unit.transaction()
-    assert conn.is_in_transaction()
-    await app.insert(unit, "e1", "a")
+    await app.insert(unit, "e1", "a")  # staged
+    tx = await unit.transaction()
+    assert not tx.live
+    conn = await tx.connection()  # takes a connection and runs what was staged
+    assert tx.live and conn.is_in_transaction()
     assert await conn.fetchval(f"SELECT count(*) FROM {app.table}") == 1  # its own writes
     assert await app.rows() == []  # nobody else's yet
     async with conn.transaction():  # a savepoint of the application's
@@ -155,7 +157,7 @@ async def test_postgres_a_lost_connection_writes_nothing(
     unit = storage.messages.unit(fence, request.id)
     unit.put_state("k", b"v", expected_version=None)
     await app.insert(unit, "e1", "a")
-    pid = (await unit.transaction()).get_server_pid()
+    pid = (await (await unit.transaction()).connection()).get_server_pid()
     admin = await asyncpg.connect(namespace.url)
     try:
         await admin.execute("SELECT pg_terminate_backend($1)", pid)
@@ -177,7 +179,7 @@ async def test_postgres_an_application_that_ends_the_transaction_fails_the_unit(
     await storage.messages.save_request(request)
     unit = storage.messages.unit(fence, request.id)
     await app.insert(unit, "e1", "a")
-    await (await unit.transaction()).execute("ROLLBACK")
+    await (await (await unit.transaction()).connection()).execute("ROLLBACK")
     with pytest.raises(EntityError) as info:
         await unit.commit(Reply(request.id, b"r"))
     assert info.value.reason is Reason.HANDLER_FAILED
@@ -213,6 +215,7 @@ async def test_postgres_connections_go_back_to_the_pool_in_every_path(
     staged_only.put_state("k", b"v", expected_version=None)
     await staged_only.commit(Reply(d, b"r"))  # a connection of its own, given back
     interrupted = await used(e)
+    await (await interrupted.transaction()).connection()  # type: ignore[attr-defined]
     commit = asyncio.ensure_future(interrupted.commit(Reply(e, b"r")))  # type: ignore[attr-defined]
     await asyncio.sleep(0)  # the commit's first statement is on its way
     commit.cancel()

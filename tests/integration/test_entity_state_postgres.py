@@ -94,10 +94,11 @@ class PgDropped(covey.Entity, type="PgDropped", state=CartState):
         DROPPED.append(cmd.id)
         self.state.items.append(cmd.item)
         tx = await self.ctx.transaction()
+        conn = await tx.connection()  # live: the handler holds the session
         if len(DROPPED) == 1:  # the server drops this session, as a failover would
             killer = await asyncpg.connect(DROPPED_URL[0])
             try:
-                await killer.execute("SELECT pg_terminate_backend($1)", tx.get_server_pid())
+                await killer.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
             finally:
                 await killer.close()
         await write_audit(tx, self.ctx.entity_id, cmd.item, table=cmd.table)

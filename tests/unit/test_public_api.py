@@ -92,7 +92,7 @@ EXPECTED: dict[str, list[str]] = {
         "InMemoryMessageStorage", "InMemoryRunnerStorage", "InMemoryStateStore",
         "InMemoryStorage", "MemoryTransaction",
     ],
-    "covey.storage.postgres": ["PostgresStorage"],
+    "covey.storage.postgres": ["PostgresStorage", "PostgresTransaction"],
     "covey.storage.runtime": ["GroupCommit"],
     "covey.storage.sqlite": ["SqliteStorage", "SqliteTransaction"],
     "covey.testing": ["TestCluster"],

@@ -120,7 +120,10 @@ class EntityContext:
     async def transaction(self) -> Any:
         """The application's handle inside the transaction the run commits with.
 
-        PostgreSQL: an asyncpg connection inside covey's transaction. SQLite: a
+        PostgreSQL: a ``PostgresTransaction`` whose ``execute`` / ``executemany``
+        (``$1`` placeholders) are staged for the commit, and whose first read or
+        ``connection()`` takes an asyncpg connection inside covey's transaction
+        (reads then see the staged writes). SQLite: a
         ``SqliteTransaction`` (``await tx.execute(sql, *params)`` /
         ``executemany``, ``?`` placeholders) whose statements run inside the
         commit. Memory: a ``MemoryTransaction`` whose ``on_commit(fn)``

@@ -99,6 +99,9 @@ class GroupCommit(Generic[Op, Result]):
             if self._max_wait > 0 and len(self._queue) < self._max_size and not self._closed:
                 await asyncio.sleep(self._max_wait)
             batch = [self._queue.popleft() for _ in range(min(self._max_size, len(self._queue)))]
+            # A caller cancelled before its op was taken is not waiting: its op is
+            # not written (once taken, an op is written whatever its caller does).
+            batch = [item for item in batch if not item[1].done()]
             if batch:
                 await self._flush_batch(batch)
 

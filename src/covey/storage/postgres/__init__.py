@@ -11,5 +11,6 @@ from the database's ``now()``.
 """
 
 from covey.storage.postgres._storage import PostgresStorage
+from covey.storage.postgres._transaction import PostgresTransaction
 
-__all__ = ["PostgresStorage"]
+__all__ = ["PostgresStorage", "PostgresTransaction"]

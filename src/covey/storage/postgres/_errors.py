@@ -73,6 +73,15 @@ def _bad_input(exc: BaseException) -> bool:
         isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError))
 
 
+def statement_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is the fault of one statement (its SQL or its data), which
+    running it again cannot cure, rather than of the connection or the moment."""
+    if _bad_input(exc):
+        return True
+    return (isinstance(exc, asyncpg.PostgresError) and not isinstance(exc, CONNECTION_ERRORS)
+            and not _transient(_sqlstate(exc)))
+
+
 def _sqlstate(exc: BaseException) -> str:
     return str(getattr(exc, "sqlstate", "") or "")
 

@@ -67,7 +67,7 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         self._options = options
         self._clock = clock
         self._batcher = batcher
-        self._units = UnitHost(pool, sql, writer, channel, clock, options.connect_timeout)
+        self._units = UnitHost(pool, writer, batcher, options.connect_timeout)
 
     async def _save_requests_in(self, connection: Any,
                                 messages: list[Message]) -> list[SaveResult]:

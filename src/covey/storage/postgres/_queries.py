@@ -255,6 +255,19 @@ class Statements:
         "UPDATE {s}.state SET value = $2, version = version + 1"
         " WHERE key = $1 AND version = $3 RETURNING version"
     )
+    #: the compare-and-sets of many units at once (expected NULL: create); returns the
+    #: keys written, so a missing key is a conflict
+    SET_STATES = (
+        "WITH input AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[])"
+        " AS t(key, value, expected)),"
+        " updated AS (UPDATE {s}.state AS st SET value = i.value, version = st.version + 1"
+        " FROM input AS i WHERE i.expected IS NOT NULL AND st.key = i.key"
+        " AND st.version = i.expected RETURNING st.key),"
+        " created AS (INSERT INTO {s}.state (key, value, version)"
+        " SELECT key, value, 1 FROM input WHERE expected IS NULL"
+        " ON CONFLICT (key) DO NOTHING RETURNING key)"
+        " SELECT key FROM updated UNION ALL SELECT key FROM created"
+    )
     DELETE_STATE = "DELETE FROM {s}.state WHERE key = $1"
     DELETE_STATE_AT = "DELETE FROM {s}.state WHERE key = $1 AND version = $2"
 

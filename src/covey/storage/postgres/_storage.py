@@ -98,7 +98,7 @@ class PostgresStorage(StorageLifecycle):
         self._build(_NotStarted())
 
     def _build(self, pool: Any) -> None:
-        self._writer = Writer(pool, self._sql, self._clock)
+        self._writer = Writer(pool, self._sql, self._clock, self.channel)
         self.batcher = GroupCommit(
             self._writer.flush,
             max_size=self._options.batch_max_size,

@@ -1,25 +1,30 @@
 """The unit of work on PostgreSQL: the application's writes and covey's in one transaction.
 
-:meth:`~PostgresUnitOfWork.transaction` takes a pooled connection and begins
-the transaction the application writes in; :meth:`~PostgresUnitOfWork.commit`
-finishes it on the same connection (or on a fresh one if the application never
-asked for it):
+The application's handle (:class:`~covey.storage.postgres._transaction.PostgresTransaction`)
+stages its writes; a unit that never turned it live holds no connection and
+commits through group commit (:class:`~covey.storage.postgres._writer.UnitOp`):
+the units that finish together share one transaction, which runs
 
-1. the fenced completion of the reply — :attr:`Statements.FENCED_COMPLETE`,
-   the statement group commit uses, refused by the same rule
+1. the fenced completion of every reply — :attr:`Statements.FENCED_COMPLETE`,
+   refused by the same rule as group commit's
    (:func:`~covey.storage._errors.completion_refused`: the message exists,
    lives in the fenced shard, the epoch is current, it has no reply yet). Its
-   ``FOR SHARE`` lock on the shard row is held until ``COMMIT``, so a new
+   ``FOR SHARE`` lock on the shard rows is held until ``COMMIT``, so a new
    owner's epoch bump waits for this transaction: it commits under the epoch it
-   checked, or is refused;
-2. the state compare-and-sets;
-3. the outgoing messages (the dedupe rules of ``save_requests``) and a
+   checked, or is refused. A refused unit writes nothing of the rest;
+2. the staged statements of the units that passed (the k-th statements of
+   every unit together, one pipelined ``executemany`` per distinct SQL);
+3. the state compare-and-sets, in one statement;
+4. the outgoing messages (the dedupe rules of ``save_requests``) and a
    ``pg_notify`` per shard of theirs, delivered at commit;
-4. ``COMMIT``.
+5. ``COMMIT``.
 
-Any refusal rolls the whole transaction back, the application's writes with
-it. The connection goes back to the pool in every path; one that cannot be
-rolled back is closed instead.
+If anything of one unit fails after others wrote (a statement, a state
+conflict, a deadlock), that transaction is rolled back and each unit commits in
+one of its own, so only the unit at fault fails. A unit whose handle went live
+(a read, or ``tx.connection()``) commits the same steps on its own connection.
+The connection goes back to the pool in every path; one that cannot be rolled
+back is closed instead.
 """
 
 from __future__ import annotations
@@ -30,14 +35,14 @@ from typing import Any
 
 import asyncpg
 
-from covey.core import Clock
 from covey.storage._errors import app_write_failed
+from covey.storage._group_commit import GroupCommit
 from covey.storage._message import Message
 from covey.storage._model import Fence, Reply
 from covey.storage._unit import CheckedUnitOfWork, PlainCompletion, StateWrite
 from covey.storage.postgres._errors import translated
-from covey.storage.postgres._queries import Statements
-from covey.storage.postgres._writer import CompleteOp, SaveOp, StateOp, Writer, write_state
+from covey.storage.postgres._transaction import PostgresTransaction
+from covey.storage.postgres._writer import Op, StatementFailed, UnitOp, Writer, run_staged
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +52,15 @@ class UnitHost:
     Attributes:
         pool: the storage's asyncpg pool.
         sql: its statements.
-        writer: the group-commit flush (its fenced completion and save run in
-            the unit's transaction too).
-        channel: the NOTIFY channel that wakes the owners of outgoing messages.
-        clock: the source of the completion time.
+        writer: the group-commit flush (a live unit writes with it on its own
+            connection).
+        batcher: the group commit units without a connection commit through.
         acquire_timeout: the bound on waiting for a pooled connection.
     """
 
     pool: Any
-    sql: Statements
     writer: Writer
-    channel: str
-    clock: Clock
+    batcher: GroupCommit[Op, object]
     acquire_timeout: float
 
 
@@ -87,32 +89,47 @@ async def _release(pool: Any, conn: Any, tx: Any) -> None:
 class PostgresUnitOfWork(CheckedUnitOfWork):
     """A unit on PostgreSQL (see the module docstring for its transaction)."""
 
-    __slots__ = ("_conn", "_host", "_tx")
+    __slots__ = ("_conn", "_handle", "_host", "_tx", "connection")
 
     def __init__(self, host: UnitHost, fence: Fence, request_id: int,
                  plain: PlainCompletion) -> None:
         super().__init__(fence, request_id, plain)
         self._host = host
-        self._conn: Any = None
+        self._handle: PostgresTransaction | None = None
         self._tx: Any = None
+        #: the live connection, once the handle went live
+        self.connection: Any = None
 
     def _lost(self) -> bool:
-        if self._conn is None:
+        if self.connection is None:
             return False
         try:
             # asyncpg marks a connection closed once the server or network dropped it
-            return bool(self._conn.is_closed())
+            return bool(self.connection.is_closed())
         except asyncpg.InterfaceError:
             return True  # and may already have handed the dropped one back to its pool
 
     async def _transaction(self) -> Any:
-        if self._conn is None:
+        if self._handle is None:
+            self._handle = PostgresTransaction(self)
+        return self._handle
+
+    async def go_live(self) -> Any:
+        """Take a connection, begin the transaction, run what was staged (once)."""
+        if self.connection is None:
             conn, tx = await self._begin()
-            if self._conn is not None:  # a concurrent first call won
+            if self.connection is not None:  # a concurrent first call won
                 await _release(self._host.pool, conn, tx)
-            else:
-                self._conn, self._tx = conn, tx
-        return self._conn
+                return self.connection
+            self.connection, self._tx = conn, tx
+            staged = self._handle.staged if self._handle is not None else []
+            try:
+                await run_staged(conn, staged)
+            except StatementFailed as exc:
+                raise app_write_failed(exc.sql, exc.error) from exc.error
+            finally:
+                staged.clear()  # ran, or the transaction is failed: never again
+        return self.connection
 
     async def _begin(self) -> tuple[Any, Any]:
         pool = self._host.pool
@@ -128,42 +145,32 @@ class PostgresUnitOfWork(CheckedUnitOfWork):
 
     async def _commit(self, reply: Reply, states: list[StateWrite],
                       sent: list[Message]) -> None:
+        handle = self._handle
+        staged = list(handle.staged) if handle is not None else []
+        if handle is not None:
+            handle.close()
+        op = UnitOp(reply, self.fence, states, sent, staged)
         try:
-            if self._conn is None:
-                self._conn, self._tx = await self._begin()
+            if self.connection is None:
+                _raise(await self._host.batcher.submit(op))
+                return
             with translated("committing a unit of work"):
                 try:
-                    await self._write(self._conn, reply, states, sent)
+                    outcome = await self._host.writer.write_unit(
+                        self.connection, op, staged_ran=True)
                 except asyncpg.InFailedSQLTransactionError as exc:
                     raise app_write_failed(None, "a statement of the application failed "
                                            "earlier; the transaction is aborted") from exc
+                _raise(outcome)
                 tx, self._tx = self._tx, None
                 await tx.commit()
         finally:
             await self._discard()
 
-    async def _write(self, conn: Any, reply: Reply, states: list[StateWrite],
-                     sent: list[Message]) -> None:
-        if not conn.is_in_transaction():
-            # COMMIT or ROLLBACK sent on ctx.transaction: covey's writes would
-            # run outside any transaction, so none of them may run.
-            raise app_write_failed(None, "the application ended covey's transaction")
-        host = self._host
-        out: list[object] = [None]
-        await host.writer.complete(
-            conn, [(0, CompleteOp(reply.request_id, self.fence, reply=reply))], out)
-        _raise(out[0])
-        for write in states:
-            _raise(await write_state(conn, host.sql, StateOp(
-                write.key, write.value, write.expected_version, self.fence)))
-        if sent:
-            await host.writer.save(conn, [(0, SaveOp(sent))], out)
-            _raise(out[0])
-            shards = sorted({str(m.address.shard) for m in sent})
-            await conn.execute(host.sql.NOTIFY, host.channel, shards)
-
     async def _discard(self) -> None:
-        conn, tx = self._conn, self._tx
-        self._conn = self._tx = None
+        if self._handle is not None:
+            self._handle.close()
+        conn, tx = self.connection, self._tx
+        self.connection = self._tx = None
         if conn is not None:
             await _release(self._host.pool, conn, tx)

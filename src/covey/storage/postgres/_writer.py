@@ -19,6 +19,7 @@ import asyncpg
 
 from covey.core import Clock, ShardId, VersionConflict
 from covey.storage._errors import (
+    app_write_failed,
     completion_refused,
     fenced_out,
     message_vanished,
@@ -26,8 +27,15 @@ from covey.storage._errors import (
 )
 from covey.storage._message import Message, encode_headers
 from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
-from covey.storage.postgres._errors import CONNECTION_ERRORS, translate
+from covey.storage._unit import StateWrite
+from covey.storage.postgres._errors import (
+    CONNECTION_ERRORS,
+    is_unavailable,
+    statement_fault,
+    translate,
+)
 from covey.storage.postgres._queries import Statements
+from covey.storage.postgres._transaction import Staged
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +67,43 @@ class StateOp:
     fence: Fence | None
 
 
-Op = SaveOp | CompleteOp | StateOp
+@dataclass(frozen=True, slots=True)
+class UnitOp:
+    """A unit of work that holds no connection: its reply, its state writes, its
+    outgoing messages and the application's staged statements, all or nothing."""
+
+    reply: Reply
+    fence: Fence
+    states: Sequence[StateWrite]
+    sent: Sequence[Message]
+    staged: Sequence[Staged]
+
+
+Op = SaveOp | CompleteOp | StateOp | UnitOp
+
+
+class _Split(Exception):
+    """One unit of a shared transaction was refused after others wrote: roll it
+    back and commit each unit in a transaction of its own."""
+
+
+class StatementFailed(Exception):
+    """A staged statement of the application failed (``__cause__``: why)."""
+
+    def __init__(self, sql: str, error: BaseException) -> None:
+        super().__init__(sql)
+        self.sql = sql
+        self.error = error
 
 
 class Writer:
     """Runs one batch of ops (the ``GroupCommit`` flush)."""
 
-    def __init__(self, pool: Any, sql: Statements, clock: Clock) -> None:
+    def __init__(self, pool: Any, sql: Statements, clock: Clock, channel: str) -> None:
         self._pool = pool
         self._sql = sql
         self._clock = clock
+        self._channel = channel
 
     async def flush(self, ops: Sequence[Op]) -> list[object]:
         """One outcome per op: its result or the exception for that op alone."""
@@ -76,6 +111,7 @@ class Writer:
         saves = [(i, op) for i, op in enumerate(ops) if isinstance(op, SaveOp)]
         completions = [(i, op) for i, op in enumerate(ops) if isinstance(op, CompleteOp)]
         states = [(i, op) for i, op in enumerate(ops) if isinstance(op, StateOp)]
+        units = [(i, op) for i, op in enumerate(ops) if isinstance(op, UnitOp)]
         try:
             async with self._pool.acquire() as conn:
                 # Ops are independent of each other and each statement is atomic
@@ -87,6 +123,8 @@ class Writer:
                 if states:
                     async with conn.transaction():
                         await self._set_states(conn, states, out)
+                if units:
+                    await self._commit_units(conn, units, out)
         except CONNECTION_ERRORS as exc:
             raise translate(exc, "group commit") from exc
         except asyncpg.PostgresError as exc:
@@ -219,6 +257,134 @@ class Writer:
                 out[i] = fenced_out(op.fence, epochs.get(op.fence.shard))
             else:
                 out[i] = await write_state(conn, self._sql, op)
+
+
+    async def _commit_units(
+        self, conn: Any, units: list[tuple[int, UnitOp]], out: list[object]
+    ) -> None:
+        """Commit ``units`` in one transaction; if one of them is refused after the
+        others wrote (a failing statement, a state conflict, a deadlock), each in a
+        transaction of its own. Only a lost connection fails them all."""
+        if len(units) > 1:
+            try:
+                async with conn.transaction():
+                    await self._shared(conn, units, out)
+                return
+            except Exception as exc:
+                if is_unavailable(exc):
+                    raise
+        for i, op in units:
+            out[i] = await self._alone(conn, op)
+
+    async def _shared(
+        self, conn: Any, units: list[tuple[int, UnitOp]], out: list[object]
+    ) -> None:
+        refused: list[object] = [None] * len(units)
+        await self.complete(conn, [(k, CompleteOp(op.reply.request_id, op.fence,
+                                                  reply=op.reply))
+                                   for k, (_, op) in enumerate(units)], refused)
+        passed = []
+        for (i, op), refusal in zip(units, refused, strict=True):
+            out[i] = refusal
+            if refusal is None:
+                passed.append(op)
+        await run_staged_together(conn, [op.staged for op in passed])
+        states = [w for op in passed for w in op.states]
+        if states:
+            written = await conn.fetch(
+                self._sql.SET_STATES, [w.key for w in states], [w.value for w in states],
+                [w.expected_version for w in states])
+            if len(written) != len(states):
+                raise _Split("a state compare-and-set failed")
+        sent = [(k, SaveOp(op.sent)) for k, op in enumerate(passed) if op.sent]
+        if sent:
+            saved: list[object] = [None] * len(passed)
+            await self.save(conn, sent, saved)
+            if any(isinstance(result, BaseException) for result in saved):
+                raise _Split("an outgoing message was refused")
+            await self.notify(conn, [m for op in passed for m in op.sent])
+        if not conn.is_in_transaction():
+            raise _Split("a staged statement ended the transaction")
+
+    async def _alone(self, conn: Any, op: UnitOp) -> object:
+        """Commit one unit in its own transaction: ``None``, or why it was refused."""
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            outcome: object = await self.write_unit(conn, op, staged_ran=False)
+        except Exception as exc:
+            await tx.rollback()
+            if is_unavailable(exc):
+                raise
+            return translate(exc, "committing a unit of work")
+        except BaseException:
+            await tx.rollback()
+            raise
+        if outcome is None:
+            await tx.commit()
+        else:
+            await tx.rollback()
+        return outcome
+
+    async def write_unit(self, conn: Any, op: UnitOp, *, staged_ran: bool) -> object:
+        """Write ``op`` in the transaction open on ``conn``: ``None``, or why it is
+        refused (the caller rolls back). ``staged_ran``: its statements ran already."""
+        if not conn.is_in_transaction():
+            # COMMIT or ROLLBACK sent by the application on its live connection:
+            # covey's writes would run outside any transaction, so none may run.
+            return app_write_failed(None, "the application ended covey's transaction")
+        out: list[object] = [None]
+        await self.complete(
+            conn, [(0, CompleteOp(op.reply.request_id, op.fence, reply=op.reply))], out)
+        if out[0] is not None:
+            return out[0]
+        if not staged_ran:
+            try:
+                await run_staged(conn, op.staged)
+            except StatementFailed as exc:
+                return app_write_failed(exc.sql, exc.error)
+        for write in op.states:
+            outcome = await write_state(conn, self._sql, StateOp(
+                write.key, write.value, write.expected_version, op.fence))
+            if isinstance(outcome, BaseException):
+                return outcome
+        if op.sent:
+            await self.save(conn, [(0, SaveOp(op.sent))], out)
+            if isinstance(out[0], BaseException):
+                return out[0]
+            await self.notify(conn, op.sent)
+        return None
+
+    async def notify(self, conn: Any, sent: Sequence[Message]) -> None:
+        """Wake the owners of ``sent``'s shards when the transaction commits."""
+        shards = sorted({str(m.address.shard) for m in sent})
+        await conn.execute(self._sql.NOTIFY, self._channel, shards)
+
+
+async def run_staged(conn: Any, staged: Sequence[Staged]) -> None:
+    """Run one unit's staged statements on ``conn``, in order."""
+    for sql, rows in staged:
+        try:
+            await conn.executemany(sql, rows)
+        except Exception as exc:
+            if statement_fault(exc):
+                raise StatementFailed(sql, exc) from exc
+            raise
+
+
+async def run_staged_together(conn: Any, units: Sequence[Sequence[Staged]]) -> None:
+    """Run the staged statements of many units: the k-th statements of every unit
+    go together, one ``executemany`` per distinct SQL, so each unit's own order is
+    kept while statements of the same SQL share one pipelined round trip."""
+    depth = max((len(staged) for staged in units), default=0)
+    for k in range(depth):
+        by_sql: dict[str, list[tuple[Any, ...]]] = {}
+        for staged in units:
+            if k < len(staged):
+                sql, rows = staged[k]
+                by_sql.setdefault(sql, []).extend(rows)
+        for sql, rows in by_sql.items():
+            await conn.executemany(sql, rows)
 
 
 async def write_state(conn: Any, sql: Statements, op: StateOp) -> int | VersionConflict:
