@@ -54,7 +54,7 @@ class StorageOptions:
     pool_size: int = 10
     batch_max_size: int = 512
     batch_max_wait: float = 0.0
-    batch_flushers: int = 3
+    batch_flushers: int = 2
     lock_timeout: float = 5.0
     shard_lease: float = 30.0
     message_lease: float = 30.0

@@ -97,6 +97,7 @@ class Connection(asyncio.Protocol):
         self._pending: dict[int, tuple[asyncio.Future[Body], int]] = {}
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._outbox: list[bytes] | None = None  # frames of this loop turn, not sent yet
         self._last_rx = loop.time()
         self._timer: asyncio.TimerHandle | None = None
         self._error: TransportError | None = None  # why we closed, for pending callers
@@ -235,9 +236,21 @@ class Connection(asyncio.Protocol):
             await waiter
 
     def _write(self, data: bytes) -> None:
+        # Frames written in one turn of the event loop leave in one send: a group
+        # commit that completes many runs answers them all with one syscall.
+        if self._transport is None or self.is_closed:
+            return
+        if self._outbox is None:
+            self._outbox = [data]
+            self._loop.call_soon(self._flush_outbox)
+        else:
+            self._outbox.append(data)
+
+    def _flush_outbox(self) -> None:
+        out, self._outbox = self._outbox, None
         transport = self._transport
-        if transport is not None and not self.is_closed:
-            transport.write(data)
+        if out and transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def abort(self, error: TransportError | None) -> None:
         """Close at once, failing every pending request with ``error``."""
@@ -362,6 +375,7 @@ class Connection(asyncio.Protocol):
 
     def _close_gracefully(self, error: TransportError | None) -> None:
         """Close after flushing what is already written (a final error frame)."""
+        self._flush_outbox()
         self._shut(error or peer_unavailable(self.peer, "connection closed"))
         if self._transport is not None:
             self._transport.close()

@@ -46,6 +46,7 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         writer: the group commit's flush (its save runs in the application's
             transaction too).
         channel: the NOTIFY channel that wakes runners after such a save.
+        units: the group commit units of work commit through (default: ``batcher``).
     """
 
     connection_types = (asyncpg.Connection, asyncpg.pool.PoolConnectionProxy)
@@ -59,6 +60,8 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         batcher: GroupCommit[Op, object],
         writer: Writer,
         channel: str,
+        *,
+        units: GroupCommit[Op, object] | None = None,
     ) -> None:
         self._pool = pool
         self._sql = sql
@@ -67,7 +70,7 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         self._options = options
         self._clock = clock
         self._batcher = batcher
-        self._units = UnitHost(pool, writer, batcher, options.connect_timeout)
+        self._units = UnitHost(pool, writer, units or batcher, options.connect_timeout)
 
     async def _save_requests_in(self, connection: Any,
                                 messages: list[Message]) -> list[SaveResult]:

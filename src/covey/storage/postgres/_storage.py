@@ -85,6 +85,11 @@ class PostgresStorage(StorageLifecycle):
         self._version = 0
         self._writer: Writer | None = None
         self.batcher: GroupCommit[Op, object] | None = None
+        #: the group commit of units of work: one flusher, so the units that finish
+        #: while a shared transaction runs all join the next one (their
+        #: transactions are several statements long; small ones cost more than
+        #: they save), while the plain writes keep their flushers
+        self.unit_batcher: GroupCommit[Op, object] | None = None
         # Declared as the contract types: Storage's attributes are mutable, so a
         # protocol match needs exactly these types.
         self.runners: RunnerStorage
@@ -106,6 +111,13 @@ class PostgresStorage(StorageLifecycle):
             flushers=self._options.batch_flushers,
             is_fatal=is_unavailable,
         )
+        self.unit_batcher = GroupCommit(
+            self._writer.flush,
+            max_size=self._options.batch_max_size,
+            max_wait=self._options.batch_max_wait,
+            flushers=1,
+            is_fatal=is_unavailable,
+        )
         self._runners = PostgresRunnerStorage(
             pool, self._url, self._options.schema, self._sql, self._options, self._clock,
             runner_ttl=self._runner_ttl,
@@ -113,13 +125,15 @@ class PostgresStorage(StorageLifecycle):
         self._runners.on_named = self._wakeups.recheck  # name the LISTEN session now
         self.runners = self._runners
         self.messages = PostgresMessageStorage(
-            pool, self._sql, self._options, self._clock, self.batcher, self._writer, self.channel
+            pool, self._sql, self._options, self._clock, self.batcher, self._writer, self.channel,
+            units=self.unit_batcher,
         )
         self.state = PostgresStateStore(pool, self._sql, self.batcher)
         if isinstance(pool, _NotStarted):
             # Flushers only run between start() and close(); a write before
             # start() must fail at once instead of queueing forever.
             self.batcher._closed = True
+            self.unit_batcher._closed = True
 
     @property
     def location(self) -> str:
@@ -157,8 +171,9 @@ class PostgresStorage(StorageLifecycle):
             self._pool = None
             raise
         self._build(self._pool)
-        assert self.batcher is not None
+        assert self.batcher is not None and self.unit_batcher is not None
         self.batcher.start()
+        self.unit_batcher.start()
         self._started = True
 
     async def _migrate(self) -> None:
@@ -230,6 +245,8 @@ class PostgresStorage(StorageLifecycle):
         self._started = False
         await self._wakeups.close()
         try:
+            if self.unit_batcher is not None:
+                await self.unit_batcher.close()
             if self.batcher is not None:
                 await self.batcher.close()
             await self._runners.close()
