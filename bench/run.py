@@ -27,6 +27,8 @@ SCENARIOS: dict[str, str] = {
     "store-growth": "scenarios.store_growth",
     "entity-state": "scenarios.entity_state",
     "transport": "scenarios.transport",
+    "otel-overhead": "scenarios.otel_overhead",
+    "readiness": "scenarios.readiness",
 }
 
 

@@ -9,16 +9,13 @@ message to the runner that owns the job, so they need runners up.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
+from covey.cli._output import console, emit, guarded, iso, json_option
 from covey.cluster import Cluster
 from covey.core import ClusterError, CoveyConfig, Reason
 from covey.jobs import Jobs, JobStatus
@@ -48,10 +45,27 @@ _NEEDS_RUNNERS = (
 
 
 def _iso(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    stamp = dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
-    return stamp.replace("+00:00", "Z")
+    return iso(ts) or "-"
+
+
+def job_document(s: JobStatus) -> dict[str, Any]:
+    """One job for ``--json`` (stable keys; the id is a string)."""
+    return {
+        "id": str(s.id),
+        "name": s.name,
+        "state": s.state,
+        "attempts": s.attempts,
+        "last_error": s.last_error,
+        "errors": list(s.errors),
+        "tenant": s.tenant,
+        "created_at": iso(s.created_at),
+        "scheduled_for": iso(s.scheduled_for),
+        "finished_at": iso(s.finished_at),
+        "progress": s.progress,
+        "progress_note": s.progress_note,
+        "heartbeat_at": iso(s.heartbeat_at),
+        "result": s.result,
+    }
 
 
 def _short(text: str | None, width: int = 60) -> str:
@@ -100,11 +114,8 @@ def status_table(s: JobStatus) -> Table:
     return table
 
 
-def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, width=max(Console().width, 160), highlight=False)
-
-
-def _with_jobs(action: Callable[[Jobs], Awaitable[T]], *, control: bool = False) -> T:
+def _with_jobs(action: Callable[[Jobs], Awaitable[T]], *, as_json: bool,
+               control: bool = False) -> T:
     """Run ``action`` against a client-only member; a ClusterError exits 2.
 
     ``control``: the action messages the owning runner (say so when none answers).
@@ -114,17 +125,13 @@ def _with_jobs(action: Callable[[Jobs], Awaitable[T]], *, control: bool = False)
         async with Cluster(CoveyConfig.from_env(), client_only=True) as cluster:
             return await action(cluster.jobs)
 
-    try:
-        return asyncio.run(go())
-    except ClusterError as exc:
-        hint = ""
+    def hint(exc: ClusterError) -> str:
         if control and exc.reason in (Reason.TIMEOUT, Reason.NOT_OWNER,
                                       Reason.PEER_UNAVAILABLE):
-            hint = " (no runner answered: is one up? `covey run module:cluster`)"
-        message = escape(f"{exc}{hint}")
-        _console(stderr=True).print(f"[red]error[/red] ({exc.reason.value}): {message}",
-                                    soft_wrap=True)
-        sys.exit(2)
+            return " (no runner answered: is one up? `covey run module:cluster`)"
+        return ""
+
+    return guarded(lambda: asyncio.run(go()), as_json=as_json, hint=hint)
 
 
 @click.group()
@@ -137,7 +144,8 @@ def jobs() -> None:
 @click.option("--name", help="Only jobs of this name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000),
               help="At most this many jobs.")
-def ls(state: str | None, name: str | None, limit: int) -> None:
+@json_option
+def ls(state: str | None, name: str | None, limit: int, as_json: bool) -> None:
     """Recent jobs, newest first."""
 
     async def action(j: Jobs) -> list[JobStatus]:
@@ -156,19 +164,27 @@ def ls(state: str | None, name: str | None, limit: int) -> None:
             before = page[-1].id
         return found[:limit]
 
-    found = _with_jobs(action)
-    _console().print(jobs_table(found, title=f"jobs ({len(found)})"))
+    found = _with_jobs(action, as_json=as_json)
+    if as_json:
+        emit({"jobs": [job_document(s) for s in found]})
+    else:
+        console().print(jobs_table(found, title=f"jobs ({len(found)})"))
 
 
 @jobs.command()
 @click.argument("job_id", type=int)
-def status(job_id: int) -> None:
+@json_option
+def status(job_id: int, as_json: bool) -> None:
     """Where job JOB_ID stands (exit 2 with job_not_found if there is none)."""
 
     async def action(j: Jobs) -> JobStatus:
         return await j.status(job_id)
 
-    _console().print(status_table(_with_jobs(action)))
+    found = _with_jobs(action, as_json=as_json)
+    if as_json:
+        emit(job_document(found))
+    else:
+        console().print(status_table(found))
 
 
 @jobs.command(short_help="Cancel a job (needs a runner up).", help=(
@@ -176,12 +192,16 @@ def status(job_id: int) -> None:
     "interrupted (its handler sees CancelledError). A finished job is left as is. "
     + _NEEDS_RUNNERS))
 @click.argument("job_id", type=int)
-def cancel(job_id: int) -> None:
+@json_option
+def cancel(job_id: int, as_json: bool) -> None:
     async def action(j: Jobs) -> JobStatus:
         return await j.cancel(job_id)
 
-    final = _with_jobs(action, control=True)
-    click.echo(f"job {job_id} ({final.name}) is {final.state}")
+    final = _with_jobs(action, as_json=as_json, control=True)
+    if as_json:
+        emit(job_document(final))
+    else:
+        click.echo(f"job {job_id} ({final.name}) is {final.state}")
 
 
 @jobs.group()
@@ -193,37 +213,52 @@ def dlq() -> None:
 @click.option("--name", help="Only dead jobs of this name.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000),
               help="At most this many jobs.")
-def dlq_ls(name: str | None, limit: int) -> None:
+@json_option
+def dlq_ls(name: str | None, limit: int, as_json: bool) -> None:
     """Dead jobs, newest first, with their last error."""
 
     async def action(j: Jobs) -> list[JobStatus]:
         return await j.dead_letters(name=name, limit=limit)
 
-    found = _with_jobs(action)
-    _console().print(jobs_table(found, title=f"dead jobs ({len(found)})"))
+    found = _with_jobs(action, as_json=as_json)
+    if as_json:
+        emit({"jobs": [job_document(s) for s in found]})
+    else:
+        console().print(jobs_table(found, title=f"dead jobs ({len(found)})"))
 
 
 @dlq.command("retry", short_help="Requeue a dead job (needs a runner up).", help=(
     "Requeue dead job JOB_ID with its attempts reset (same id). " + _NEEDS_RUNNERS))
 @click.argument("job_id", type=int)
-def dlq_retry(job_id: int) -> None:
+@json_option
+def dlq_retry(job_id: int, as_json: bool) -> None:
     async def action(j: Jobs) -> Any:
         return await j.retry_dead(job_id)
 
-    handle = _with_jobs(action, control=True)
-    click.echo(f"job {job_id} ({handle.name}) requeued")
+    handle = _with_jobs(action, as_json=as_json, control=True)
+    if as_json:
+        emit({"id": str(job_id), "name": handle.name, "requeued": True})
+    else:
+        click.echo(f"job {job_id} ({handle.name}) requeued")
 
 
 @dlq.command("purge")
 @click.option("--name", help="Only dead jobs of this name.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dlq_purge(name: str | None, yes: bool) -> None:
-    """Delete dead jobs (all, or those of --name) for good."""
+@json_option
+def dlq_purge(name: str | None, yes: bool, as_json: bool) -> None:
+    """Delete dead jobs (all, or those of --name) for good (--json needs --yes)."""
     what = f"dead jobs named {name!r}" if name else "all dead jobs"
+    if as_json and not yes:
+        raise click.UsageError("--json asks nothing: add --yes to purge")
     if not yes:
         click.confirm(f"Delete {what}?", abort=True)
 
     async def action(j: Jobs) -> int:
         return await j.purge_dead(name=name)
 
-    click.echo(f"purged {_with_jobs(action)} dead job(s)")
+    purged = _with_jobs(action, as_json=as_json)
+    if as_json:
+        emit({"purged": purged})
+    else:
+        click.echo(f"purged {purged} dead job(s)")

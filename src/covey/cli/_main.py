@@ -1,23 +1,30 @@
-"""``covey run`` / ``covey status`` / ``covey migrate`` (and ``covey jobs``)."""
+"""``covey run`` / ``serve-metrics`` / ``status`` / ``migrate`` / ``runners`` (and ``covey jobs``).
+
+Every command that prints accepts ``--json`` (one document on stdout, stable
+keys, ids as strings; see :mod:`covey.cli._output` and ``docs/cli.md``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from covey.cli._jobs import jobs
+from covey.cli._output import console, emit, fail, guarded, json_option
+from covey.cli._runners import runners
+from covey.cli._worker_http import WorkerEndpoint
 from covey.cluster import Cluster
-from covey.core import ClusterError, CoveyConfig
+from covey.core import ClusterError, CoveyConfig, configure_logging
 from covey.storage import StorageInfo, open_storage
+
+DEFAULT_METRICS_PORT = 9100
 
 
 async def _info(config: CoveyConfig) -> StorageInfo:
@@ -39,46 +46,157 @@ def info_table(info: StorageInfo, title: str = "covey storage") -> Table:
     return table
 
 
+def info_document(info: StorageInfo) -> dict[str, object]:
+    """``covey status --json``."""
+    return {
+        "backend": info.backend,
+        "location": info.location,
+        "schema_version": info.schema_version,
+        "shards": info.shards,
+        "runners": info.runners,
+        "messages_total": info.messages_total,
+        "messages_unprocessed": info.messages_unprocessed,
+    }
+
+
 @click.group()
 def main() -> None:
     """covey: sharded entities, durable messages, singletons, cron and jobs."""
 
 
 main.add_command(jobs)
+main.add_command(runners)
 
 
 @main.command()
-def status() -> None:
+@json_option
+def status(as_json: bool) -> None:
     """Connect, apply pending migrations and show what the store holds."""
-    _run(_info, show=True)
+    info = _run(_info, as_json=as_json)
+    if as_json:
+        emit(info_document(info))
+    else:
+        console().print(info_table(info))
+
+
+@main.command()
+@json_option
+def migrate(as_json: bool) -> None:
+    """Apply pending schema migrations (also done by every runner at start).
+
+    Run it as its own step before a deploy (a Kubernetes Job, a Helm hook).
+    """
+    info = _run(_info, as_json=as_json)
+    if as_json:
+        emit({"schema_version": info.schema_version, "up_to_date": True})
+    else:
+        click.echo(f"schema is up to date (version {info.schema_version})")
+
+
+def _run(
+    action: Callable[[CoveyConfig], Coroutine[Any, Any, StorageInfo]], *, as_json: bool
+) -> StorageInfo:
+    config = guarded(CoveyConfig.from_env, as_json=as_json)
+    return guarded(lambda: asyncio.run(action(config)), as_json=as_json)
+
+
+_ready_json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help='Announce readiness as one JSON line ({"event": "ready", "runner": ..., '
+         '"metrics": ...}) and errors as JSON.')
+
+_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], case_sensitive=False)
+
+
+def _logging_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--log-format", type=click.Choice(["text", "json"]), envvar="COVEY_LOG_FORMAT",
+        default="text", show_default=True,
+        help="Readable lines, or one JSON object per line with tenant, request id, trace "
+             "id, runner and shard [env COVEY_LOG_FORMAT].")(command)
+    return click.option(
+        "--log-level", type=_LEVELS, envvar="COVEY_LOG_LEVEL", default="INFO",
+        show_default=True, help="Level of the process's logs [env COVEY_LOG_LEVEL].")(command)
 
 
 @main.command()
 @click.argument("target")
-@click.option("--log-level", default="INFO", show_default=True,
-              help="Python logging level for covey's loggers.")
-def run(target: str, log_level: str) -> None:
+@_logging_options
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics, /livez, /readyz and /health on this port (worker pods; "
+                   "0 picks a free one). Default: not served.")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True,
+              help="The interface of --metrics-port.")
+@_ready_json_option
+def run(target: str, log_level: str, log_format: str, metrics_port: int | None,
+        metrics_host: str, as_json: bool) -> None:
     """Run a runner: TARGET is 'module:attribute', a covey.Cluster or a function making one.
 
-    Serves until SIGTERM or SIGINT, then leaves gracefully (deregisters first, lets
-    in-flight handlers finish, releases its shards).
+    Serves until SIGTERM or SIGINT, then leaves gracefully (readiness fails,
+    deregisters first, lets in-flight handlers finish, releases its shards).
+    Once it serves it prints `covey runner ADDRESS ready` (with --json: a JSON
+    line {"event": "ready", "runner": ..., "metrics": ...}).
     """
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cluster = _load_cluster(target)
+    _serve_target(target, log_level, log_format, metrics_port, metrics_host, as_json)
+
+
+@main.command("serve-metrics")
+@click.argument("target")
+@_logging_options
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_METRICS_PORT,
+              show_default=True, help="Port of /metrics and the probes.")
+@_ready_json_option
+def serve_metrics(target: str, log_level: str, log_format: str, host: str, port: int,
+                  as_json: bool) -> None:
+    """Run TARGET's runner with /metrics and the probes on HOST:PORT (worker pods).
+
+    The same as `covey run TARGET --metrics-port PORT --metrics-host HOST`:
+    Prometheus scrapes the runner's own metrics (covey_*, process_*, python_*);
+    Kubernetes probes /livez and /readyz.
+    """
+    _serve_target(target, log_level, log_format, port, host, as_json)
+
+
+def _serve_target(target: str, log_level: str, log_format: str, metrics_port: int | None,
+                  metrics_host: str, as_json: bool) -> None:
+    configure_logging(log_level, json=log_format == "json", root=True)
+    cluster = guarded(lambda: _load_cluster(target), as_json=as_json)
+    endpoint = None if metrics_port is None else WorkerEndpoint(cluster, metrics_host,
+                                                                metrics_port)
     try:
-        asyncio.run(_serve(cluster))
+        asyncio.run(_serve(cluster, endpoint, as_json=as_json))
     except ClusterError as exc:
-        Console(stderr=True).print(f"[red]error[/red] ({exc.reason.value}): {exc}")
+        fail(exc, as_json=as_json)
+    except OSError as exc:  # the metrics port is taken
+        click.echo(f"error: cannot serve metrics on {metrics_host}:{metrics_port}: {exc}",
+                   err=True)
         sys.exit(2)
 
 
-async def _serve(cluster: Cluster) -> None:
+async def _serve(cluster: Cluster, endpoint: WorkerEndpoint | None, *, as_json: bool) -> None:
     def announce(ready: Cluster) -> None:
-        click.echo(f"covey runner {ready.address or 'client-only'} ready")
+        metrics = None if endpoint is None else f"{_host_of(endpoint)}:{endpoint.port}"
+        if as_json:
+            emit({"event": "ready", "runner": None if ready.address is None
+                  else str(ready.address), "metrics": metrics})
+        else:
+            where = "" if metrics is None else f" (metrics on http://{metrics}/metrics)"
+            click.echo(f"covey runner {ready.address or 'client-only'} ready{where}")
         sys.stdout.flush()
 
-    await cluster.serve(on_ready=announce)
+    if endpoint is not None:
+        await endpoint.start()  # probes answer (not ready) while the runner joins
+    try:
+        await cluster.serve(on_ready=announce)
+    finally:
+        if endpoint is not None:
+            await endpoint.close()
+
+
+def _host_of(endpoint: WorkerEndpoint) -> str:
+    host = endpoint.host  # the interface asked for
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
 def _load_cluster(target: str) -> Cluster:
@@ -97,24 +215,3 @@ def _load_cluster(target: str) -> Cluster:
     if not isinstance(value, Cluster):
         raise click.BadParameter(f"{target} is not a covey.Cluster", param_hint="TARGET")
     return value
-
-
-@main.command()
-def migrate() -> None:
-    """Apply pending schema migrations (also done by every runner at start)."""
-    _run(_info, show=False)
-    click.echo("schema is up to date")
-
-
-def _run(
-    action: Callable[[CoveyConfig], Coroutine[Any, Any, StorageInfo]], *, show: bool
-) -> None:
-    console = Console()
-    try:
-        config = CoveyConfig.from_env()
-        info = asyncio.run(action(config))
-    except ClusterError as exc:
-        console.print(f"[red]error[/red] ({exc.reason.value}): {exc}")
-        sys.exit(2)
-    if show:
-        console.print(info_table(info))

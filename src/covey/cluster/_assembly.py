@@ -25,6 +25,8 @@ from covey.cluster._declaring import Declarations
 from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress
 from covey.core.runtime import TaskSet, check_upcasters
 from covey.entities.runtime import EntityRuntime, OutboxClients
+from covey.health import Health
+from covey.health.runtime import HEALTH_LOOP, HealthParts
 from covey.jobs import Jobs
 from covey.jobs.runtime import (
     JOB_ENTITY,
@@ -54,12 +56,15 @@ class Runner:
         groups: the shard groups this runner serves.
         weight: this runner's share of shards.
         on_crash: told when a task of the runner crashed (after it was logged).
+        health: the cluster's health checks, started with the runner's loops.
     """
 
     def __init__(self, config: CoveyConfig, storage: Storage, transport: RunnerTransport,
                  clock: Clock, *, client_only: bool, groups: tuple[str, ...], weight: int,
-                 on_crash: Callable[[BaseException], None]) -> None:
+                 on_crash: Callable[[BaseException], None],
+                 health: Health | None = None) -> None:
         self.config = config
+        self.health = health
         self.storage = storage
         self.transport = transport
         self.clock = clock
@@ -129,6 +134,21 @@ class Runner:
                                      keep_errors_of=(JOB_ENTITY,))
             # not a singleton: it would show in every application's singleton listing
             self._loop("covey-retention").spawn(purger.run(), name="covey-retention")
+        if self.health is not None:
+            self._watch(self.health, address)
+
+    def _watch(self, health: Health, address: RunnerAddress | None) -> None:
+        """Start the health checks: a client-only member has the storage check only."""
+        sharding = self.sharding
+        assert sharding is not None
+        hosting = address is not None
+        wakeups = self.storage if hosting and isinstance(self.storage, WakeupSource) else None
+        health.start(self._loop(HEALTH_LOOP), HealthParts(
+            self.storage, service=str(address or sharding.registration),
+            sharding=sharding if hosting else None,
+            singletons=self.singletons if hosting else None,
+            loops=self.tasks if hosting else None, wakeups=wakeups,
+            crashed=lambda: self.crashed))
 
     def _host(self, declared: Declarations, address: RunnerAddress) -> None:
         """What a runner that serves shards hosts: entities (the default

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Self, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,9 +30,10 @@ from covey.core import (
     RunnerAddress,
     SystemClock,
 )
-from covey.core.runtime import shard_for
+from covey.core.runtime import configure_from_options, note_runner, shard_for
 from covey.entities import Entity, EntityContext
 from covey.entities.runtime import EntityClient, EntityRuntime, read_state, state_key
+from covey.health import Health
 from covey.jobs import Jobs
 from covey.jobs.runtime import JobRunner
 from covey.sharding import RunnerTransport, TcpTransport
@@ -52,7 +53,8 @@ class Cluster(Declaring):
 
     Args:
         config: settings; ``CoveyConfig.from_env()`` when omitted.
-        client_only: route calls but host nothing (no shards, no listening port).
+        client_only: route calls but host nothing (no shards, no listening port);
+            also when ``config.client_only`` (``COVEY_CLIENT_ONLY=true``) is set.
         groups: the shard groups this runner serves.
         weight: this runner's share of shards relative to the others.
         storage: a storage to use instead of the one ``config`` names (tests).
@@ -73,7 +75,7 @@ class Cluster(Declaring):
     ) -> None:
         super().__init__()
         self.config = config or CoveyConfig.from_env()
-        self.client_only = client_only
+        self.client_only = client_only or self.config.client_only  # COVEY_CLIENT_ONLY
         self._groups = groups
         self._weight = weight
         self._clock = clock or SystemClock()
@@ -82,6 +84,8 @@ class Cluster(Declaring):
             self.config.runner_host, self.config.runner_port,
             secret=self.config.cluster_secret, options=self.config.transport,
         )
+        #: the health checks and the liveness/readiness probes (docs/health.md)
+        self.health = Health(self.config.health, clock=self._clock)
         self._runner: Runner | None = None  # kept after stop, for inspection
         self._serving = False  # started, and neither stopped nor aborted
         self._crashed: BaseException | None = None
@@ -265,10 +269,11 @@ class Cluster(Declaring):
                                "or a failed start, make a new one)",
                                reason=Reason.INVALID_ARGUMENT)
         self._started = True
+        configure_from_options(self.config.log)  # COVEY_LOG_LEVEL / COVEY_LOG_FORMAT
         runner = self._runner = Runner(
             self.config, self.storage, self.transport, self._clock,
             client_only=self.client_only, groups=self._groups, weight=self._weight,
-            on_crash=self._on_crash)
+            on_crash=self._on_crash, health=self.health)
         try:
             await runner.start(self.declarations())
         except BaseException:
@@ -278,6 +283,8 @@ class Cluster(Declaring):
             raise
         self._serving = True
         sharding = _part(runner.sharding)
+        if sharding.address is not None:
+            note_runner(str(sharding.address))  # log lines name it (docs/logging.md)
         log.info("runner %s joined (machine id %d, %d shards owned)",
                  sharding.address or "client-only", sharding.machine_id, len(sharding.owned))
 
@@ -290,8 +297,42 @@ class Cluster(Declaring):
         if not self._serving or self._runner is None:
             return  # not started, stopped, aborted, or a failed start closed itself
         self._serving = False
-        await self._runner.close()
+        self.health.start_draining()  # readiness fails before anything stops
+        try:
+            await self._runner.close()
+        finally:
+            if self.address is not None:
+                note_runner(str(self.address), present=False)
         log.info("runner %s left", self.address or "client-only")
+
+    async def drain(self) -> None:
+        """The first step of a graceful exit: readiness fails, serving goes on.
+
+        ``cluster.health.ready()`` fails from now on, so load balancers that
+        follow readiness move away, while this member keeps serving and calling
+        entities. :meth:`stop` completes the exit (deregister, hand the shards
+        over, release them). Does nothing unless started.
+
+        The runner deliberately stays registered until :meth:`stop`: its
+        registration holds its snowflake machine id, and a draining web pod
+        still makes ids (request, message and job ids) while a new pod may be
+        starting; unregistering now would let that pod take the same machine id.
+        """
+        if not self._serving or self._runner is None:
+            return
+        self.health.start_draining()  # readiness fails at once
+        log.info("runner %s draining: readiness fails; it leaves at stop()",
+                 self.address or "client-only")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """The cluster for the lifetime of an ASGI app: ``FastAPI(lifespan=cluster.lifespan)``.
+
+        Starts the cluster at the app's startup and leaves gracefully at its
+        shutdown. Inside a lifespan of your own: ``async with cluster.lifespan(app):``.
+        """
+        async with self:
+            yield
 
     async def abort(self) -> None:
         """Stop at once, without the graceful hand-over: as if the process died.
@@ -308,6 +349,8 @@ class Cluster(Declaring):
         self._stop.set()  # serve() returns
         await self._runner.abort()
         log.warning("runner %s aborted", self.address or "client-only")
+        if self.address is not None:
+            note_runner(str(self.address), present=False)
 
     async def serve(self, on_ready: Callable[[Cluster], None] | None = None) -> None:
         """Run until SIGTERM/SIGINT (or :meth:`request_stop`), then leave gracefully.

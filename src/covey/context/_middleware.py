@@ -38,6 +38,7 @@ from covey.core import (
     SnowflakeGenerator,
     use_context,
 )
+from covey.core.runtime import http_span, traced_context
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -45,7 +46,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 TenantResolver = Callable[[Scope], str | None]
 
-DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+DEFAULT_EXEMPT_PATHS: frozenset[str] = frozenset(
+    {"/health", "/healthz", "/livez", "/readyz", "/metrics"})
 """Paths that never need a tenant: Kubernetes probes and Prometheus scrapes."""
 
 
@@ -121,17 +123,20 @@ class RequestContextMiddleware:
                           "this request needs a tenant: send the X-Tenant-ID header")
             return
         parent = trace_parent(scope)
-        context = RequestContext.from_headers(
-            {TRACEPARENT_HEADER: parent} if parent else {}
-        ).with_(tenant_id=tenant, request_id=request_id, user=user)
+        carrier = {TRACEPARENT_HEADER: parent} if parent else {}
+        context = RequestContext.from_headers(carrier).with_(
+            tenant_id=tenant, request_id=request_id, user=user)
         echo = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
             if message.get("type") == "http.response.start":
                 message["headers"] = [*(message.get("headers") or []), echo]
+                span.set_status_code(int(message.get("status", 200)))
             await send(message)
 
-        with use_context(context):
+        # the request's span (OpenTelemetry, when configured): the context names it
+        with http_span(scope, carrier, tenant=tenant, request_id=request_id) as span, \
+                use_context(traced_context(context)):
             await self.app(scope, receive, send_with_id)
 
     def _needs_tenant(self, scope: Scope) -> bool:

@@ -11,6 +11,7 @@ from covey.core._clock import Clock, SystemClock, TestClock
 from covey.core._config import (
     DEFAULT_DATABASE_URL,
     CoveyConfig,
+    HealthOptions,
     ShardingOptions,
     StorageOptions,
     TransportOptions,
@@ -42,6 +43,7 @@ from covey.core._ids import (
     RunnerAddress,
     ShardId,
 )
+from covey.core._logs import LogOptions, configure_logging
 from covey.core._request import (
     REQUEST_HEADER,
     TENANT_HEADER,
@@ -80,8 +82,10 @@ __all__ = [
     "EntityAddress",
     "EntityError",
     "FencedOut",
+    "HealthOptions",
     "JobError",
     "JsonCodec",
+    "LogOptions",
     "MAX_ENTITY_ID_BYTES",
     "MAX_HEADERS",
     "MAX_HEADER_VALUE_BYTES",
@@ -111,6 +115,7 @@ __all__ = [
     "TransportOptions",
     "USER_HEADER",
     "VersionConflict",
+    "configure_logging",
     "current_context",
     "parse_snowflake",
     "upcaster",

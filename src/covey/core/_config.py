@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from covey.core._errors import ConfigError
+from covey.core._logs import LogOptions
 
 DEFAULT_DATABASE_URL = "sqlite:///covey.db"
 
@@ -126,6 +127,43 @@ class ShardingOptions:
 
 
 @dataclass(frozen=True)
+class HealthOptions:
+    """The background health checks behind ``cluster.health`` (:mod:`covey.health`).
+
+    Attributes:
+        interval: how often every check runs (in the background, never per request).
+        timeout: the default bound on one run of a check; a slower one has failed.
+        failures: consecutive failed runs of a critical check that make the
+            runner unready (one passing run makes it ready again).
+        lag_limit: event-loop lag, in seconds, that counts as a lagging check.
+        lag_checks: consecutive lagging checks that fail liveness.
+        stall_factor: an idle runner loop that has not ticked for this many of its
+            intervals (and at least one ``interval``) fails liveness.
+        window: the span, in seconds, of the latency percentile in the report.
+    """
+
+    interval: float = 2.0
+    timeout: float = 1.0
+    failures: int = 2
+    lag_limit: float = 5.0
+    lag_checks: int = 3
+    stall_factor: float = 3.0
+    window: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "timeout", "lag_limit", "stall_factor", "window"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:  # NaN fails too
+                raise ConfigError(f"health.{name} (COVEY_HEALTH_{name.upper()}) must be a "
+                                  f"number > 0, got {value!r}", setting=f"health.{name}")
+        for name in ("failures", "lag_checks"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"health.{name} (COVEY_HEALTH_{name.upper()}) must be at "
+                                  f"least 1, got {getattr(self, name)!r}",
+                                  setting=f"health.{name}")
+
+
+@dataclass(frozen=True)
 class CoveyConfig:
     """Settings of one covey process.
 
@@ -136,9 +174,15 @@ class CoveyConfig:
             Kubernetes).
         runner_port: the transport port; 0 picks a free one.
         cluster_secret: shared secret authenticating runner-to-runner connections.
+        client_only: host nothing, only route calls (the web pods of a deployment
+            with separate worker pods); the same as ``Cluster(client_only=True)``.
+        drain_delay: seconds a web pod keeps serving after SIGTERM before its
+            server shuts down (``covey.asgi``; match the Kubernetes preStop sleep).
         storage: database options.
         transport: runner-to-runner transport options.
         sharding: membership, ownership and delivery options.
+        health: the background health checks and probes.
+        log: logging set up at start (``COVEY_LOG_LEVEL``, ``COVEY_LOG_FORMAT``).
     """
 
     database_url: str = DEFAULT_DATABASE_URL
@@ -146,9 +190,13 @@ class CoveyConfig:
     runner_host: str = "127.0.0.1"
     runner_port: int = 0
     cluster_secret: str | None = None
+    client_only: bool = False
+    drain_delay: float = 5.0
     storage: StorageOptions = field(default_factory=StorageOptions)
     transport: TransportOptions = field(default_factory=TransportOptions)
     sharding: ShardingOptions = field(default_factory=ShardingOptions)
+    health: HealthOptions = field(default_factory=HealthOptions)
+    log: LogOptions = field(default_factory=LogOptions)
 
     def __post_init__(self) -> None:
         if self.shards < 1:
@@ -163,6 +211,9 @@ class CoveyConfig:
             raise ConfigError(f"storage schema must be an identifier: {self.storage.schema!r}",
                               setting="storage.schema")
         _check_retention(self.storage)
+        if not 0 <= self.drain_delay < math.inf:  # NaN fails too
+            raise ConfigError(f"drain_delay (COVEY_DRAIN_DELAY) must be a number of seconds "
+                              f">= 0, got {self.drain_delay!r}", setting="drain_delay")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CoveyConfig:

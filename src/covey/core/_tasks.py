@@ -19,13 +19,33 @@ catch and report that themselves; reaching the set with an exception is a bug.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 log = logging.getLogger("covey.tasks")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopTick:
+    """The last sign of life of one background loop (for the liveness probe).
+
+    Attributes:
+        name: the loop's name (``"covey-heartbeat"``).
+        interval: how often it means to tick, in seconds.
+        at: the clock's monotonic time of its last tick.
+        busy_since: when it started waiting on work bounded elsewhere (storage,
+            a handover); ``None`` while it sleeps until its next tick.
+    """
+
+    name: str
+    interval: float
+    at: float
+    busy_since: float | None = None
 
 
 class TaskSet:
@@ -44,6 +64,7 @@ class TaskSet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._children: list[TaskSet] = []
         self._closed = False
+        self._ticks: dict[str, LoopTick] = {}
 
     def child(self, name: str) -> TaskSet:
         """A set for one component, closed with this one (and crashing into it)."""
@@ -66,6 +87,26 @@ class TaskSet:
         self._tasks.add(task)
         task.add_done_callback(self._done)
         return task
+
+    def tick(self, name: str, interval: float, now: float) -> None:
+        """Record that loop ``name`` is about to sleep until its next round
+        (``now``: the clock's monotonic time). A loop that stops ticking while
+        idle fails the liveness probe (:mod:`covey.health`)."""
+        self._ticks[name] = LoopTick(name, interval, now)
+
+    def busy(self, name: str, now: float) -> None:
+        """Record that loop ``name`` woke and now waits on I/O or a handover: it
+        is not stalled while busy (a database outage must not fail liveness)."""
+        tick = self._ticks.get(name)
+        if tick is not None:
+            self._ticks[name] = dataclasses.replace(tick, busy_since=now)
+
+    def loop_ticks(self) -> list[LoopTick]:
+        """The last tick of every loop of this set and its children."""
+        found = list(self._ticks.values())
+        for child in self._children:
+            found += child.loop_ticks()
+        return found
 
     @property
     def closed(self) -> bool:

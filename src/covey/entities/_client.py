@@ -9,6 +9,8 @@ from typing import Any
 from covey.core import (
     MAX_KEY_BYTES,
     MAX_NAME_BYTES,
+    REQUEST_HEADER,
+    TENANT_HEADER,
     EntityAddress,
     EntityError,
     MsgpackCodec,
@@ -16,7 +18,7 @@ from covey.core import (
     SnowflakeGenerator,
     current_context,
 )
-from covey.core.runtime import check_text, shard_for, validate_value
+from covey.core.runtime import check_text, producer_span, shard_for, validate_value
 from covey.entities._definition import Entity, RpcSpec
 from covey.sharding.runtime import Envelope, Messenger, raise_error_reply
 from covey.storage import Message, UnitOfWork
@@ -110,26 +112,28 @@ class EntityClient:
             # before encoding: a key the payload cannot carry either (a lone
             # surrogate) is refused as the key it is, invalid_argument
             check_text("primary_key", primary_key, max_bytes=MAX_KEY_BYTES)
-        message = Message(
-            id=self._snowflake.next_id(),
-            address=self.address,
-            tag=spec.name,
-            payload=self._codec.encode(argument) if spec.takes_argument else b"",
-            headers=dict(self._headers()) if self._headers else current_context().to_headers(),
-            primary_key=primary_key,
-        )
-        if self._outbox is not None:
-            self._stage(spec, message)
-            return None
-        reply = await self._messenger.call(
-            Envelope(message, spec.persisted), timeout=self._timeout, discard=self._discard,
-            transaction=self._transaction,
-        )
-        if reply is None:
-            return None
-        if reply.is_error:
-            raise_error_reply(reply, f"{self.address.entity_type}.{spec.name}")
-        return self._codec.decode(reply.payload, spec.response_type)
+        payload = self._codec.encode(argument) if spec.takes_argument else b""
+        headers = dict(self._headers()) if self._headers else current_context().to_headers()
+        message_id = self._snowflake.next_id()
+        # the span's traceparent goes into the headers before the message exists
+        with producer_span(f"send {self.address.entity_type}.{spec.name}", headers,
+                           kind="producer" if spec.persisted else "client",
+                           attributes=lambda: _send_attributes(self.address, spec, message_id,
+                                                               headers)):
+            message = Message(id=message_id, address=self.address, tag=spec.name,
+                              payload=payload, headers=headers, primary_key=primary_key)
+            if self._outbox is not None:
+                self._stage(spec, message)
+                return None
+            reply = await self._messenger.call(
+                Envelope(message, spec.persisted), timeout=self._timeout, discard=self._discard,
+                transaction=self._transaction,
+            )
+            if reply is None:
+                return None
+            if reply.is_error:
+                raise_error_reply(reply, f"{self.address.entity_type}.{spec.name}")
+            return self._codec.decode(reply.payload, spec.response_type)
 
     def _stage(self, spec: RpcSpec, message: Message) -> None:
         if not spec.persisted:
@@ -140,6 +144,22 @@ class EntityClient:
                 reason=Reason.INVALID_ARGUMENT, field="rpc", rpc=spec.name)
         assert self._outbox is not None
         self._outbox.send([self._messenger.checked(message)])
+
+
+def _send_attributes(address: EntityAddress, spec: RpcSpec, message_id: int,
+                     headers: Mapping[str, str]) -> dict[str, str | bool | None]:
+    """The attributes of a ``send`` span (docs/tracing.md lists them)."""
+    return {
+        "messaging.system": "covey",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": address.entity_type,
+        "messaging.message.id": str(message_id),
+        "covey.entity.id": address.entity_id,
+        "covey.rpc": spec.name,
+        "covey.shard": str(address.shard),
+        "covey.tenant": headers.get(TENANT_HEADER),
+        "covey.request_id": headers.get(REQUEST_HEADER),
+    }
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from covey.core import (
+    REQUEST_HEADER,
+    TENANT_HEADER,
     Clock,
     ClusterError,
     ClusterPlacement,
@@ -37,7 +39,7 @@ from covey.core import (
     metrics,
     use_context,
 )
-from covey.core.runtime import being_cancelled
+from covey.core.runtime import being_cancelled, consumer_span, traced_context
 from covey.entities._call import CURRENT_RUN, HandlerRun, OutboxFactory
 from covey.entities._definition import Entity, EntityContext, RpcSpec
 from covey.entities._state import DurableState, StateUnreadable
@@ -160,7 +162,7 @@ class EntityRuntime:
             return await self._run_with_state(instance, spec, envelope, argument, run)
         try:
             async with instance.semaphore:
-                return await self._run(instance, spec, envelope, argument, run)
+                return await self._traced_run(instance, spec, envelope, argument, run)
         finally:
             instance.pending -= 1
             instance.last_active = self._clock.monotonic()
@@ -193,7 +195,7 @@ class EntityRuntime:
             except StateUnreadable as exc:
                 return _unreadable(envelope, exc)
             try:
-                reply = await self._run(instance, spec, envelope, argument, run)
+                reply = await self._traced_run(instance, spec, envelope, argument, run)
                 if run is None or run.unit is None:
                     return state.read_only(instance.entity, reply.request_id) or reply
                 reply, held = state.stage(instance.entity, run.unit, reply, release)
@@ -205,6 +207,36 @@ class EntityRuntime:
             if not held:
                 release()
 
+    async def _traced_run(self, instance: _Instance, spec: RpcSpec, envelope: Envelope,
+                          argument: Any, run: HandlerRun | None) -> Reply:
+        """:meth:`_run` inside its ``process`` span: a child of the caller's span for a
+        volatile call, a new trace linked to it for a persisted one (docs/tracing.md)."""
+        message = envelope.message
+        with consumer_span(
+            f"process {message.address.entity_type}.{message.tag}", message.headers,
+            link=envelope.persisted, kind="consumer" if envelope.persisted else "server",
+            attributes=lambda: self._process_attributes(envelope),
+        ) as span:
+            reply = await self._run(instance, spec, envelope, argument, run)
+            if reply.is_error:
+                span.fail("the handler failed")
+            return reply
+
+    def _process_attributes(self, envelope: Envelope) -> dict[str, str | bool | int | None]:
+        message = envelope.message
+        return {
+            "messaging.system": "covey",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": message.address.entity_type,
+            "messaging.message.id": str(message.id),
+            "covey.entity.id": message.address.entity_id,
+            "covey.rpc": message.tag,
+            "covey.shard": str(message.address.shard),
+            "covey.runner": None if self._runner is None else str(self._runner),
+            "covey.tenant": message.headers.get(TENANT_HEADER),
+            "covey.request_id": message.headers.get(REQUEST_HEADER),
+        }
+
     async def _run(self, instance: _Instance, spec: RpcSpec, envelope: Envelope,
                    argument: Any, run: HandlerRun | None) -> Reply:
         message = envelope.message
@@ -214,7 +246,8 @@ class EntityRuntime:
             entity=f"{message.address.entity_type}/{message.address.entity_id}",
         )
         # the handler task copies the context as it is created: set it first
-        with use_context(RequestContext.from_headers(message.headers, placement)):
+        context = traced_context(RequestContext.from_headers(message.headers, placement))
+        with use_context(context):
             # a volatile call made outside any persisted run (the usual case) sets nothing
             token = (CURRENT_RUN.set(run)
                      if run is not None or CURRENT_RUN.get() is not None else None)

@@ -19,7 +19,7 @@ from covey.core import (
     SnowflakeGenerator,
     current_context,
 )
-from covey.core.runtime import check_seconds, shard_for, validate_value
+from covey.core.runtime import check_seconds, inject_trace, shard_for, validate_value
 from covey.entities import EntityContext
 from covey.entities.runtime import handler_unit
 from covey.jobs._definition import (
@@ -114,7 +114,8 @@ class Jobs:
             address=EntityAddress(JOB_ENTITY, entity_id, shard_for(entity_id, self._shards)),
             tag=name,
             payload=self._codec.encode(payload),
-            headers=current_context().to_headers(),
+            # the submitting span: each run of the job links to it
+            headers=inject_trace(current_context().to_headers()),
             primary_key="job" if dedupe_key is not None else None,
             deliver_at=None if not seconds else self._clock.now() + seconds,
             priority=stored_priority,

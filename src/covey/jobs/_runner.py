@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from covey.core import (
+    REQUEST_HEADER,
+    TENANT_HEADER,
     Clock,
     ClusterError,
     ClusterPlacement,
@@ -34,7 +36,7 @@ from covey.core import (
     metrics,
     use_context,
 )
-from covey.core.runtime import TaskSet, being_cancelled
+from covey.core.runtime import TaskSet, being_cancelled, consumer_span, traced_context
 from covey.jobs._definition import JobSpec
 from covey.sharding.runtime import Envelope, Reschedule
 from covey.storage import Message, Reply, UnitOfWork
@@ -244,9 +246,38 @@ class JobRunner:
         try:
             if message.id in self.cancelled:
                 return self._final(message.id, "cancelled", "cancelled before it ran")
-            return await self._run(spec, envelope, payload)
+            return await self._traced_run(spec, envelope, payload)
         finally:
             slots.release()
+
+    async def _traced_run(self, spec: JobSpec, envelope: Envelope,
+                          payload: Any) -> Reply | Reschedule:
+        """:meth:`_run` inside its ``run job`` span: a new trace per attempt, linked to
+        the span that submitted the job (docs/tracing.md)."""
+        message = envelope.message
+        with consumer_span(f"run job {spec.name}", message.headers, link=True,
+                           attributes=lambda: self._run_attributes(spec, message)) as span:
+            outcome = await self._run(spec, envelope, payload)
+            if isinstance(outcome, Reschedule):
+                span.fail(f"attempt failed, retried: {outcome.error}")
+            elif outcome.is_error:
+                span.fail("the job is dead: its last attempt failed")
+            return outcome
+
+    def _run_attributes(self, spec: JobSpec, message: Message) -> dict[str, str | int | None]:
+        return {
+            "messaging.system": "covey",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": spec.name,
+            "messaging.message.id": str(message.id),
+            "covey.job.name": spec.name,
+            "covey.job.id": str(message.id),
+            "covey.job.attempt": max(message.starts, message.failures) + 1,
+            "covey.shard": str(message.address.shard),
+            "covey.runner": self._runner_id,
+            "covey.tenant": message.headers.get(TENANT_HEADER),
+            "covey.request_id": message.headers.get(REQUEST_HEADER),
+        }
 
     async def _run(self, spec: JobSpec, envelope: Envelope, payload: Any) -> Reply | Reschedule:
         message = envelope.message
@@ -257,9 +288,9 @@ class JobRunner:
         if self._tasks.closed:  # the runner is stopping: the job stays stored for the next
             raise EntityError("the job runner is stopping", reason=Reason.SHUTTING_DOWN)
         self._started(message.id)
-        context = RequestContext.from_headers(message.headers, ClusterPlacement(
+        context = traced_context(RequestContext.from_headers(message.headers, ClusterPlacement(
             runner_id=self._runner_id, shard_id=str(message.address.shard),
-            entity=f"{message.address.entity_type}/{message.address.entity_id}"))
+            entity=f"{message.address.entity_type}/{message.address.entity_id}")))
         job = JobContext(message.id, spec.name, attempt, spec.retry.max_attempts, context,
                          self._report)
         with use_context(context):  # the task copies the context as it is created

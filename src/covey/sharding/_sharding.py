@@ -107,6 +107,7 @@ class Sharding:
         self._pending: set[ShardId] = set()
         self._rebalance_lock = asyncio.Lock()
         self._on_change: list[Callable[[], None]] = []
+        self._loops: TaskSet | None = None  # where the loops run and record their ticks
 
     # ---- lifecycle -------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Sharding:
         The loops never end by themselves; one that crashes reaches ``tasks``'
         owner (the runner's supervisor), which stops the runner.
         """
+        self._loops = tasks
         tasks.spawn(self._membership_loop(), name="covey-membership")
         tasks.spawn(self._heartbeat_loop(), name="covey-heartbeat")
         if self.address is not None:
@@ -231,8 +233,10 @@ class Sharding:
 
     async def _membership_loop(self) -> None:
         while True:
+            self._tick("covey-membership", self._options.membership_interval)
             await sleep_or_wake(self._clock, self._membership_wake,
                                 self._options.membership_interval)
+            self._busy("covey-membership")
             self._membership_wake.clear()
             try:
                 await self.refresh_membership()
@@ -241,7 +245,9 @@ class Sharding:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            self._tick("covey-heartbeat", self._options.heartbeat_interval)
             await self._clock.sleep(self._options.heartbeat_interval)
+            self._busy("covey-heartbeat")
             if self.shutting_down:
                 continue
             try:
@@ -296,7 +302,9 @@ class Sharding:
                 self._options.acquire_retry_interval if self._pending
                 else self._options.lock_refresh_interval
             )
+            self._tick("covey-rebalance", interval)
             await sleep_or_wake(self._clock, self._rebalance_wake, interval)
+            self._busy("covey-rebalance")
             self._rebalance_wake.clear()
             try:
                 await self.rebalance()
@@ -306,7 +314,9 @@ class Sharding:
     async def _lock_refresh_loop(self) -> None:
         assert self.address is not None
         while True:
+            self._tick("covey-lock-refresh", self._options.lock_refresh_interval)
             await self._clock.sleep(self._options.lock_refresh_interval)
+            self._busy("covey-lock-refresh")
             owned = set(self.owned)
             if not owned or self.shutting_down:
                 continue
@@ -321,6 +331,16 @@ class Sharding:
                 await self.fenced(lost)
 
     # ---- helpers ---------------------------------------------------------
+
+    def _tick(self, loop: str, interval: float) -> None:
+        """Loop ``loop`` goes to sleep for ``interval``: it is alive (liveness)."""
+        if self._loops is not None:
+            self._loops.tick(loop, interval, self._clock.monotonic())
+
+    def _busy(self, loop: str) -> None:
+        """Loop ``loop`` woke and waits on storage or listeners: not stalled."""
+        if self._loops is not None:
+            self._loops.busy(loop, self._clock.monotonic())
 
     async def _lost(self, shards: set[ShardId], *, graceful: bool) -> None:
         # the last to hear of a shard first is the first to stop (singletons before

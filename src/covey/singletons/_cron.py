@@ -47,7 +47,7 @@ from covey.core import (
     SnowflakeGenerator,
     metrics,
 )
-from covey.core.runtime import TaskSet, check_text, shard_for
+from covey.core.runtime import TaskSet, check_text, inject_trace, internal_span, shard_for
 from covey.entities import Entity, rpc
 from covey.sharding.runtime import Envelope, Messenger
 from covey.singletons._checks import check_name, check_seconds, invalid
@@ -345,6 +345,7 @@ class CronManager:
             payload=self._codec.encode(TickRequest(scheduled=instant)),
             primary_key=tick_key(instant),
             deliver_at=instant,
+            headers=inject_trace({}),  # the tick's span links to the one that scheduled it
         )
         await self._messenger.call(Envelope(message, persisted=True), timeout=30, discard=True)
 
@@ -368,12 +369,17 @@ class CronManager:
             metrics.CRON_TICKS.labels(name, "skipped").inc()
             return "skipped"
         metrics.CRON_LATENESS.labels(name).observe(max(lateness, 0.0))
-        try:
-            await spec.fn(CronTick(name, when, lateness))
-        except Exception:
-            log.exception("cron %s: tick %s failed", name, when.isoformat())
-            metrics.CRON_TICKS.labels(name, "failed").inc()
-            return "failed"
+        with internal_span(f"run cron {name}", attributes=lambda: {
+            "covey.cron.name": name, "covey.cron.scheduled": when.isoformat(),
+            "covey.cron.lateness_s": round(lateness, 3),
+        }) as span:
+            try:
+                await spec.fn(CronTick(name, when, lateness))
+            except Exception as exc:
+                log.exception("cron %s: tick %s failed", name, when.isoformat())
+                metrics.CRON_TICKS.labels(name, "failed").inc()
+                span.fail(f"the tick failed: {type(exc).__name__}", exc)
+                return "failed"
         metrics.CRON_TICKS.labels(name, "run").inc()
         return "run"
 

@@ -34,7 +34,7 @@ from covey.core import (
     metrics,
     use_context,
 )
-from covey.core.runtime import TaskSet, check_text, shard_for
+from covey.core.runtime import TaskSet, check_text, internal_span, shard_for
 from covey.sharding.runtime import Sharding
 from covey.singletons._checks import check_name, check_seconds, invalid
 from covey.storage import Fence, Storage
@@ -148,6 +148,7 @@ class SingletonManager:
         self._running: dict[str, asyncio.Task[None]] = {}
         self._last_beat: dict[str, float] = {}
         self._beat_written: dict[str, float] = {}
+        self._started: dict[str, float] = {}  # wall-clock start per running name
         self.restarts: dict[str, int] = {}
 
     def add(self, spec: SingletonSpec) -> None:
@@ -163,6 +164,14 @@ class SingletonManager:
         """Names of the singletons running on this runner now."""
         return sorted(name for name, task in self._running.items() if not task.done())
 
+    def started(self, name: str) -> float | None:
+        """When singleton ``name`` was started on this runner (``None``: not here)."""
+        return self._started.get(name) if name in self._running else None
+
+    def last_beat(self, name: str) -> float | None:
+        """When singleton ``name`` last called ``ctx.beat()`` here (in memory)."""
+        return self._last_beat.get(name)
+
     # ---- ShardListener ---------------------------------------------------
 
     async def shards_acquired(self, shards: dict[ShardId, int]) -> None:
@@ -172,6 +181,7 @@ class SingletonManager:
             shard = self.shard_of(spec)
             if shard in shards and spec.name not in self._running:
                 fence = Fence(shard, shards[shard])
+                self._started[spec.name] = self.clock.now()
                 self._running[spec.name] = self._tasks.spawn(
                     self._supervise(spec, fence), name=f"covey-singleton-{spec.name}")
 
@@ -201,7 +211,12 @@ class SingletonManager:
         )
         while True:
             try:
-                context = await self._context(spec, fence, attempt)
+                # the span covers the start (state read); the run is the singleton's own
+                with internal_span(f"start singleton {spec.name}", attributes={
+                    "covey.singleton.name": spec.name, "covey.singleton.attempt": attempt,
+                    "covey.shard": str(fence.shard), "covey.runner": placement.runner_id,
+                }):
+                    context = await self._context(spec, fence, attempt)
                 log.info("singleton %s starts on %s (attempt %d)",
                          spec.name, self.sharding.address, attempt)
                 with use_context(RequestContext(cluster=placement)):

@@ -50,6 +50,10 @@ class InMemoryStorage(StorageLifecycle):
     async def close(self) -> None:
         return None
 
+    async def ping(self) -> None:
+        """Nothing to reach: always answers (health checks)."""
+        return None
+
     async def info(self) -> StorageInfo:
         return StorageInfo(
             backend="memory",

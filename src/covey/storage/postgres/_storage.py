@@ -257,6 +257,15 @@ class PostgresStorage(StorageLifecycle):
             except Exception:
                 pool.terminate()
 
+    async def ping(self) -> None:
+        """One cheap round trip (``SELECT 1`` on a pooled connection), for health checks.
+
+        Raises:
+            StorageError: ``storage_unavailable`` when the database does not answer.
+        """
+        with translated("pinging"):
+            await self._require_pool().fetchval("SELECT 1")
+
     async def info(self) -> StorageInfo:
         with translated("reading info"):
             row = await self._require_pool().fetchrow(self._sql.INFO)

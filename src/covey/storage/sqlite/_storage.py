@@ -133,6 +133,10 @@ class SqliteStorage(StorageLifecycle):
         """
         await execute_script(self._db, sql)
 
+    async def ping(self) -> None:
+        """One cheap round trip (``SELECT 1``), for health checks."""
+        await self._db.read(lambda conn: conn.execute("SELECT 1").fetchone())
+
     async def info(self) -> StorageInfo:
         """A summary for humans: schema version, shard count, runners, messages."""
 
