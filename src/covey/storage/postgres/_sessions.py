@@ -1,6 +1,6 @@
 """What every one of covey's own PostgreSQL sessions carries: a name and keepalives.
 
-Sessions are named ``covey-<role>:<runner address>`` (roles ``pool``, ``lock``,
+Sessions are named ``covey-<role>:<runner address>`` (roles ``pool``, ``writer``, ``lock``,
 ``listen``), so an operator finds a runner's sessions in ``pg_stat_activity``
 and the liveness check finds each runner's lock session. The dedicated
 connections (lock, listen) use TCP keepalives at both ends.

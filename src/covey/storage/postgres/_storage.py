@@ -81,6 +81,7 @@ class PostgresStorage(StorageLifecycle):
         self._runner_ttl = runner_ttl
         self._sql = Statements(quote_ident(options.schema))
         self._pool: Any = None
+        self._writer_pool: Any = None
         self._started = False
         self._version = 0
         self._writer: Writer | None = None
@@ -102,8 +103,8 @@ class PostgresStorage(StorageLifecycle):
             url, self.channel, options, clock, lambda: self._session_name("listen"))
         self._build(_NotStarted())
 
-    def _build(self, pool: Any) -> None:
-        self._writer = Writer(pool, self._sql, self._clock, self.channel)
+    def _build(self, pool: Any, writer_pool: Any = None) -> None:
+        self._writer = Writer(writer_pool or pool, self._sql, self._clock, self.channel)
         self.batcher = GroupCommit(
             self._writer.flush,
             max_size=self._options.batch_max_size,
@@ -166,11 +167,33 @@ class PostgresStorage(StorageLifecycle):
             )
         try:
             await self._migrate()
+            with translated("connecting"):
+                self._writer_pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=1,
+                    # every flusher of both group commits at once, and one spare
+                    max_size=self._options.batch_flushers + 2,
+                    timeout=self._options.connect_timeout,
+                    reset=_no_reset,
+                    # Group commit's statements are all set-based writes by key
+                    # (unnest of arrays): planning each execution again costs more
+                    # than running it (~1 ms of the fenced completion's ~1.5 ms
+                    # here), so they keep one generic plan; with sequential scans
+                    # off that plan uses the indexes however small the tables were
+                    # when it was made. The main pool keeps custom plans (reads,
+                    # and the application's live transactions).
+                    server_settings={
+                        "plan_cache_mode": "force_generic_plan",
+                        "enable_seqscan": "off",
+                        "application_name": self._session_name("writer"),
+                    },
+                    setup=self._name_writer,
+                )
         except BaseException:
             await self._pool.close()
             self._pool = None
             raise
-        self._build(self._pool)
+        self._build(self._pool, self._writer_pool)
         assert self.batcher is not None and self.unit_batcher is not None
         self.batcher.start()
         self.unit_batcher.start()
@@ -239,6 +262,11 @@ class PostgresStorage(StorageLifecycle):
         if conn.get_settings().application_name != name:
             await conn.execute("SELECT set_config('application_name', $1, false)", name)
 
+    async def _name_writer(self, conn: Any) -> None:
+        name = self._session_name("writer")
+        if conn.get_settings().application_name != name:
+            await conn.execute("SELECT set_config('application_name', $1, false)", name)
+
     async def close(self) -> None:
         if not self._started:
             return
@@ -251,11 +279,14 @@ class PostgresStorage(StorageLifecycle):
                 await self.batcher.close()
             await self._runners.close()
         finally:
-            pool, self._pool = self._pool, None
-            try:
-                await pool.close()
-            except Exception:
-                pool.terminate()
+            for pool in (self._writer_pool, self._pool):
+                if pool is None:
+                    continue
+                try:
+                    await pool.close()
+                except Exception:
+                    pool.terminate()
+            self._pool = self._writer_pool = None
 
     async def ping(self) -> None:
         """One cheap round trip (``SELECT 1`` on a pooled connection), for health checks.
