@@ -45,6 +45,15 @@ async def commit_all(storage: Storage, units: list[Any], ids: list[int]) -> list
     return list(outcomes)
 
 
+async def one_unit(storage: Storage) -> tuple[Any, Any, Any]:
+    """A stored request of the owned shard, its unit and the unit's handle."""
+    fence = await owned(storage)
+    request = msg()
+    await storage.messages.save_request(request)
+    unit = storage.messages.unit(fence, request.id)
+    return unit, await unit.transaction(), request
+
+
 async def replies(storage: Storage, ids: list[int]) -> dict[int, bytes | None]:
     records = await storage.messages.inspect(ids)
     return {i: None if r.reply is None else r.reply.payload for i, r in records.items()}
@@ -126,11 +135,7 @@ async def test_the_unit_at_fault_fails_alone(
 async def test_a_read_turns_the_handle_live_and_sees_the_staged_writes(
     batched: Storage, app: AppTable,
 ) -> None:
-    fence = await owned(batched)
-    request = msg()
-    await batched.messages.save_request(request)
-    unit = batched.messages.unit(fence, request.id)
-    tx = await unit.transaction()
+    unit, tx, request = await one_unit(batched)
     await tx.execute(f"INSERT INTO {app.table} (entity, item) VALUES ('e', 'a')")
     assert not tx.live and await app.rows() == []
     assert await tx.fetchval(f"SELECT count(*) FROM {app.table}") == 1
@@ -147,11 +152,7 @@ async def test_a_read_turns_the_handle_live_and_sees_the_staged_writes(
 async def test_a_staged_statement_that_fails_surfaces_at_the_first_read(
     batched: Storage, app: AppTable,
 ) -> None:
-    fence = await owned(batched)
-    request = msg()
-    await batched.messages.save_request(request)
-    unit = batched.messages.unit(fence, request.id)
-    tx = await unit.transaction()
+    unit, tx, request = await one_unit(batched)
     await tx.execute("INSERT INTO no_such_table (x) VALUES (1)")
     with pytest.raises(EntityError) as info:
         await tx.fetchval("SELECT 1")
@@ -171,11 +172,7 @@ async def test_a_staged_statement_that_fails_surfaces_at_the_first_read(
 async def test_statements_that_would_break_the_shared_transaction_are_refused(
     batched: Storage, sql: object,
 ) -> None:
-    fence = await owned(batched)
-    request = msg()
-    await batched.messages.save_request(request)
-    unit = batched.messages.unit(fence, request.id)
-    tx = await unit.transaction()
+    unit, tx, request = await one_unit(batched)
     for stage in (lambda: tx.execute(sql), lambda: tx.executemany(sql, [()])):
         with pytest.raises(ClusterError) as info:
             await stage()
@@ -188,11 +185,7 @@ async def test_statements_that_would_break_the_shared_transaction_are_refused(
 async def test_set_local_and_ordinary_statements_are_staged(
     batched: Storage, app: AppTable,
 ) -> None:
-    fence = await owned(batched)
-    request = msg()
-    await batched.messages.save_request(request)
-    unit = batched.messages.unit(fence, request.id)
-    tx = await unit.transaction()
+    unit, tx, request = await one_unit(batched)
     await tx.execute("SET LOCAL lock_timeout = '2s'")
     await tx.execute(f"WITH x AS (SELECT 1) INSERT INTO {app.table} VALUES ('e', 'with')")
     await tx.execute("(SELECT 1)")  # a read staged as a write is harmless
@@ -202,11 +195,7 @@ async def test_set_local_and_ordinary_statements_are_staged(
 
 @pytest.mark.parametrize("rows", ["ab", b"ab", 5, [1, 2], ["ab"], None])
 async def test_executemany_needs_rows_of_arguments(batched: Storage, rows: object) -> None:
-    fence = await owned(batched)
-    request = msg()
-    await batched.messages.save_request(request)
-    unit = batched.messages.unit(fence, request.id)
-    tx = await unit.transaction()
+    unit, tx, _ = await one_unit(batched)
     with pytest.raises(ClusterError) as info:
         await tx.executemany("INSERT INTO t VALUES ($1)", rows)  # type: ignore[arg-type]
     assert info.value.details["field"] == "args"
