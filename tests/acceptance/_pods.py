@@ -206,10 +206,28 @@ class HttpClient:
 
     async def get(self, pod: Pod, path: str, *,
                   timeout: float = 30.0) -> tuple[int, dict[str, str], bytes]:
-        """``(status, headers, body)``; ``OSError`` when the connection fails."""
+        """``(status, headers, body)``; ``OSError`` when the connection fails.
+
+        A kept-alive connection the server closed while it sat idle (uvicorn's
+        keep-alive timeout) fails before any byte of the answer: like every HTTP
+        client, the request is sent again on a new connection.
+        """
         idle = self._idle.setdefault(pod.port, [])
-        reader, writer = idle.pop() if idle else await asyncio.wait_for(
+        while idle:
+            try:
+                return await self._on(idle.pop(), pod, path, timeout)
+            except ConnectionError as exc:
+                stale = exc.__cause__
+                if not (isinstance(stale, asyncio.IncompleteReadError) and not stale.partial):
+                    raise
+        connection = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", pod.port), timeout)
+        return await self._on(connection, pod, path, timeout)
+
+    async def _on(self, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                  pod: Pod, path: str, timeout: float) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = connection
+        idle = self._idle.setdefault(pod.port, [])
         try:
             async with asyncio.timeout(timeout):
                 writer.write(f"GET {path} HTTP/1.1\r\nhost: pod\r\n\r\n".encode())

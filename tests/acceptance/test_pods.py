@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -25,6 +26,8 @@ pytestmark = pytest.mark.acceptance
 FLIP_BOUND = 5.0  # seconds: the issue's bound for both directions
 GRACE_PERIOD = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 DRAIN_DELAY = "2"  # the pods' COVEY_DRAIN_DELAY (a preStop sleep would match it)
+RUNNERS = "SELECT address, machine_id, groups FROM covey.runners"
+EPOCHS = "SELECT coalesce(sum(epoch), 0) FROM covey.shards"
 
 
 @pytest.fixture
@@ -137,3 +140,49 @@ async def test_sigterm_under_load_costs_no_request_and_exits_zero(pods: list[Pod
     assert balancer.seen[victim.name][:3] == [200, 503, 0], balancer.seen
     assert "SIGTERM: not ready any more; serving requests" in victim.output()
     assert pods[0].process.poll() is None  # the survivor serves on
+
+
+async def _settled(pods: list[Pod], bound: float = 30.0) -> None:
+    """Wait until every pod's ``/health`` reports ``shards:owned`` passing."""
+    deadline = time.monotonic() + bound
+    async with httpx.AsyncClient() as http:
+        for pod in pods:
+            while True:
+                checks = (await http.get(pod.url + "/health", timeout=2.0)).json()["checks"]
+                if all(e["status"] == "pass" for e in checks["shards:owned"]):
+                    break
+                assert time.monotonic() < deadline, checks["shards:owned"]
+                await asyncio.sleep(0.1)
+
+
+async def test_sigterm_hands_the_shards_over_at_once_and_keeps_the_machine_id(
+    pods: list[Pod], fresh_pg_database: str,
+) -> None:
+    victim = pods[1]
+    await _settled(pods)  # each pod holds the shards assigned to it: some must move
+    conn = await asyncpg.connect(fresh_pg_database)
+    try:
+        before = {r["address"]: (r["machine_id"], r["groups"]) for r in await conn.fetch(RUNNERS)}
+        serving = [a for a, (_, groups) in before.items() if groups]
+        assert len(serving) == 2, before
+        epochs = await conn.fetchval(EPOCHS)
+        victim.terminate()
+        drained: dict[str, tuple[int, list[str]]] = {}
+        moved = False  # a peer took shards (their epochs moved on) while the victim lives
+        deadline = time.monotonic() + FLIP_BOUND
+        while time.monotonic() < deadline and victim.process.poll() is None:
+            drained = {r["address"]: (r["machine_id"], r["groups"])
+                       for r in await conn.fetch(RUNNERS)}
+            moved = moved or await conn.fetchval(EPOCHS) > epochs
+            if moved and any(a in drained and not drained[a][1] for a in serving):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    # while it drains, the victim is still registered, serving no shard group (no
+    # shard is assigned to it), with the machine id it had: no new runner takes it
+    stopped = [a for a in serving if a in drained and not drained[a][1]]
+    assert len(stopped) == 1, (before, drained, moved, victim.output()[-2000:])
+    assert drained[stopped[0]][0] == before[stopped[0]][0]
+    assert moved, "no shard changed hands while the victim drained"
+    assert await asyncio.to_thread(victim.process.wait, GRACE_PERIOD) == 0

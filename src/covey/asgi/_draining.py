@@ -5,16 +5,17 @@ so for a few seconds requests still arrive. uvicorn has no delayed shutdown: on
 SIGTERM it stops accepting connections at once. :func:`drain_on_sigterm` puts
 the missing step in front of it::
 
-    SIGTERM ─┬─ readiness 503 at once (cluster.drain(): health.start_draining())
+    SIGTERM ─┬─ readiness 503 at once, shards handed to the peers (cluster.drain())
              ├─ keep serving for drain_delay seconds (match the preStop sleep)
              └─ then uvicorn's own shutdown: stop accepting, finish in-flight
                 requests (--timeout-graceful-shutdown); the lifespan shutdown
-                stops the cluster: it deregisters, hands its shards over and
-                releases them; exit 0
+                stops the cluster: it deregisters and releases what is
+                left; exit 0
 
-The runner stays registered until the lifespan shutdown: its registration
-holds its snowflake machine id, which a pod starting meanwhile could otherwise
-take while this one still makes ids (see :meth:`covey.Cluster.drain`).
+The runner stays registered (serving nothing) until the lifespan shutdown: its
+registration holds its snowflake machine id, which a pod starting meanwhile
+could otherwise take while this one still makes ids (see
+:meth:`covey.Cluster.drain`).
 
 It chains the SIGTERM handler the server installed before the lifespan started
 (uvicorn sets its handlers with ``signal.signal`` before running the lifespan

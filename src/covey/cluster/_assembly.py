@@ -261,12 +261,22 @@ class Runner:
             except Exception:
                 log.warning("closing the %s of an aborted runner failed", part, exc_info=True)
 
+    async def drain(self) -> None:
+        """Hand the shards over now, staying registered until :meth:`close`
+        (:meth:`~covey.sharding.Sharding.drain`); tell the peers so."""
+        if self.sharding is not None:
+            await self._telling_peers(self.sharding.drain)
+
     async def _leave(self) -> None:
         """Deregister first, so peers rebalance at once; tell them so."""
         assert self.sharding is not None
+        await self._telling_peers(self.sharding.leave)
+
+    async def _telling_peers(self, step: Callable[[], Awaitable[None]]) -> None:
+        assert self.sharding is not None
         sharding = self.sharding
         peers = [r.address for r in sharding.live if r.address != sharding.address]
-        await sharding.leave()
+        await step()
         for peer in peers:  # let them rebalance now instead of at their next membership read
             with contextlib.suppress(ClusterError, OSError):
                 await self.transport.notify(peer, {"k": "leaving"})

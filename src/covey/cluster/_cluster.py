@@ -306,22 +306,31 @@ class Cluster(Declaring):
         log.info("runner %s left", self.address or "client-only")
 
     async def drain(self) -> None:
-        """The first step of a graceful exit: readiness fails, serving goes on.
+        """The first step of a graceful exit: readiness fails, the shards move, serving goes on.
 
         ``cluster.health.ready()`` fails from now on, so load balancers that
-        follow readiness move away, while this member keeps serving and calling
-        entities. :meth:`stop` completes the exit (deregister, hand the shards
-        over, release them). Does nothing unless started.
+        follow readiness move away; the runner hands all its shards to its
+        peers at once (its entities, singletons, cron and jobs run there from
+        now on), while this member keeps serving HTTP and calling entities.
+        :meth:`stop` completes the exit (deregister, release what is left).
+        Does nothing unless started.
 
-        The runner deliberately stays registered until :meth:`stop`: its
+        The runner stays registered, serving no shard group, until :meth:`stop`: its
         registration holds its snowflake machine id, and a draining web pod
         still makes ids (request, message and job ids) while a new pod may be
         starting; unregistering now would let that pod take the same machine id.
+        A hand-over that fails (the database is away) is logged; :meth:`stop`
+        releases the shards then.
         """
         if not self._serving or self._runner is None:
             return
         self.health.start_draining()  # readiness fails at once
-        log.info("runner %s draining: readiness fails; it leaves at stop()",
+        try:
+            await self._runner.drain()
+        except ClusterError as exc:
+            log.warning("runner %s could not hand its shards over while draining (%s); "
+                        "they are released at stop()", self.address or "client-only", exc)
+        log.info("runner %s draining: readiness fails, shards handed over; it leaves at stop()",
                  self.address or "client-only")
 
     @contextlib.asynccontextmanager

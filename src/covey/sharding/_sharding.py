@@ -100,6 +100,7 @@ class Sharding:
         self.assignment: dict[ShardId, RunnerAddress] = {}
         self.owned: dict[ShardId, int] = {}
         self.shutting_down = False
+        self.draining = False  # shards handed over, still registered (drain())
         self.listeners: list[ShardListener] = []
         self._membership_wake = asyncio.Event()
         self._rebalance_wake = asyncio.Event()
@@ -134,6 +135,27 @@ class Sharding:
         if self.address is not None:
             tasks.spawn(self._rebalance_loop(), name="covey-rebalance")
             tasks.spawn(self._lock_refresh_loop(), name="covey-lock-refresh")
+
+    async def drain(self) -> None:
+        """Hand every shard over now, but stay registered until :meth:`leave`.
+
+        The registration is kept, serving no shard group: peers stop assigning
+        shards to this runner and take its shards at once, while it keeps its
+        machine id, so
+        the ids it still makes (a draining web pod serves requests for a while)
+        cannot collide with those of a new runner that would otherwise be given
+        the same machine id.
+        """
+        if self.address is None or self.shutting_down or self.draining:
+            return
+        self.draining = True
+        self._served_groups = ()  # heartbeat re-registrations serve nothing either
+        machine_id = await self._storage.runners.register(
+            self.registration, groups=(), weight=self._served_weight)
+        if machine_id != self.machine_id:  # the store expired us meanwhile
+            self.machine_id = self.snowflake.machine_id = machine_id
+        await self.refresh_membership()
+        await self.rebalance()
 
     async def leave(self) -> None:
         """Graceful stop: deregister, hand shards over, release everything."""
@@ -210,7 +232,7 @@ class Sharding:
                 log.warning("runner %s missed heartbeats for %.1f s; expiring it",
                             stale.address, now - stale.last_heartbeat)
                 await self._storage.runners.expire(stale.address)
-        if self.shutting_down and self.address is not None:
+        if (self.shutting_down or self.draining) and self.address is not None:
             live = [r for r in live if r.address != self.address]
         elif self.address is not None and all(r.address != self.address for r in live):
             # Peers may count us dead (our lock session dropped, our heartbeat was
