@@ -15,11 +15,11 @@ from typing import Any
 import asyncpg
 
 from covey.core import RunnerAddress
-from covey.storage import Fence, Storage, UnitOfWork, Versioned
+from covey.storage import Fence, Message, Storage, UnitOfWork, Versioned
 from covey.storage.memory import MemoryTransaction
 from covey.storage.sqlite import SqliteStorage, SqliteTransaction
 
-from ._helpers import RUNNER_A, S1
+from ._helpers import RUNNER_A, S1, msg
 from .conftest import Namespace
 
 
@@ -91,6 +91,14 @@ class AppTable:
 async def owned(storage: Storage, runner: RunnerAddress = RUNNER_A) -> Fence:
     """``runner``'s fence for S1."""
     return Fence(S1, (await storage.runners.acquire(runner, [S1]))[S1])
+
+
+async def stored_unit(storage: Storage) -> tuple[UnitOfWork, Message]:
+    """A request saved in the owned shard S1 and a unit of work for it."""
+    fence = await owned(storage)
+    request = msg()
+    await storage.messages.save_request(request)
+    return storage.messages.unit(fence, request.id), request
 
 
 async def stored(storage: Storage, app: AppTable, key: str,

@@ -18,7 +18,7 @@ from covey.core import (
 from covey.storage import Duplicate, Reply, Storage, Versioned
 
 from ._helpers import RUNNER_A, RUNNER_B, S1, S2, msg
-from ._units import AppTable, owned, stored
+from ._units import AppTable, owned, stored, stored_unit
 from .conftest import MakeStorage, Namespace
 
 
@@ -222,10 +222,7 @@ async def test_callbacks_fire_exactly_once(storage: Storage) -> None:
 
 
 async def test_a_finished_unit_refuses_more_work(storage: Storage) -> None:
-    fence = await owned(storage)
-    request = msg()
-    await storage.messages.save_request(request)
-    unit = storage.messages.unit(fence, request.id)
+    unit, request = await stored_unit(storage)
     await unit.commit(Reply(request.id, b"r"))
     for call in (lambda: unit.put_state("k", b"v", expected_version=None),
                  lambda: unit.send([msg()]), lambda: unit.on_commit(lambda: None)):
@@ -243,10 +240,7 @@ async def test_a_finished_unit_refuses_more_work(storage: Storage) -> None:
 async def test_writes_through_a_finished_units_handle_are_refused(
     storage: Storage, app: AppTable, finish: str,
 ) -> None:
-    fence = await owned(storage)
-    request = msg()
-    await storage.messages.save_request(request)
-    unit = storage.messages.unit(fence, request.id)
+    unit, request = await stored_unit(storage)
     tx = await unit.transaction()
     await (unit.commit(Reply(request.id, b"r")) if finish == "commit" else unit.discard())
     if app.backend == "memory":
@@ -261,10 +255,7 @@ async def test_writes_through_a_finished_units_handle_are_refused(
 
 
 async def test_the_transaction_is_opened_once(storage: Storage) -> None:
-    fence = await owned(storage)
-    request = msg()
-    await storage.messages.save_request(request)
-    unit = storage.messages.unit(fence, request.id)
+    unit, _ = await stored_unit(storage)
     first = await unit.transaction()
     assert unit.used
     assert await unit.transaction() is first

@@ -18,7 +18,7 @@ from covey.core import ClusterError, EntityError, Reason
 from covey.storage import Fence, Reply, Storage
 
 from ._helpers import msg
-from ._units import AppTable, owned
+from ._units import AppTable, owned, stored_unit
 from .conftest import MakeStorage, Namespace
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -47,10 +47,7 @@ async def commit_all(storage: Storage, units: list[Any], ids: list[int]) -> list
 
 async def one_unit(storage: Storage) -> tuple[Any, Any, Any]:
     """A stored request of the owned shard, its unit and the unit's handle."""
-    fence = await owned(storage)
-    request = msg()
-    await storage.messages.save_request(request)
-    unit = storage.messages.unit(fence, request.id)
+    unit, request = await stored_unit(storage)
     return unit, await unit.transaction(), request
 
 

@@ -16,7 +16,7 @@ from covey.storage import Reply, Storage
 from covey.storage.sqlite import SqliteStorage, SqliteTransaction
 
 from ._helpers import S2, msg
-from ._units import AppTable, owned
+from ._units import AppTable, owned, stored_unit
 from .conftest import MakeStorage, Namespace
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -130,10 +130,7 @@ async def test_sqlite_application_ddl_runs_whole_or_not_at_all(storage: Storage)
 async def test_postgres_the_live_handle_is_a_connection_inside_covey_transaction(
     storage: Storage, app: AppTable,
 ) -> None:
-    fence = await owned(storage)
-    request = msg()
-    await storage.messages.save_request(request)
-    unit = storage.messages.unit(fence, request.id)
+    unit, request = await stored_unit(storage)
     await app.insert(unit, "e1", "a")  # staged
     tx = await unit.transaction()
     assert not tx.live
@@ -151,10 +148,7 @@ async def test_postgres_the_live_handle_is_a_connection_inside_covey_transaction
 async def test_postgres_a_lost_connection_writes_nothing(
     storage: Storage, app: AppTable, namespace: Namespace,
 ) -> None:
-    fence = await owned(storage)
-    request = msg()
-    await storage.messages.save_request(request)
-    unit = storage.messages.unit(fence, request.id)
+    unit, request = await stored_unit(storage)
     unit.put_state("k", b"v", expected_version=None)
     await app.insert(unit, "e1", "a")
     pid = (await (await unit.transaction()).connection()).get_server_pid()
@@ -174,10 +168,7 @@ async def test_postgres_a_lost_connection_writes_nothing(
 async def test_postgres_an_application_that_ends_the_transaction_fails_the_unit(
     storage: Storage, app: AppTable,
 ) -> None:
-    fence = await owned(storage)
-    request = msg()
-    await storage.messages.save_request(request)
-    unit = storage.messages.unit(fence, request.id)
+    unit, request = await stored_unit(storage)
     await app.insert(unit, "e1", "a")
     await (await (await unit.transaction()).connection()).execute("ROLLBACK")
     with pytest.raises(EntityError) as info:

@@ -77,8 +77,7 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         out: list[object] = [None]
         with translated("saving requests in the application's transaction"):
             await self._writer.save(connection, [(0, SaveOp(messages))], out)
-            shards = sorted({str(m.address.shard) for m in messages})
-            await connection.execute(self._sql.NOTIFY, self.channel, shards)
+            await self._writer.notify(connection, messages)
         if isinstance(out[0], BaseException):
             raise out[0]
         return cast(list[SaveResult], out[0])

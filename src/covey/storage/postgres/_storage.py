@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -163,7 +163,7 @@ class PostgresStorage(StorageLifecycle):
                     "plan_cache_mode": "force_custom_plan",
                     "application_name": self._session_name("pool"),
                 },
-                setup=self._name_pooled,
+                setup=self._namer("pool"),
             )
         try:
             await self._migrate()
@@ -187,7 +187,7 @@ class PostgresStorage(StorageLifecycle):
                         "enable_seqscan": "off",
                         "application_name": self._session_name("writer"),
                     },
-                    setup=self._name_writer,
+                    setup=self._namer("writer"),
                 )
         except BaseException:
             await self._pool.close()
@@ -254,18 +254,17 @@ class PostgresStorage(StorageLifecycle):
     def _session_name(self, role: str) -> str:
         return session_name(role, self._runners.named)
 
-    async def _name_pooled(self, conn: Any) -> None:
+    def _namer(self, role: str) -> Callable[[Any], Awaitable[None]]:
         """Pool setup: name a pooled session after this runner once it is known
-        (the pool opens before the runner registers). A round trip only the first
+        (the pools open before the runner registers). A round trip only the first
         time a connection is used after that."""
-        name = self._session_name("pool")
-        if conn.get_settings().application_name != name:
-            await conn.execute("SELECT set_config('application_name', $1, false)", name)
 
-    async def _name_writer(self, conn: Any) -> None:
-        name = self._session_name("writer")
-        if conn.get_settings().application_name != name:
-            await conn.execute("SELECT set_config('application_name', $1, false)", name)
+        async def name_pooled(conn: Any) -> None:
+            name = self._session_name(role)
+            if conn.get_settings().application_name != name:
+                await conn.execute("SELECT set_config('application_name', $1, false)", name)
+
+        return name_pooled
 
     async def close(self) -> None:
         if not self._started:
