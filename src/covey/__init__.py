@@ -30,6 +30,7 @@ from covey.core import (
     use_context,
 )
 from covey.entities import Entity, EntityContext, StateMachine, rpc
+from covey.events import Event, EventContext
 from covey.jobs import JobContext, JobHandle, JobStatus, Retry, exponential
 from covey.singletons import CronTick, SingletonContext
 from covey.storage import open_storage
@@ -47,6 +48,8 @@ __all__ = [
     "EntityAddress",
     "EntityContext",
     "EntityError",
+    "Event",
+    "EventContext",
     "JobContext",
     "JobError",
     "JobHandle",

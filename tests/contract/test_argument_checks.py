@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import math
 import secrets
+import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +28,8 @@ import pytest
 
 from covey.core import ClusterError, EntityAddress, Reason, ShardId
 from covey.storage import (
+    EventRecord,
+    EventStore,
     Fence,
     Message,
     MessageStorage,
@@ -34,6 +37,7 @@ from covey.storage import (
     RunnerStorage,
     StateStore,
     Storage,
+    TransactionalEvents,
     TransactionalMessages,
     UnitOfWork,
 )
@@ -43,10 +47,12 @@ from covey.storage._checked import (
     CheckedStateStore,
     CheckedTransactionalMessages,
 )
+from covey.storage._events_checked import CheckedEventStore, CheckedTransactionalEvents
 from covey.storage._unit import CheckedUnitOfWork
 
 from . import test_runner_bad_arguments
-from ._helpers import RUNNER_A, S1, S2, msg
+from ._helpers import RUNNER_A, S1, S2, msg, next_id
+from .conftest import Namespace
 
 
 @dataclass
@@ -261,6 +267,11 @@ def _message_cases() -> dict[str, list[Case]]:
     for field, label, address in ADDRESSES:
         case("clear_address", field, label,
              lambda c, a=address: c.storage.messages.clear_address(a))
+        case("unprocessed_of", field, label,
+             lambda c, a=address: c.storage.messages.unprocessed_of(a, limit=5))
+    for label, value in LIMITS:
+        case("unprocessed_of", "limit", label,
+             lambda c, v=value: c.storage.messages.unprocessed_of(GOOD, limit=v))
 
     for label, value in TIMES:
         case("purge", "before", label, lambda c, v=value: c.storage.messages.purge(v))
@@ -299,8 +310,118 @@ def _state_cases() -> dict[str, list[Case]]:
     return cases
 
 
+def event(**change: Any) -> EventRecord:
+    """A good event, with ``change`` applied."""
+    good = EventRecord(id=next_id(), topic="orders", type="Placed", version=1, key="k1",
+                       payload=b"p", published_at=1.0, groups=("billing",))
+    return replace(good, **change)
+
+
+#: topic and group names that are not ``[A-Za-z0-9._-]+`` of <= 200 bytes
+EVENT_NAMES: list[tuple[str, Any]] = [
+    ("int", 5), ("empty", ""), ("NUL", "a\x00"), ("space", "a b"), ("slash", "a/b"),
+    ("non-ASCII", "caf\u00e9"), ("201 bytes", "t" * 201), ("list", ["orders"]),
+]
+POSITIONS: list[tuple[str, Any]] = [
+    ("-1", -1), ("None", None), ("str", "1"), ("1.5", 1.5), ("True", True), ("2**63", 2**63),
+]
+#: (field, label, change to a good event)
+EVENTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("event.id", "0", {"id": 0}), ("event.id", "True", {"id": True}),
+    ("event.id", "2**63", {"id": 2**63}), ("event.id", "str", {"id": "1"}),
+    *(("event.topic", label, {"topic": value}) for label, value in [*EVENT_NAMES,
+                                                                    ("None", None)]),
+    ("event.type", "None", {"type": None}), ("event.type", "empty", {"type": ""}),
+    ("event.type", "201 bytes", {"type": "T" * 201}), ("event.type", "NUL", {"type": "T\x00"}),
+    ("event.version", "0", {"version": 0}), ("event.version", "True", {"version": True}),
+    ("event.version", "str", {"version": "1"}), ("event.version", "2**63", {"version": 2**63}),
+    ("event.key", "empty", {"key": ""}), ("event.key", "None", {"key": None}),
+    ("event.key", "NUL", {"key": "k\x00"}), ("event.key", "1025 bytes", {"key": "k" * 1025}),
+    ("event.key", "lone surrogate", {"key": "\ud800"}),
+    ("event.payload", "str", {"payload": "p"}), ("event.payload", "None", {"payload": None}),
+    ("event.headers", "list", {"headers": [("a", "b")]}),
+    ("event.headers", "NUL in a value", {"headers": {"x": "a\x00"}}),
+    ("event.headers", "65 headers", {"headers": {f"h{i}": "v" for i in range(65)}}),
+    ("event.published_at", "nan", {"published_at": math.nan}),
+    ("event.published_at", "inf", {"published_at": math.inf}),
+    ("event.published_at", "-1", {"published_at": -1.0}),
+    ("event.published_at", "str", {"published_at": "now"}),
+    ("event.groups", "str", {"groups": "billing"}), ("event.groups", "list", {"groups": ["a"]}),
+    ("event.groups", "bad name", {"groups": ("a b",)}), ("event.groups", "int", {"groups": (5,)}),
+]
+
+
+def _event_cases() -> dict[str, list[Case]]:
+    cases: dict[str, list[Case]] = {}
+
+    def case(method: str, field: str, label: str, call: Call) -> None:
+        cases.setdefault(method, []).append((field, label, call))
+
+    def ev(c: Ctx) -> EventStore:
+        return c.storage.events
+
+    for label, value in [("None", None), ("str", "ab"), ("a dict", {1: event()}), ("int", 5)]:
+        case("append", "events", label, lambda c, v=value: ev(c).append(v, [msg()]))
+        case("append", "messages", label, lambda c, v=value: ev(c).append([event()], v))
+    case("append", "event", "[None]", lambda c: ev(c).append([event(), None], []))  # type: ignore[list-item]
+    case("append", "message", "[None]", lambda c: ev(c).append([event()], [msg(), None]))  # type: ignore[list-item]
+    for field, label, change in EVENTS:
+        case("append", field, label,
+             lambda c, ch=change: ev(c).append([event(), event(**ch)], [msg()]))
+    for field, label, change in MESSAGES:
+        case("append", field, label,
+             lambda c, ch=change: ev(c).append([event()], [msg(), replace(msg(), **ch)]))
+
+    for label, value in LIMITS:
+        case("sequence", "limit", label, lambda c, v=value: ev(c).sequence(limit=v))
+        case("read", "limit", label, lambda c, v=value: ev(c).read(0, limit=v))
+        case("purge", "limit", label, lambda c, v=value: ev(c).purge(1.0, limit=v))
+    case("purge", "limit", "0", lambda c: ev(c).purge(1.0, limit=0))
+    for label, value in POSITIONS:
+        case("read", "after", label, lambda c, v=value: ev(c).read(v))
+        case("advance_group", "cursor", label,
+             lambda c, v=value: ev(c).advance_group("billing", "orders", v))
+        case("replay_group", "after", label,
+             lambda c, v=value: ev(c).replay_group("billing", "orders", v))
+    for label, value in [("str", "orders"), ("int", 5), ("[None]", [None]),
+                         ("['a b']", ["a b"]), ("[201 bytes]", ["t" * 201])]:
+        case("read", "topics", label, lambda c, v=value: ev(c).read(0, topics=v))
+    for label, value in IDS:
+        case("get", "event_id", label, lambda c, v=value: ev(c).get(v))
+    for label, value in TIMES:
+        case("position_at", "when", label, lambda c, v=value: ev(c).position_at(v))
+        case("register_group", "now", label, lambda c, v=value: ev(c).register_group(
+            "billing", "orders", start="earliest", now=v))
+        case("purge", "before", label, lambda c, v=value: ev(c).purge(v))
+    for label, value in [("bogus", "bogus"), ("upper case", "EARLIEST"), ("None", None),
+                         ("int", 1)]:
+        case("register_group", "start", label, lambda c, v=value: ev(c).register_group(
+            "billing", "orders", start=v, now=1.0))
+    for label, value in EVENT_NAMES:
+        case("last_position", "topic", label, lambda c, v=value: ev(c).last_position(v))
+        case("position_at", "topic", label, lambda c, v=value: ev(c).position_at(1.0, v))
+        case("groups", "topic", label, lambda c, v=value: ev(c).groups(topic=v))
+        case("groups", "group", label, lambda c, v=value: ev(c).groups(group=v))
+        case("delete_group", "topic", label, lambda c, v=value: ev(c).delete_group("billing", v))
+    for label, value in [*EVENT_NAMES, ("None", None)]:
+        case("register_group", "group", label, lambda c, v=value: ev(c).register_group(
+            v, "orders", start="earliest", now=1.0))
+        case("register_group", "topic", label, lambda c, v=value: ev(c).register_group(
+            "billing", v, start="earliest", now=1.0))
+        case("delete_group", "group", label, lambda c, v=value: ev(c).delete_group(v))
+        for method in ("advance_group", "replay_group"):
+            case(method, "group", label,
+                 lambda c, v=value, m=method: getattr(ev(c), m)(v, "orders", 1))
+            case(method, "topic", label,
+                 lambda c, v=value, m=method: getattr(ev(c), m)("billing", v, 1))
+    return cases
+
+
 MESSAGE_CASES = _message_cases()
 STATE_CASES = _state_cases()
+EVENT_CASES = _event_cases()
+#: EventStore methods that take no argument
+EVENT_NO_ARGUMENTS = frozenset({"topics"})
 
 
 def _transactional_cases(conn: asyncpg.Connection) -> list[Case]:
@@ -323,6 +444,42 @@ def _transactional_cases(conn: asyncpg.Connection) -> list[Case]:
     ]
 
 
+def _events_in_cases(conn: Any) -> list[Case]:
+    """``append_in`` and ``groups_in`` cases; ``conn`` is the application's connection
+    in a transaction."""
+    def append_in(connection: Any, events: Any, messages: Any) -> Call:
+        async def call(c: Ctx) -> object:
+            store = c.storage.events
+            assert isinstance(store, TransactionalEvents)
+            return await store.append_in(connection, events, messages)
+        return call
+
+    def groups_in(connection: Any, topic: Any) -> Call:
+        async def call(c: Ctx) -> object:
+            store = c.storage.events
+            assert isinstance(store, TransactionalEvents)
+            return await store.groups_in(connection, topic)
+        return call
+
+    return [
+        ("connection", "None", groups_in(None, "orders")),
+        ("connection", "str", groups_in("postgresql://", "orders")),
+        ("topic", "None", groups_in(conn, None)),
+        ("topic", "int", groups_in(conn, 5)),
+        ("topic", "space", groups_in(conn, "a b")),
+        ("topic", "empty", groups_in(conn, "")),
+        ("connection", "None", append_in(None, [event()], [msg()])),
+        ("connection", "str", append_in("postgresql://", [event()], [msg()])),
+        ("events", "None", append_in(conn, None, [msg()])),
+        ("messages", "str", append_in(conn, [event()], "ab")),
+        ("event", "[None]", append_in(conn, [None], [])),
+        *((field, label, append_in(conn, [event(), event(**change)], [msg()]))
+          for field, label, change in EVENTS),
+        *((field, label, append_in(conn, [event()], [msg(), replace(msg(), **change)]))
+          for field, label, change in MESSAGES[:8]),
+    ]
+
+
 def _contract_methods(contract: type) -> list[str]:
     return sorted(name for name, _ in inspect.getmembers(contract, inspect.isfunction)
                   if not name.startswith("_"))
@@ -337,6 +494,8 @@ def test_every_method_of_every_contract_has_bad_argument_cases() -> None:
         RunnerStorage: test_runner_bad_arguments.COVERED,
         TransactionalMessages: {"save_requests_in"},
         UnitOfWork: test_unit_bad_arguments.COVERED,
+        EventStore: set(EVENT_CASES) | EVENT_NO_ARGUMENTS,
+        TransactionalEvents: {"append_in", "groups_in"},
     }
     for contract, methods in covered.items():
         missing = set(_contract_methods(contract)) - methods
@@ -346,7 +505,8 @@ def test_every_method_of_every_contract_has_bad_argument_cases() -> None:
 @pytest.mark.parametrize(("contract", "checked"), [
     (MessageStorage, CheckedMessageStorage), (RunnerStorage, CheckedRunnerStorage),
     (StateStore, CheckedStateStore), (TransactionalMessages, CheckedTransactionalMessages),
-    (UnitOfWork, CheckedUnitOfWork),
+    (UnitOfWork, CheckedUnitOfWork), (EventStore, CheckedEventStore),
+    (TransactionalEvents, CheckedTransactionalEvents),
 ])
 def test_every_method_goes_through_the_shared_checks(contract: type, checked: type) -> None:
     # the public methods are the checking ones; a backend only implements ``_`` methods
@@ -361,12 +521,14 @@ async def test_every_backend_goes_through_the_shared_checks(storage: Storage,
     for store, checked in [(storage.messages, CheckedMessageStorage),
                            (storage.runners, CheckedRunnerStorage),
                            (storage.state, CheckedStateStore),
+                           (storage.events, CheckedEventStore),
                            (unit, CheckedUnitOfWork)]:
         assert isinstance(store, checked)
         for name in vars(checked):
             if not name.startswith("_"):
                 assert getattr(type(store), name) is getattr(checked, name), name
     assert isinstance(storage.messages, TransactionalMessages) == (backend == "postgres")
+    assert isinstance(storage.events, TransactionalEvents) == (backend != "memory")
 
 
 @pytest.fixture
@@ -375,6 +537,9 @@ async def ctx(storage: Storage) -> Ctx:
     message = msg()
     await storage.messages.save_request(message)
     await storage.state.set("k", b"v", expected_version=None)
+    await storage.events.register_group("billing", "orders", start="earliest", now=1.0)
+    await storage.events.append([event()], [])
+    await storage.events.sequence()
     return Ctx(storage, message, fence)
 
 
@@ -382,7 +547,9 @@ async def _snapshot(c: Ctx) -> tuple[object, ...]:
     """What no refused call may change."""
     return (await c.storage.messages.inspect([c.message.id]), await c.storage.state.get("k"),
             await c.storage.messages.count_messages("Account"),
-            await c.storage.runners.refresh(RUNNER_A, [S1, S2]))
+            await c.storage.runners.refresh(RUNNER_A, [S1, S2]),
+            await c.storage.events.read(0), await c.storage.events.groups(),
+            await c.storage.events.topics())
 
 
 async def _refusals(c: Ctx, cases: list[Case]) -> list[str]:
@@ -427,3 +594,32 @@ async def test_transactional_messages_refuse_bad_arguments(
         assert await _snapshot(ctx) == before
     finally:
         await conn.close()
+
+
+@pytest.mark.parametrize("method", sorted(EVENT_CASES))
+async def test_event_store_refuses_bad_arguments(ctx: Ctx, method: str) -> None:
+    before = await _snapshot(ctx)
+    assert await _refusals(ctx, EVENT_CASES[method]) == []
+    assert await _snapshot(ctx) == before
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+async def test_transactional_events_refuse_bad_arguments(
+    ctx: Ctx, backend: str, namespace: Namespace
+) -> None:
+    before = await _snapshot(ctx)
+    if backend == "postgres":
+        conn = await asyncpg.connect(namespace.url)
+        try:
+            async with conn.transaction():
+                assert await _refusals(ctx, _events_in_cases(conn)) == []
+        finally:
+            await conn.close()
+    else:
+        lite = sqlite3.connect(namespace.path, timeout=10)
+        try:
+            assert await _refusals(ctx, _events_in_cases(lite)) == []
+            lite.rollback()
+        finally:
+            lite.close()
+    assert await _snapshot(ctx) == before

@@ -16,7 +16,7 @@ from covey.core import ClusterError, Reason
 from covey.storage import Fence, Message, Reply, Storage, UnitOfWork, Versioned
 
 from ._helpers import RUNNER_A, S1, msg
-from .test_argument_checks import FENCES, IDS, MESSAGES, STATE_KEYS, VERSIONS
+from .test_argument_checks import EVENTS, FENCES, IDS, MESSAGES, STATE_KEYS, VERSIONS, event
 
 Call = Callable[[UnitOfWork, Message, Fence, Storage], Awaitable[object] | object]
 Case = tuple[str, str, Call]  # field, label, call
@@ -56,6 +56,13 @@ def _cases() -> dict[str, list[Case]]:
     for field, label, change in MESSAGES:
         case("send", field, label,
              lambda u, m, f, s, c=change: u.send([msg(), replace(msg(), **c)]))
+
+    for label, value in [("None", None), ("str", "ab"), ("int", 5)]:
+        case("publish", "events", label, lambda u, m, f, s, v=value: u.publish(v))
+    case("publish", "event", "[None]", lambda u, m, f, s: u.publish([event(), None]))  # type: ignore[list-item]
+    for field, label, change in EVENTS:
+        case("publish", field, label,
+             lambda u, m, f, s, c=change: u.publish([event(), event(**c)]))
 
     for label, value in [("None", None), ("tuple", (1, b"r")), ("str", "r")]:
         case("commit", "reply", label, lambda u, m, f, s, v=value: u.commit(v))

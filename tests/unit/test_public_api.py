@@ -20,7 +20,8 @@ from covey.core import ClusterError, Reason
 EXPECTED: dict[str, list[str]] = {
     "covey": [
         "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "CronTick",
-        "Entity", "EntityAddress", "EntityContext", "EntityError", "JobContext", "JobError",
+        "Entity", "EntityAddress", "EntityContext", "EntityError", "Event", "EventContext",
+        "JobContext", "JobError",
         "JobHandle", "JobStatus", "Reason", "RequestContext", "Retry", "RunnerAddress",
         "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator",
         "StateMachine", "StorageError", "StorageOptions", "TransportError", "__version__",
@@ -67,8 +68,18 @@ EXPECTED: dict[str, list[str]] = {
         "Entity", "EntityContext", "EntityOptions", "StateMachine", "Transition", "rpc",
     ],
     "covey.entities.runtime": [
-        "EntityClient", "EntityRuntime", "OutboxClients", "RpcSpec", "STATE_KEY_PREFIX",
+        "EffectScope", "EntityClient", "EntityRuntime", "EventStager", "OutboxClients",
+        "RpcSpec", "STATE_KEY_PREFIX",
         "add_entity_type", "handler_unit", "read_state", "state_key",
+    ],
+    "covey.events": [
+        "DeadLetter", "Event", "EventContext", "EventGroup", "Events", "GroupStart",
+        "GroupStats", "TopicInfo",
+    ],
+    "covey.events.runtime": [
+        "DEFAULT_RETENTION", "EVENTS_SINGLETON", "EventFanout", "EventPublisher", "EventRunner",
+        "EventVersionUnknown", "RetryPolicy", "ShardFences", "Subscription", "decode_event",
+        "delivery", "encode_event", "subscriptions",
     ],
     "covey.jobs": [
         "Backoff", "JobContext", "JobDefinition", "JobHandle", "JobStatus", "Jobs",
@@ -80,7 +91,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "covey.sharding": ["LocalNetwork", "LocalTransport", "RunnerTransport", "TcpTransport"],
     "covey.sharding.runtime": [
-        "Body", "Deliverer", "DeliveryRegistry", "Envelope", "LocalNetwork", "LocalTransport",
+        "Body", "Completed", "Deliverer", "DeliveryRegistry", "Envelope", "LocalNetwork", "LocalTransport",
         "Messenger", "NotifyHandler", "RETENTION_KEY", "RequestHandler", "Reschedule",
         "RetentionPurger", "RunnerTransport", "ShardListener", "Sharding", "TcpTransport",
         "assign", "check_size", "error_for", "error_payload", "purge_processed",
@@ -96,13 +107,16 @@ EXPECTED: dict[str, list[str]] = {
         "SingletonSpec", "cron_spec",
     ],
     "covey.storage": [
-        "Duplicate", "Fence", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
+        "Duplicate", "EVENT_ENTITY_TYPE", "EventGroup", "EventRecord", "EventStore", "Fence",
+        "GroupStart", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
         "MessageStorage", "Reply", "RunnerInfo", "RunnerStorage", "SaveResult", "Saved",
-        "StateStore", "Storage", "StorageInfo", "TransactionalMessages", "UnitOfWork", "Versioned",
+        "StateStore", "Storage", "StorageInfo", "TopicInfo", "TransactionalEvents",
+        "TransactionalMessages", "UnitOfWork", "Versioned",
         "WakeupSource", "dedupe_key", "open_storage",
     ],
     "covey.storage.memory": [
-        "InMemoryMessageStorage", "InMemoryRunnerStorage", "InMemoryStateStore",
+        "InMemoryEventStore", "InMemoryMessageStorage", "InMemoryRunnerStorage",
+        "InMemoryStateStore",
         "InMemoryStorage", "MemoryTransaction",
     ],
     "covey.storage.postgres": ["PostgresStorage", "PostgresTransaction"],

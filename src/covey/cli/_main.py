@@ -1,4 +1,5 @@
-"""``covey run`` / ``serve-metrics`` / ``status`` / ``migrate`` / ``runners`` (and ``covey jobs``).
+"""``covey run`` / ``serve-metrics`` / ``status`` / ``migrate`` / ``runners`` (and ``covey
+jobs``, ``covey events``).
 
 Every command that prints accepts ``--json`` (one document on stdout, stable
 keys, ids as strings; see :mod:`covey.cli._output` and ``docs/cli.md``).
@@ -11,18 +12,22 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
 
+from covey.cli._events import events, group_lags, lag_table, status_group_document
 from covey.cli._jobs import jobs
 from covey.cli._output import console, emit, fail, guarded, json_option
 from covey.cli._runners import runners
 from covey.cli._worker_http import WorkerEndpoint
 from covey.cluster import Cluster
 from covey.core import ClusterError, CoveyConfig, configure_logging
+from covey.events import GroupStats
 from covey.storage import StorageInfo, open_storage
+
+T = TypeVar("T")
 
 DEFAULT_METRICS_PORT = 9100
 
@@ -30,6 +35,15 @@ DEFAULT_METRICS_PORT = 9100
 async def _info(config: CoveyConfig) -> StorageInfo:
     async with open_storage(config) as storage:
         return await storage.info()
+
+
+async def _status(config: CoveyConfig) -> tuple[StorageInfo, list[GroupStats]]:
+    """What the store holds, and the lag of every event group (if there are any:
+    only then does it join as a client-only member to measure it)."""
+    async with open_storage(config) as storage:
+        info = await storage.info()
+        has_groups = bool(await storage.events.groups())
+    return info, (await group_lags(config) if has_groups else [])
 
 
 def info_table(info: StorageInfo, title: str = "covey storage") -> Table:
@@ -46,7 +60,8 @@ def info_table(info: StorageInfo, title: str = "covey storage") -> Table:
     return table
 
 
-def info_document(info: StorageInfo) -> dict[str, object]:
+def info_document(info: StorageInfo,
+                  event_groups: list[GroupStats] | None = None) -> dict[str, object]:
     """``covey status --json``."""
     return {
         "backend": info.backend,
@@ -56,14 +71,16 @@ def info_document(info: StorageInfo) -> dict[str, object]:
         "runners": info.runners,
         "messages_total": info.messages_total,
         "messages_unprocessed": info.messages_unprocessed,
+        "event_groups": [status_group_document(s) for s in event_groups or []],
     }
 
 
 @click.group()
 def main() -> None:
-    """covey: sharded entities, durable messages, singletons, cron and jobs."""
+    """covey: sharded entities, durable messages, singletons, cron, jobs and events."""
 
 
+main.add_command(events)
 main.add_command(jobs)
 main.add_command(runners)
 
@@ -71,12 +88,17 @@ main.add_command(runners)
 @main.command()
 @json_option
 def status(as_json: bool) -> None:
-    """Connect, apply pending migrations and show what the store holds."""
-    info = _run(_info, as_json=as_json)
+    """Connect, apply pending migrations and show what the store holds.
+
+    With event groups, also each group's lag (events and seconds) and dead letters.
+    """
+    info, lags = _run(_status, as_json=as_json)
     if as_json:
-        emit(info_document(info))
+        emit(info_document(info, lags))
     else:
         console().print(info_table(info))
+        if lags:
+            console().print(lag_table(lags, title="event groups"))
 
 
 @main.command()
@@ -93,9 +115,7 @@ def migrate(as_json: bool) -> None:
         click.echo(f"schema is up to date (version {info.schema_version})")
 
 
-def _run(
-    action: Callable[[CoveyConfig], Coroutine[Any, Any, StorageInfo]], *, as_json: bool
-) -> StorageInfo:
+def _run(action: Callable[[CoveyConfig], Coroutine[Any, Any, T]], *, as_json: bool) -> T:
     config = guarded(CoveyConfig.from_env, as_json=as_json)
     return guarded(lambda: asyncio.run(action(config)), as_json=as_json)
 

@@ -3,8 +3,9 @@
 :meth:`Runner.start` builds, from what the application declared, everything a
 cluster member runs on and starts it::
 
-    storage ─ transport ─ Sharding ─ Messenger ─ Jobs
-                                 └─ deliveries: EntityRuntime (default), JobRunner (covey.Job)
+    storage ─ transport ─ Sharding ─ Messenger ─ Jobs, EventPublisher, Events
+                                 └─ deliveries: EntityRuntime (default), JobRunner (covey.Job),
+                                                EventRunner (covey.Event)
                                  └─ listeners:  Messenger, SingletonManager, CronManager
 
 Every background task lives in one root :class:`~covey.core.TaskSet` owned by
@@ -25,6 +26,8 @@ from covey.cluster._declaring import Declarations
 from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress
 from covey.core.runtime import TaskSet, check_upcasters
 from covey.entities.runtime import EntityRuntime, OutboxClients
+from covey.events import Events
+from covey.events.runtime import EVENTS_SINGLETON, EventFanout, EventPublisher, EventRunner
 from covey.health import Health
 from covey.health.runtime import HEALTH_LOOP, HealthParts
 from covey.jobs import Jobs
@@ -39,7 +42,7 @@ from covey.sharding import RunnerTransport
 from covey.sharding.runtime import Body, DeliveryRegistry, Messenger, RetentionPurger, Sharding
 from covey.singletons import SingletonContext
 from covey.singletons.runtime import CronManager, CronSpec, SingletonManager, SingletonSpec
-from covey.storage import Storage, WakeupSource
+from covey.storage import EVENT_ENTITY_TYPE, Storage, WakeupSource
 
 log = logging.getLogger("covey.cluster")
 
@@ -81,6 +84,10 @@ class Runner:
         self.jobs: Jobs | None = None
         self.entities: EntityRuntime | None = None
         self.job_runner: JobRunner | None = None
+        self.publisher: EventPublisher | None = None
+        self.events: Events | None = None
+        self.event_runner: EventRunner | None = None
+        self.fanout: EventFanout | None = None
         self.singletons: SingletonManager | None = None
         self.crons: CronManager | None = None
 
@@ -106,12 +113,26 @@ class Runner:
             deliveries=self.deliveries, tasks=self._child("covey-messenger"))
         self.jobs = Jobs(storage, messenger, sharding.snowflake, clock, config.shards,
                          specs={spec.name: spec for spec in declared.jobs})
+        publisher = self.publisher = EventPublisher(storage, messenger, sharding.snowflake,
+                                                    clock, config.shards)
+        self.events = Events(storage, messenger, publisher, sharding.snowflake, clock)
         singletons = list(declared.singletons)
         if address is not None:
             self._host(declared, address)
             if declared.jobs and not any(s.name == JOBS_METRICS for s in singletons):
                 singletons.append(SingletonSpec(JOBS_METRICS, self._sample_job_metrics,
                                                 None, None))
+            if declared.subscriptions:
+                # the groups exist before this runner serves: a publisher reading them
+                # from now on stores their deliveries itself
+                for sub in declared.subscriptions:
+                    await storage.events.register_group(sub.group, sub.topic, start=sub.start,
+                                                        now=clock.now())
+                self.fanout = EventFanout(storage, messenger, sharding.snowflake, clock,
+                                          config.shards)
+                if not any(s.name == EVENTS_SINGLETON for s in singletons):
+                    singletons.append(SingletonSpec(EVENTS_SINGLETON, self._fan_out,
+                                                    None, None))
         self.singletons = SingletonManager(sharding, storage, clock, config.shards,
                                            tasks=self._child("covey-singletons"))
         for spec in singletons:
@@ -131,7 +152,7 @@ class Runner:
         if self.entities is not None:
             self._loop("covey-entities").spawn(self.entities.reaper_loop(), name="covey-reaper")
             purger = RetentionPurger(storage, sharding, clock, config.storage, config.shards,
-                                     keep_errors_of=(JOB_ENTITY,))
+                                     keep_errors_of=(JOB_ENTITY, EVENT_ENTITY_TYPE))
             # not a singleton: it would show in every application's singleton listing
             self._loop("covey-retention").spawn(purger.run(), name="covey-retention")
         if self.health is not None:
@@ -159,8 +180,18 @@ class Runner:
         self.entities = EntityRuntime(
             self.clock, address, types=declared.entity_types, grace=grace,
             state=self.storage.state,
-            outbox=OutboxClients(self.messenger, self.sharding.snowflake, self.config.shards))
+            outbox=OutboxClients(self.messenger, self.sharding.snowflake, self.config.shards),
+            publisher=None if self.publisher is None else self.publisher.stage)
         self.deliveries.set_default(self.entities)
+        assert self.publisher is not None
+        self.event_runner = EventRunner(self.clock, str(address), self.storage.messages,
+                                        self.sharding, self.publisher.stage,
+                                        tasks=self._child("covey-events"),
+                                        rerun=self.messenger.rerun,
+                                        wake=self.messenger.wake_sent, grace=grace)
+        for sub in declared.subscriptions:
+            self.event_runner.add(sub)
+        self.deliveries.register(EVENT_ENTITY_TYPE, self.event_runner)
         host = RunnerJobHost(self.messenger, self.storage, self.jobs)
         self.job_runner = JobRunner(self.clock, str(address), host,
                                     tasks=self._child("covey-jobs"), grace=grace)
@@ -201,6 +232,12 @@ class Runner:
         """The job gauges, exported by one runner (a singleton) for the cluster."""
         await sample_job_metrics(self.storage.messages, self.clock)
 
+    async def _fan_out(self, ctx: SingletonContext[None]) -> None:
+        """The events singleton: sequencing, the deliveries publishers could not
+        make, retention and the group lag gauges (one runner of the cluster)."""
+        assert self.fanout is not None
+        await self.fanout.run()
+
     def _crashed(self, error: BaseException) -> None:
         """A task of the runner died of ``error``: stop serving, as a TaskGroup would."""
         if self.crashed is None:
@@ -229,6 +266,8 @@ class Runner:
                 steps.append((part, component.stop))
         if self.job_runner is not None:
             steps.append(("job runner", self.job_runner.close))
+        if self.event_runner is not None:
+            steps.append(("event runner", self.event_runner.close))
         if self.messenger is not None:
             steps.append(("messenger", self.messenger.close))
         steps += [("background loops", self._close_loops),

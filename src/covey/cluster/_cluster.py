@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Self, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +33,7 @@ from covey.core import (
 from covey.core.runtime import configure_from_options, note_runner, shard_for
 from covey.entities import Entity, EntityContext
 from covey.entities.runtime import EntityClient, EntityRuntime, read_state, state_key
+from covey.events import Event, Events
 from covey.health import Health
 from covey.jobs import Jobs
 from covey.jobs.runtime import JobRunner
@@ -101,6 +102,29 @@ class Cluster(Declaring):
     def jobs(self) -> Jobs:
         """Status, results, cancel and the dead-letter of jobs."""
         return _part(self._started_runner().jobs)
+
+    @property
+    def events(self) -> Events:
+        """The event log and its groups: topics, groups, lag, dead-letters, replay."""
+        return _part(self._started_runner().events)
+
+    async def publish(self, event: Event, *, key: Any = None, transaction: Any = None) -> int:
+        """Publish a domain event to its topic's subscriber groups; returns its id.
+
+        ``key`` overrides the class's partition key. ``transaction``: ``self.ctx`` of
+        a persisted entity handler or an event handler's ``ctx`` (stored with its
+        commit), or the application's connection inside its transaction (stored
+        only if it commits). Raises ``ClusterError`` ``invalid_argument``
+        (``details["field"]``) for a non-event or a field that does not validate;
+        nothing is stored then.
+        """
+        return await self.events.publish(event, key=key, transaction=transaction)
+
+    async def publish_many(self, events: Sequence[Event | tuple[Event, Any]], *,
+                           transaction: Any = None) -> list[int]:
+        """Publish several events in one transaction (``(event, key)`` pairs choose
+        their keys); their ids, in order. Checked whole: one bad event stores none."""
+        return await self.events.publish_many(events, transaction=transaction)
 
     def _also_host(self, entity_type: type[Entity]) -> None:
         if self._runner is not None and self._runner.entities is not None:

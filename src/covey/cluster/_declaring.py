@@ -1,6 +1,6 @@
 """Declaring: what an application says every runner runs, before it starts.
 
-Entity types, singletons, crons and jobs are declared on the
+Entity types, singletons, crons, jobs and event subscriptions are declared on the
 :class:`~covey.cluster.Cluster` (this is its declaring half) and checked when
 they are declared — a bad declaration accepted here would only fail at start,
 and stop the whole cluster. :meth:`Declaring.declarations` is what the assembly
@@ -18,6 +18,8 @@ from typing import Any
 from covey.core.runtime import invalid_argument
 from covey.entities import Entity
 from covey.entities.runtime import add_entity_type
+from covey.events import Event
+from covey.events.runtime import RetryPolicy, Subscription, subscriptions
 from covey.jobs import JobDefinition, Jobs, PriorityName, Retry
 from covey.jobs.runtime import JobSpec, job_spec
 from covey.singletons.runtime import CronFn, CronSpec, SingletonFn, SingletonSpec, cron_spec
@@ -31,6 +33,7 @@ class Declarations:
     singletons: Sequence[SingletonSpec]
     crons: Sequence[CronSpec]
     jobs: Sequence[JobSpec]
+    subscriptions: Sequence[Subscription] = ()
 
 
 class Declaring:
@@ -41,11 +44,13 @@ class Declaring:
         self._singleton_specs: list[SingletonSpec] = []
         self._cron_specs: list[CronSpec] = []
         self._job_specs: list[JobSpec] = []
+        self._subscriptions: list[Subscription] = []
 
     def declarations(self) -> Declarations:
         """What is declared now (copies: a runner is built from a snapshot)."""
         return Declarations(dict(self._entity_types), list(self._singleton_specs),
-                            list(self._cron_specs), list(self._job_specs))
+                            list(self._cron_specs), list(self._job_specs),
+                            list(self._subscriptions))
 
     @property
     def jobs(self) -> Jobs:
@@ -167,6 +172,67 @@ class Declaring:
             return JobDefinition(spec, lambda: self.jobs)
 
         return declare
+
+
+    def subscribe(
+        self, events: type[Event] | Sequence[type[Event]], *, group: str,
+        concurrency: int = 64, start: str = "latest", retry: Retry | None = None,
+    ) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Awaitable[None]]]:
+        """Subscribe a group: ``async def handler(event: OrderPlaced, ctx: covey.EventContext)``.
+
+        Every runner declaring the group shares its work by key; the group
+        handles each event of its topics once, the events of one key in publish
+        order. A handler that raises is retried in place (its key waits); after
+        the last attempt the event goes to the group's dead-letter and the key
+        moves on.
+
+        Args:
+            events: an event class, or a list of them (of one topic or several:
+                the group gets a row per topic).
+            group: the group's name (``[A-Za-z0-9._-]``, <= 200 bytes).
+            concurrency: handler runs of the group at once on one runner.
+            start: where a new group starts: ``latest`` (events published from
+                now on) or ``earliest`` (every retained event).
+            retry: a ``covey.Retry`` (default: 5 attempts, 0.1 s doubling to 30 s,
+                with jitter).
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option (``details["field"]``):
+                not an event class or one without a topic, a bad group name, a
+                concurrency that is not an int >= 1, an unknown start, a retry
+                that is not a ``covey.Retry``, a handler that is not
+                ``async def fn(event, ctx)``, a (group, topic) declared twice.
+        """
+        policy = _retry_policy(retry)
+        subscriptions(events, _no_event_fn, group=group, concurrency=concurrency, start=start,
+                      retry=policy)  # checked now, not at start
+
+        def declare(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+            made = subscriptions(events, fn, group=group, concurrency=concurrency,
+                                 start=start, retry=policy)
+            for sub in made:
+                if any((s.group, s.topic) == (sub.group, sub.topic)
+                       for s in self._subscriptions):
+                    raise invalid_argument("group", f"group {group!r} subscribes to topic "
+                                           f"{sub.topic!r} twice")
+            self._subscriptions.extend(made)
+            return fn
+
+        return declare
+
+
+def _retry_policy(retry: object) -> RetryPolicy | None:
+    """A ``covey.Retry`` as the events' retry policy (``None``: the default)."""
+    if retry is None:
+        return None
+    if not isinstance(retry, Retry):
+        raise invalid_argument("retry", f"{retry!r} is not a covey.Retry")
+    return RetryPolicy(retry.max_attempts, retry.backoff.initial, retry.backoff.maximum,
+                       retry.backoff.factor, retry.jitter, retry.retry_on, retry.give_up_on)
+
+
+async def _no_event_fn(event: Any, ctx: Any) -> None:
+    """Stands in for an event handler while the declaration's options are checked."""
 
 
 async def _no_fn(_: Any) -> None:

@@ -74,6 +74,27 @@ JOB_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300),
 )
 
+EVENTS_PUBLISHED = Counter(
+    "covey_events_published_total", "Events published (stored in the log), by topic", ["topic"]
+)
+EVENTS_HANDLED = Counter(
+    "covey_events_handled_total", "Event handler runs by group and outcome (done: handled; "
+    "retried: failed, runs again; dead: failed for the last time, dead-lettered)",
+    ["group", "outcome"],
+)
+EVENT_GROUP_LAG = Gauge(
+    "covey_event_group_lag", "Events of a group not handled yet (deliveries pending plus "
+    "events not fanned out), cluster-wide; exported by the events singleton", ["group"],
+)
+EVENT_GROUP_LAG_SECONDS = Gauge(
+    "covey_event_group_lag_seconds", "Age of a group's oldest pending delivery (seconds), "
+    "cluster-wide; exported by the events singleton", ["group"],
+)
+EVENT_DEAD_LETTERS = Gauge(
+    "covey_event_dead_letters", "Events in a group's dead-letter, cluster-wide; exported by "
+    "the events singleton", ["group"],
+)
+
 __all__ = [
     "JOBS_BACKLOG",
     "JOBS_DEAD",
@@ -86,6 +107,11 @@ __all__ = [
     "CRON_LATENESS",
     "CRON_TICKS",
     "ENTITIES_ACTIVE",
+    "EVENTS_HANDLED",
+    "EVENTS_PUBLISHED",
+    "EVENT_DEAD_LETTERS",
+    "EVENT_GROUP_LAG",
+    "EVENT_GROUP_LAG_SECONDS",
     "FENCED_TOTAL",
     "HANDLER_SECONDS",
     "MESSAGES_FAILED",

@@ -10,28 +10,47 @@ handlers of one instance each see their own.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from covey.core import EntityAddress, EntityError, Reason
 from covey.storage import UnitOfWork
 
 #: builds the outbox client of ``ctx.client(entity_type, entity_id)`` for a unit
 OutboxFactory = Callable[[Any, str, UnitOfWork], Any]
+#: stages events on a unit: ``(unit, [(event, key)]) -> event ids`` (``ctx.publish``)
+EventStager = Callable[[UnitOfWork, Sequence[tuple[Any, Any]]], Awaitable[list[int]]]
+
+
+@runtime_checkable
+class EffectScope(Protocol):
+    """A persisted run whose effects commit with its completion: what features
+    accept as ``transaction=`` to stage their messages on the run's unit of work
+    (an entity's ``self.ctx``, an event handler's ``ctx``)."""
+
+    def effect_unit(self, use: str) -> UnitOfWork:
+        """The unit of work of the current run.
+
+        Raises:
+            EntityError: ``invalid_argument`` (``details["field"]`` is ``use``)
+                outside a persisted run.
+        """
+        ...
 
 
 class HandlerRun:
     """One run of a persisted message's handler (read-only by convention: a plain
     slotted class, made on every persisted call, is cheaper than a frozen one)."""
 
-    __slots__ = ("address", "outbox", "request_id", "unit")
+    __slots__ = ("address", "outbox", "publisher", "request_id", "unit")
 
     def __init__(self, address: EntityAddress, request_id: int, unit: UnitOfWork | None,
-                 outbox: OutboxFactory | None) -> None:
+                 outbox: OutboxFactory | None, publisher: EventStager | None = None) -> None:
         self.address = address
         self.request_id = request_id
         self.unit = unit
         self.outbox = outbox
+        self.publisher = publisher
 
 
 #: the persisted run the current task belongs to (``None``: a volatile call, or

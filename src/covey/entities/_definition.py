@@ -43,6 +43,7 @@ from covey.core import (
 )
 from covey.core.runtime import check_text
 from covey.entities._call import current_run, run_unit
+from covey.storage import UnitOfWork
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 E = TypeVar("E", bound="Entity")
@@ -152,6 +153,33 @@ class EntityContext:
             raise EntityError("this runner has no outbox (entities hosted outside a cluster)",
                               reason=Reason.INVALID_ARGUMENT, field="client")
         return cast(E, run.outbox(entity_type, entity_id, unit))
+
+    async def publish(self, event: Any, *, key: Any = None) -> int:
+        """Publish a domain event with this run's commit: it exists (and is
+        delivered to its groups) only if the handler succeeds; returns its id.
+        ``key`` overrides the event class's partition key.
+
+        Raises:
+            EntityError: ``invalid_argument`` (field ``publish``) outside a
+                persisted RPC handler.
+            ClusterError: ``invalid_argument`` for an event that does not
+                validate (the field named); nothing is staged then.
+        """
+        run, unit = run_unit(self.address, "publish")
+        if run.publisher is None:
+            raise EntityError("this runner publishes no events (entities hosted outside a "
+                              "cluster)", reason=Reason.INVALID_ARGUMENT, field="publish")
+        return (await run.publisher(unit, [(event, key)]))[0]
+
+    def effect_unit(self, use: str) -> UnitOfWork:
+        """The unit of work of the current persisted run (what ``transaction=self.ctx``
+        stages on).
+
+        Raises:
+            EntityError: ``invalid_argument`` (``details["field"]`` is ``use``)
+                outside a persisted RPC handler.
+        """
+        return run_unit(self.address, use)[1]
 
 
 class Entity:

@@ -40,7 +40,7 @@ from covey.core import (
     use_context,
 )
 from covey.core.runtime import being_cancelled, consumer_span, traced_context
-from covey.entities._call import CURRENT_RUN, HandlerRun, OutboxFactory
+from covey.entities._call import CURRENT_RUN, EventStager, HandlerRun, OutboxFactory
 from covey.entities._definition import Entity, EntityContext, RpcSpec
 from covey.entities._state import DurableState, StateUnreadable
 from covey.sharding.runtime import Envelope, error_payload
@@ -90,15 +90,18 @@ class EntityRuntime:
         state: where entities declared with ``state=`` keep it (``None``: in
             memory only, each activation starts fresh).
         outbox: builds the clients of ``ctx.client(...)`` (``None``: refused).
+        publisher: stages the events of ``ctx.publish(...)`` (``None``: refused).
     """
 
     def __init__(self, clock: Clock, runner: RunnerAddress | None, *,
                  types: Mapping[str, type[Entity]] | None = None, grace: float = 15.0,
-                 state: StateStore | None = None, outbox: OutboxFactory | None = None) -> None:
+                 state: StateStore | None = None, outbox: OutboxFactory | None = None,
+                 publisher: EventStager | None = None) -> None:
         self._clock = clock
         self._runner = runner
         self._state = state
         self._outbox = outbox
+        self._publisher = publisher
         self._codec = MsgpackCodec()
         self.types: dict[str, type[Entity]] = dict(types or {})
         self.instances: dict[EntityAddress, _Instance] = {}
@@ -156,7 +159,7 @@ class EntityRuntime:
             raise EntityError(f"mailbox of {address} is full ({options.mailbox_capacity})",
                               reason=Reason.MAILBOX_FULL, entity_type=address.entity_type)
         run = None if not envelope.persisted else HandlerRun(address, message.id, unit,
-                                                             self._outbox)
+                                                             self._outbox, self._publisher)
         instance.pending += 1
         if instance.state is not None:
             return await self._run_with_state(instance, spec, envelope, argument, run)

@@ -6,7 +6,7 @@ deliverer of the messenger's delivery registry) and hands out
 declares entities with :mod:`covey.entities`; nothing here is stable API.
 """
 
-from covey.entities._call import run_unit
+from covey.entities._call import EffectScope, EventStager, run_unit
 from covey.entities._client import EntityClient, OutboxClients
 from covey.entities._definition import EntityContext, RpcSpec
 from covey.entities._runtime import EntityRuntime, add_entity_type
@@ -14,8 +14,10 @@ from covey.entities._state import STATE_KEY_PREFIX, read_state, state_key
 from covey.storage import UnitOfWork
 
 __all__ = [
+    "EffectScope",
     "EntityClient",
     "EntityRuntime",
+    "EventStager",
     "OutboxClients",
     "RpcSpec",
     "STATE_KEY_PREFIX",

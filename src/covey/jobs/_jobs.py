@@ -20,8 +20,7 @@ from covey.core import (
     current_context,
 )
 from covey.core.runtime import check_seconds, inject_trace, shard_for, validate_value
-from covey.entities import EntityContext
-from covey.entities.runtime import handler_unit
+from covey.entities.runtime import EffectScope
 from covey.jobs._definition import (
     JOB_ENTITY,
     TERMINAL,
@@ -169,16 +168,17 @@ class Jobs:
 
         A job whose dedupe key is taken gives the first job's handle
         (``duplicate=True``), also inside the application's ``transaction``.
-        With ``transaction`` a persisted entity handler's context
-        (``transaction=self.ctx``) the jobs are stored with the handler's commit
+        With ``transaction`` a persisted run's context (an entity handler's
+        ``self.ctx``, an event handler's ``ctx``) the jobs are stored with the handler's commit
         (a taken dedupe key is found only then: the handle has the new id).
         """
         if not messages:
             return []
-        if isinstance(transaction, EntityContext):
-            # inside a persisted entity handler: stored with its commit, never if it
-            # fails; the owners are woken after the commit
-            handler_unit(transaction, "transaction").send(messages)
+        if isinstance(transaction, EffectScope):
+            # inside a persisted run (an entity handler's self.ctx, an event handler's
+            # ctx): stored with its commit, never if it fails; the owners are woken
+            # after the commit
+            transaction.effect_unit("transaction").send(messages)
             return [JobHandle(m.id, m.tag, self) for m in messages]
         if transaction is not None:
             store = self._storage.messages

@@ -40,7 +40,7 @@ from covey.core import (
     StorageError,
 )
 from covey.sharding._delivery import Deliverer, DeliveryRegistry
-from covey.sharding._envelope import Envelope, Reschedule, error_payload
+from covey.sharding._envelope import Completed, Envelope, Reschedule, error_payload
 from covey.sharding._sharding import Sharding
 from covey.storage import Fence, Message, Reply, Storage, UnitOfWork
 
@@ -132,6 +132,8 @@ class Completion:
         if self._sharding.epoch_of(envelope.shard) is None:
             raise self.not_here(envelope.shard)
         answer = await self._deliverer(envelope).deliver(envelope)
+        if isinstance(answer, Completed):
+            return answer.reply
         if isinstance(answer, Reschedule):
             raise EntityError("a volatile request cannot be rescheduled",
                               reason=Reason.INVALID_ARGUMENT)
@@ -234,6 +236,9 @@ class Completion:
             await _discard(unit)
             await self._reschedule(envelope, epoch, answer)
             return RUNS_LATER
+        if isinstance(answer, Completed):  # stored by the deliverer, fenced
+            await _discard(unit)
+            return self._completed_by_deliverer(envelope, answer.reply, started)
         reply = answer
         try:
             if unit.used:
@@ -246,6 +251,12 @@ class Completion:
         except FencedOut:
             await self._sharding.fenced([envelope.shard])
             raise self.not_here(envelope.shard) from None
+        self._remember(reply)
+        for callback in self.on_completed:
+            callback(envelope, reply, self._clock.monotonic() - started)
+        return reply
+
+    def _completed_by_deliverer(self, envelope: Envelope, reply: Reply, started: float) -> Reply:
         self._remember(reply)
         for callback in self.on_completed:
             callback(envelope, reply, self._clock.monotonic() - started)

@@ -147,6 +147,18 @@ class Reschedule:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A deliverer's answer: the message is completed already, with ``reply``.
+
+    For deliverers that complete their messages themselves, fenced, with units
+    of work of their own (event deliveries retried in place): the messenger
+    stores nothing more and answers ``reply``.
+    """
+
+    reply: Reply
+
+
 # ---- error replies -------------------------------------------------------
 
 def error_payload(exc: BaseException) -> bytes:

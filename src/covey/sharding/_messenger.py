@@ -71,7 +71,7 @@ class Messenger:
         self._deliveries = deliveries
         self._shutdown_grace = options.shutdown_grace
         self._completion = Completion(options, storage, sharding, clock, deliveries,
-                                      self.schedule, self._wake_sent)
+                                      self.schedule, self.wake_sent)
         self._reader = StorageReader(options, storage, sharding, clock, self._completion,
                                      self._spawn)
         self._inbound = Inbound(self._completion, sharding, self._spawn)
@@ -93,7 +93,7 @@ class Messenger:
         """Stop the loops and cancel every message still being run here."""
         await self._tasks.close()
 
-    def _wake_sent(self, messages: list[Message]) -> None:
+    def wake_sent(self, messages: list[Message]) -> None:
         """Wake the owners of the messages a run's commit stored (its outbox)."""
         self._spawn(self._wake_quietly([Envelope(m, persisted=True) for m in messages]))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from covey.sharding._assignment import assign, shards_of
 from covey.sharding._delivery import Deliverer, DeliveryRegistry
 from covey.sharding._envelope import (
+    Completed,
     Envelope,
     Reschedule,
     check_size,
@@ -36,6 +37,7 @@ from covey.sharding.transport import (
 
 __all__ = [
     "Body",
+    "Completed",
     "Deliverer",
     "DeliveryRegistry",
     "Envelope",

@@ -1,7 +1,7 @@
 """Layer 1: where covey keeps its state.
 
 The contracts (:class:`RunnerStorage`, :class:`MessageStorage`,
-:class:`StateStore`, bundled as a :class:`Storage`) and three interchangeable
+:class:`StateStore`, :class:`EventStore`, bundled as a :class:`Storage`) and three interchangeable
 backends: ``memory`` (tests, one process), ``sqlite`` (the embedded default; WAL,
 several processes on one host) and ``postgres`` (the distributed engine: advisory
 shard locks, group commit). :func:`open_storage` picks one from a database URL.
@@ -17,6 +17,15 @@ from covey.storage._contracts import (
     Storage,
     TransactionalMessages,
     WakeupSource,
+)
+from covey.storage._events_contract import (
+    EVENT_ENTITY_TYPE,
+    EventGroup,
+    EventRecord,
+    EventStore,
+    GroupStart,
+    TopicInfo,
+    TransactionalEvents,
 )
 from covey.storage._message import MAX_DEDUPE_KEY, Message, MessageRecord, dedupe_key
 from covey.storage._model import (
@@ -68,7 +77,12 @@ def open_storage(config: CoveyConfig, *, clock: Clock | None = None) -> Storage:
 
 __all__ = [
     "Duplicate",
+    "EVENT_ENTITY_TYPE",
+    "EventGroup",
+    "EventRecord",
+    "EventStore",
     "Fence",
+    "GroupStart",
     "MAX_DEDUPE_KEY",
     "Message",
     "MessageRecord",
@@ -81,6 +95,8 @@ __all__ = [
     "StateStore",
     "Storage",
     "StorageInfo",
+    "TopicInfo",
+    "TransactionalEvents",
     "TransactionalMessages",
     "UnitOfWork",
     "Versioned",

@@ -154,6 +154,11 @@ class CheckedMessageStorage(ABC):
         return await self._unprocessed(wanted, limit)
 
     @final
+    async def unprocessed_of(self, address: EntityAddress, *, limit: int) -> list[Message]:
+        check_address(address)
+        return await self._unprocessed_of(address, limit) if check_limit(limit) else []
+
+    @final
     async def reschedule(
         self, request_id: int, *, deliver_at: float, error: str, fence: Fence
     ) -> int:
@@ -250,6 +255,10 @@ class CheckedMessageStorage(ABC):
     @abstractmethod
     async def _unprocessed(self, shards: list[ShardId], limit: int) -> list[Message]:
         """``shards`` and ``limit`` are never empty or 0."""
+
+    @abstractmethod
+    async def _unprocessed_of(self, address: EntityAddress, limit: int) -> list[Message]:
+        """``limit`` is never 0."""
 
     @abstractmethod
     async def _reschedule(self, request_id: int, deliver_at: float, error: str,

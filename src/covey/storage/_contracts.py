@@ -34,6 +34,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from covey.core import EntityAddress, RunnerAddress, ShardId
+from covey.storage._events_contract import EventStore
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Fence, Reply, RunnerInfo, SaveResult, StorageInfo, Versioned
 from covey.storage._unit_contract import UnitOfWork
@@ -158,6 +159,15 @@ class MessageStorage(Protocol):
         leased for the message lease, so a second read does not return it again
         until the lease ends or :meth:`reset_shards` clears it; its ``attempts``
         count is incremented.
+        """
+        ...
+
+    async def unprocessed_of(self, address: EntityAddress, *, limit: int) -> list[Message]:
+        """Up to ``limit`` unprocessed messages of one entity (its type and id), oldest
+        (lowest id) first, leased or not, due or not.
+
+        Only reads: no lease is taken and ``attempts`` is unchanged (the events
+        runtime reads a key's backlog when it activates, to keep per-key order).
         """
         ...
 
@@ -330,6 +340,11 @@ class Storage(Protocol):
     @property
     def state(self) -> StateStore:
         """Versioned values."""
+        ...
+
+    @property
+    def events(self) -> EventStore:
+        """The event log and its subscriber groups."""
         ...
 
     async def start(self) -> None:

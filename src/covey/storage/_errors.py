@@ -183,3 +183,14 @@ def machine_ids_exhausted() -> StorageError:
 def not_started(location: str) -> StorageError:
     """The storage is used before ``start()`` or after ``close()``."""
     return StorageError(f"storage {location} is not started (or closed)", location=location)
+
+
+def group_not_found(group: str, topic: str) -> ClusterError:
+    """No subscriber group ``group`` is registered for ``topic``.
+
+    ``invalid_argument`` (``details["field"] == "group"``, plus ``group`` and
+    ``topic``): :class:`~covey.core.Reason` has no generic ``not_found`` and a
+    group name that is not registered is the caller's mistake, not retryable.
+    """
+    return invalid_argument("group", f"no group {group!r} is registered for topic {topic!r}",
+                            group=group, topic=topic)

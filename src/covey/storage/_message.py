@@ -112,7 +112,7 @@ def check_message(message: object) -> Message:
     check_text("tag", message.tag, max_bytes=MAX_NAME_BYTES)
     if not isinstance(message.payload, bytes):
         raise invalid("payload", message.payload, "bytes")
-    _check_headers(message.headers)
+    check_headers(message.headers)
     if message.primary_key is not None:
         # "" would make every request with an empty key a duplicate of the first
         check_text("primary_key", message.primary_key, max_bytes=MAX_KEY_BYTES)
@@ -129,15 +129,16 @@ def check_messages(messages: object) -> list[Message]:
     return [check_message(message) for message in messages]
 
 
-def _check_headers(headers: object) -> None:
+def check_headers(headers: object, field: str = "headers") -> None:
+    """Refuse headers no backend can store: not a str map, too many, bad text."""
     if not isinstance(headers, Mapping):
-        raise invalid("headers", headers, "a mapping of str to str")
+        raise invalid(field, headers, "a mapping of str to str")
     if len(headers) > MAX_HEADERS:
-        raise invalid_argument("headers", f"{len(headers)} of them; the limit is {MAX_HEADERS}",
+        raise invalid_argument(field, f"{len(headers)} of them; the limit is {MAX_HEADERS}",
                                limit=MAX_HEADERS)
     for key, value in headers.items():
-        check_text("headers", key, max_bytes=MAX_NAME_BYTES)
-        check_text("headers", value, max_bytes=MAX_HEADER_VALUE_BYTES, empty=True)
+        check_text(field, key, max_bytes=MAX_NAME_BYTES)
+        check_text(field, value, max_bytes=MAX_HEADER_VALUE_BYTES, empty=True)
 
 
 def encode_headers(headers: Mapping[str, str]) -> str:

@@ -25,6 +25,8 @@ from typing import Any, final
 
 from covey.storage._checks import check_reply, check_state_write
 from covey.storage._errors import invalid, unit_finished
+from covey.storage._event_checks import check_events
+from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message, check_messages
 from covey.storage._model import Fence, Reply
 
@@ -74,8 +76,8 @@ class CheckedUnitOfWork(ABC):
         plain: the storage's fenced ``save_reply`` (an unused unit's commit).
     """
 
-    __slots__ = ("_done", "_on_commit", "_on_discard", "_opened", "_plain", "_sent",
-                 "_states", "fence", "request_id")
+    __slots__ = ("_done", "_events", "_on_commit", "_on_discard", "_opened", "_plain",
+                 "_sent", "_states", "fence", "request_id")
 
     def __init__(self, fence: Fence, request_id: int, plain: PlainCompletion) -> None:
         self.fence = fence
@@ -86,6 +88,7 @@ class CheckedUnitOfWork(ABC):
         # Allocated on first use: most units are never used.
         self._states: dict[str, StateWrite] | None = None
         self._sent: list[Message] | None = None
+        self._events: list[EventRecord] | None = None
         self._on_commit: list[Callable[[], Any]] | None = None
         self._on_discard: list[Callable[[], Any]] | None = None
 
@@ -96,7 +99,8 @@ class CheckedUnitOfWork(ABC):
     @property
     def used(self) -> bool:
         """Whether anything was staged or the transaction opened."""
-        return self._opened or bool(self._states) or bool(self._sent)
+        return (self._opened or bool(self._states) or bool(self._sent)
+                or bool(self._events))
 
     @final
     @property
@@ -141,6 +145,16 @@ class CheckedUnitOfWork(ABC):
             self._sent.extend(batch)
 
     @final
+    def publish(self, events: Sequence[EventRecord]) -> None:
+        """Stage events, stored in the log at commit (a stored id is kept as it was)."""
+        batch = check_events(events)
+        self._check_open()
+        if batch:
+            if self._events is None:
+                self._events = []
+            self._events.extend(batch)
+
+    @final
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the unit committed."""
         check_callback(callback)
@@ -173,7 +187,7 @@ class CheckedUnitOfWork(ABC):
         try:
             if self.used:
                 await self._commit(reply, list((self._states or {}).values()),
-                                   list(self._sent or ()))
+                                   list(self._sent or ()), list(self._events or ()))
             else:
                 await self._plain(reply, self.fence)
         except BaseException:
@@ -203,8 +217,8 @@ class CheckedUnitOfWork(ABC):
 
     @abstractmethod
     async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message]) -> None:
-        """Write ``states``, ``sent``, the application's writes and ``reply`` in one
+                      sent: list[Message], events: list[EventRecord]) -> None:
+        """Write ``states``, ``sent``, ``events``, the application's writes and ``reply`` in one
         transaction fenced by :attr:`fence`; nothing at all if any of it is refused.
         Release whatever :meth:`_transaction` opened, whatever happens."""
 

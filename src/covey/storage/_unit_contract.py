@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message
 from covey.storage._model import Reply
 
@@ -71,6 +72,13 @@ class UnitOfWork(Protocol):
     def send(self, messages: Sequence[Message]) -> None:
         """Stage outgoing persisted messages: stored at commit (deduplicated as by
         ``save_requests``), never if the unit is discarded."""
+        ...
+
+    def publish(self, events: Sequence[EventRecord]) -> None:
+        """Stage events for the event log: stored at commit, in the same fenced
+        transaction (an id stored already is kept as it was), never if the unit is
+        discarded. Their deliveries are staged with :meth:`send`. Makes the unit
+        :attr:`used`."""
         ...
 
     def on_commit(self, callback: Callable[[], None]) -> None:

@@ -186,6 +186,7 @@ class _Unowned:
         self.runners = storage.runners
         self.messages = storage.messages
         self.state = storage.state
+        self.events = storage.events
 
     async def start(self) -> None:
         return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from covey.core import Clock, StorageOptions, SystemClock
 from covey.storage._base import StorageLifecycle, check_shards
 from covey.storage._model import StorageInfo
+from covey.storage.memory._events import InMemoryEventStore
 from covey.storage.memory._messages import InMemoryMessageStorage
 from covey.storage.memory._runners import InMemoryRunnerStorage
 from covey.storage.memory._state import InMemoryStateStore
@@ -41,6 +42,7 @@ class InMemoryStorage(StorageLifecycle):
         self.runners = InMemoryRunnerStorage(clock, options)
         self.state = InMemoryStateStore(self.runners)
         self.messages = InMemoryMessageStorage(clock, options, self.runners, self.state)
+        self.events = InMemoryEventStore(self.messages)
 
     async def start(self) -> None:
         if self._recorded_shards is None:
@@ -67,6 +69,7 @@ class InMemoryStorage(StorageLifecycle):
 
 
 __all__ = [
+    "InMemoryEventStore",
     "InMemoryMessageStorage",
     "InMemoryRunnerStorage",
     "InMemoryStateStore",

@@ -7,9 +7,11 @@ from dataclasses import dataclass, replace
 from covey.core import Clock, EntityAddress, ShardId, StorageOptions
 from covey.storage._checked import CheckedMessageStorage, MessageState
 from covey.storage._errors import completion_refused, message_not_found
+from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
 from covey.storage._unit import CheckedUnitOfWork, StateWrite
+from covey.storage.memory._events import EventLog
 from covey.storage.memory._runners import InMemoryRunnerStorage
 from covey.storage.memory._state import InMemoryStateStore
 from covey.storage.memory._unit import InMemoryUnitOfWork, MemoryTransaction
@@ -45,6 +47,7 @@ class InMemoryMessageStorage(CheckedMessageStorage):
         self._state = state
         self.rows: dict[int, _Row] = {}
         self._by_key: dict[str, int] = {}
+        self.event_log = EventLog()
 
     def _stage(self, message: Message, staged: dict[int, _Row],
                keys: dict[str, int]) -> SaveResult:
@@ -68,11 +71,18 @@ class InMemoryMessageStorage(CheckedMessageStorage):
         return (await self._save_requests([message]))[0]
 
     async def _save_requests(self, messages: list[Message]) -> list[SaveResult]:
+        return self.store_batch(messages, [])
+
+    def store_batch(self, messages: list[Message],
+                    events: list[EventRecord]) -> list[SaveResult]:
+        """Store messages (deduplicated) and events (a stored id is kept) at once."""
         staged: dict[int, _Row] = {}
         keys: dict[str, int] = {}
         results = [self._stage(m, staged, keys) for m in messages]  # raises before commit
+        fresh = self.event_log.stage(events)
         self.rows.update(staged)
         self._by_key.update(keys)
+        self.event_log.apply(fresh)
         return results
 
     def _completable(self, request_id: int, fence: Fence) -> _Row:
@@ -98,7 +108,8 @@ class InMemoryMessageStorage(CheckedMessageStorage):
         return InMemoryUnitOfWork(self, fence, request_id, self._save_reply)
 
     def commit_unit(self, reply: Reply, fence: Fence, states: list[StateWrite],
-                    sent: list[Message], app: MemoryTransaction | None) -> None:
+                    sent: list[Message], events: list[EventRecord],
+                    app: MemoryTransaction | None) -> None:
         """A unit's commit: every check, then every write, with no ``await`` between.
 
         Checked in order (the first refusal raises, and nothing is written): the
@@ -112,11 +123,13 @@ class InMemoryMessageStorage(CheckedMessageStorage):
         keys: dict[str, int] = {}
         for message in sent:
             self._stage(message, staged, keys)
+        fresh = self.event_log.stage(events)
         if app is not None:
             app.apply()
         self._state.apply_writes(states)
         self.rows.update(staged)
         self._by_key.update(keys)
+        self.event_log.apply(fresh)
         self._complete(row, reply)
 
     async def _unprocessed(self, shards: list[ShardId], limit: int) -> list[Message]:
@@ -136,6 +149,14 @@ class InMemoryMessageStorage(CheckedMessageStorage):
             row.message = replace(row.message, attempts=row.message.attempts + 1)
             out.append(row.message)
         return out
+
+    async def _unprocessed_of(self, address: EntityAddress, limit: int) -> list[Message]:
+        rows = sorted((row for row in self.rows.values()
+                       if row.reply is None
+                       and row.message.address.entity_type == address.entity_type
+                       and row.message.address.entity_id == address.entity_id),
+                      key=lambda r: r.message.id)
+        return [row.message for row in rows[:limit]]
 
     async def _reschedule(self, request_id: int, deliver_at: float, error: str,
                           fence: Fence) -> int:

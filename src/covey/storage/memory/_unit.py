@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from covey.storage._errors import app_write_failed, handle_closed
+from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message
 from covey.storage._model import Fence, Reply
 from covey.storage._unit import CheckedUnitOfWork, PlainCompletion, StateWrite, check_callback
@@ -81,11 +82,11 @@ class InMemoryUnitOfWork(CheckedUnitOfWork):
         return self._app
 
     async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message]) -> None:
+                      sent: list[Message], events: list[EventRecord]) -> None:
         app = self._app
         if app is not None:
             app.close()
-        self._store.commit_unit(reply, self.fence, states, sent, app)
+        self._store.commit_unit(reply, self.fence, states, sent, events, app)
 
     async def _discard(self) -> None:
         if self._app is not None:

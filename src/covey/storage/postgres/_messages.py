@@ -147,6 +147,12 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
         messages.sort(key=lambda m: (-m.priority, m.id))  # RETURNING keeps no order
         return messages
 
+    async def _unprocessed_of(self, address: EntityAddress, limit: int) -> list[Message]:
+        with translated("reading an entity's unprocessed messages"):
+            rows = await self._pool.fetch(self._sql.UNPROCESSED_OF, address.entity_type,
+                                          address.entity_id, limit)
+        return [message_of(r) for r in rows]
+
     async def _next_due(self, shards: list[ShardId]) -> float | None:
         groups, numbers = shard_arrays(shards)
         with translated("reading the next due time"):

@@ -10,6 +10,7 @@ number) is ever formatted into SQL.
 from __future__ import annotations
 
 from covey.storage._rows import MESSAGE_COLUMNS, RECORD_COLUMNS
+from covey.storage.postgres._event_queries import INSERT_EVENTS
 from covey.storage.postgres._sessions import MAX_APPLICATION_NAME
 
 #: ``(shard_group, shard)`` of the shards given as two arrays ($1 groups, $2 numbers)
@@ -136,6 +137,8 @@ class Statements:
         " WHERE id = ANY($1::int8[]) OR dedupe_key = ANY($2::text[])"
     )
     NOTIFY = "SELECT pg_notify($1, s) FROM unnest($2::text[]) AS s"
+    #: events stored with their deliveries (a stored id is kept: a retried publish)
+    INSERT_EVENTS = INSERT_EVENTS
     #: THE fenced completion: replies ($7 NULL) and reschedules ($7 the new
     #: deliver_at, $8 the error) of one batch, one autocommit statement. FOR SHARE
     #: of the shard rows makes an acquisition that bumps an epoch wait until this
@@ -224,6 +227,11 @@ class Statements:
     #: ``list_messages`` with :data:`LIST_FILTERS` appended, then ``ORDER BY id DESC LIMIT``
     LIST_MESSAGES = f"SELECT {RECORD_COLUMNS} FROM {{s}}.messages WHERE entity_type = $1"
     DELETE_MESSAGES = "DELETE FROM {s}.messages WHERE id = ANY($1::int8[])"
+    #: ``unprocessed_of``: one entity's backlog, oldest first, leased or not
+    UNPROCESSED_OF = (
+        f"SELECT {MESSAGE_COLUMNS} FROM {{s}}.messages WHERE NOT processed"
+        " AND entity_type = $1 AND entity_id = $2 ORDER BY id LIMIT $3"
+    )
     CLEAR_ADDRESS = (
         "DELETE FROM {s}.messages WHERE entity_type = $1 AND entity_id = $2 AND NOT processed"
     )

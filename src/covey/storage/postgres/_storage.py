@@ -20,9 +20,11 @@ from covey.core.runtime import stable_hash
 from covey.storage._base import InstallFrom, StorageLifecycle, check_shards, plan_migrations
 from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore
 from covey.storage._errors import not_started
+from covey.storage._events_contract import EventStore
 from covey.storage._group_commit import GroupCommit
 from covey.storage._model import StorageInfo
 from covey.storage.postgres._errors import is_unavailable, translated
+from covey.storage.postgres._events import PostgresEventStore
 from covey.storage.postgres._messages import PostgresMessageStorage
 from covey.storage.postgres._queries import Statements
 from covey.storage.postgres._runners import PostgresRunnerStorage, int64
@@ -57,6 +59,7 @@ class PostgresStorage(StorageLifecycle):
         runners: membership and shard locks.
         messages: persisted requests and replies.
         state: the versioned key-value store.
+        events: the event log and its subscriber groups.
     """
 
     backend = "postgres"
@@ -96,6 +99,7 @@ class PostgresStorage(StorageLifecycle):
         self.runners: RunnerStorage
         self.messages: MessageStorage
         self.state: StateStore
+        self.events: EventStore
         self._runners: PostgresRunnerStorage
         #: NOTIFY channel of this schema: transactional saves wake runners with it
         self.channel = f"covey_{options.schema}"[:63]
@@ -130,6 +134,9 @@ class PostgresStorage(StorageLifecycle):
             units=self.unit_batcher,
         )
         self.state = PostgresStateStore(pool, self._sql, self.batcher)
+        self.events = PostgresEventStore(
+            pool, (quote_ident(self._options.schema), self._options.schema), self.batcher,
+            self._writer)
         if isinstance(pool, _NotStarted):
             # Flushers only run between start() and close(); a write before
             # start() must fail at once instead of queueing forever.

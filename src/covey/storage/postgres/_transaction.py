@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from covey.storage._errors import handle_closed, invalid
+from covey.storage.postgres._errors import statement_fault
 
 if TYPE_CHECKING:
     from covey.storage.postgres._unit import PostgresUnitOfWork
@@ -148,4 +149,39 @@ class PostgresTransaction:
         if conn is None:
             self.staged.append((sql, rows))
         elif rows:
+            await conn.executemany(sql, rows)
+
+
+class StatementFailed(Exception):
+    """A staged statement of the application failed (``__cause__``: why)."""
+
+    def __init__(self, sql: str, error: BaseException) -> None:
+        super().__init__(sql)
+        self.sql = sql
+        self.error = error
+
+
+async def run_staged(conn: Any, staged: Sequence[Staged]) -> None:
+    """Run one unit's staged statements on ``conn``, in order."""
+    for sql, rows in staged:
+        try:
+            await conn.executemany(sql, rows)
+        except Exception as exc:
+            if statement_fault(exc):
+                raise StatementFailed(sql, exc) from exc
+            raise
+
+
+async def run_staged_together(conn: Any, units: Sequence[Sequence[Staged]]) -> None:
+    """Run the staged statements of many units: the k-th statements of every unit
+    go together, one ``executemany`` per distinct SQL, so each unit's own order is
+    kept while statements of the same SQL share one pipelined round trip."""
+    depth = max((len(staged) for staged in units), default=0)
+    for k in range(depth):
+        by_sql: dict[str, list[tuple[Any, ...]]] = {}
+        for staged in units:
+            if k < len(staged):
+                sql, rows = staged[k]
+                by_sql.setdefault(sql, []).extend(rows)
+        for sql, rows in by_sql.items():
             await conn.executemany(sql, rows)

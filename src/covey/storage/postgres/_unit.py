@@ -16,7 +16,8 @@ the units that finish together share one transaction, which runs
    every unit together, one pipelined ``executemany`` per distinct SQL);
 3. the state compare-and-sets, in one statement;
 4. the outgoing messages (the dedupe rules of ``save_requests``) and a
-   ``pg_notify`` per shard of theirs, delivered at commit;
+   ``pg_notify`` per shard of theirs, delivered at commit, then the published
+   events (a stored id is kept; positions are given later by the sequencer);
 5. ``COMMIT``.
 
 If anything of one unit fails after others wrote (a statement, a state
@@ -36,13 +37,14 @@ from typing import Any
 import asyncpg
 
 from covey.storage._errors import app_write_failed
+from covey.storage._events_contract import EventRecord
 from covey.storage._group_commit import GroupCommit
 from covey.storage._message import Message
 from covey.storage._model import Fence, Reply
 from covey.storage._unit import CheckedUnitOfWork, PlainCompletion, StateWrite
 from covey.storage.postgres._errors import translated
-from covey.storage.postgres._transaction import PostgresTransaction
-from covey.storage.postgres._writer import Op, StatementFailed, UnitOp, Writer, run_staged
+from covey.storage.postgres._transaction import PostgresTransaction, StatementFailed, run_staged
+from covey.storage.postgres._writer import Op, UnitOp, Writer
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +146,12 @@ class PostgresUnitOfWork(CheckedUnitOfWork):
         return conn, tx
 
     async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message]) -> None:
+                      sent: list[Message], events: list[EventRecord]) -> None:
         handle = self._handle
         staged = list(handle.staged) if handle is not None else []
         if handle is not None:
             handle.close()
-        op = UnitOp(reply, self.fence, states, sent, staged)
+        op = UnitOp(reply, self.fence, states, sent, staged, events)
         try:
             if self.connection is None:
                 _raise(await self._host.batcher.submit(op))

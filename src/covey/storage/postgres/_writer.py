@@ -25,24 +25,27 @@ from covey.storage._errors import (
     message_vanished,
     version_conflict,
 )
+from covey.storage._event_rows import event_params
+from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message, encode_headers
 from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
 from covey.storage._unit import StateWrite
-from covey.storage.postgres._errors import (
-    CONNECTION_ERRORS,
-    is_unavailable,
-    statement_fault,
-    translate,
-)
+from covey.storage.postgres._errors import CONNECTION_ERRORS, is_unavailable, translate
 from covey.storage.postgres._queries import Statements
-from covey.storage.postgres._transaction import Staged
+from covey.storage.postgres._transaction import (
+    Staged,
+    StatementFailed,
+    run_staged,
+    run_staged_together,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class SaveOp:
-    """Store these messages atomically (one ``save_request`` or ``save_requests``)."""
+    """Store these messages (and events: an ``EventStore.append``) atomically."""
 
     messages: Sequence[Message]
+    events: Sequence[EventRecord] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +73,15 @@ class StateOp:
 @dataclass(frozen=True, slots=True)
 class UnitOp:
     """A unit of work that holds no connection: its reply, its state writes, its
-    outgoing messages and the application's staged statements, all or nothing."""
+    outgoing messages, the application's staged statements and its published
+    events, all or nothing."""
 
     reply: Reply
     fence: Fence
     states: Sequence[StateWrite]
     sent: Sequence[Message]
     staged: Sequence[Staged]
+    events: Sequence[EventRecord] = ()
 
 
 Op = SaveOp | CompleteOp | StateOp | UnitOp
@@ -85,15 +90,6 @@ Op = SaveOp | CompleteOp | StateOp | UnitOp
 class _Split(Exception):
     """One unit of a shared transaction was refused after others wrote: roll it
     back and commit each unit in a transaction of its own."""
-
-
-class StatementFailed(Exception):
-    """A staged statement of the application failed (``__cause__``: why)."""
-
-    def __init__(self, sql: str, error: BaseException) -> None:
-        super().__init__(sql)
-        self.sql = sql
-        self.error = error
 
 
 class Writer:
@@ -116,7 +112,10 @@ class Writer:
             async with self._pool.acquire() as conn:
                 # Ops are independent of each other and each statement is atomic
                 # by itself: only the state writes need BEGIN/COMMIT.
-                if saves:
+                if saves and any(op.events for _, op in saves):
+                    async with conn.transaction():  # events with their deliveries
+                        await self.save(conn, saves, out)
+                elif saves:
                     await self.save(conn, saves, out)
                 if completions:
                     await self.complete(conn, completions, out)
@@ -137,6 +136,11 @@ class Writer:
 
     async def save(self, conn: Any, saves: list[tuple[int, SaveOp]], out: list[object]) -> None:
         """Insert the messages of ``saves``; ``out[i]`` their results (or an error)."""
+        if not any(op.messages for _, op in saves):
+            for i, _ in saves:
+                out[i] = []
+            await insert_events(conn, self._sql, [e for _, op in saves for e in op.events])
+            return
         rows: list[Message] = []
         by_key: dict[str, int] = {}  # dedupe key -> index in rows of its first message
         by_id: dict[int, int] = {}  # message id -> index in rows
@@ -204,6 +208,7 @@ class Writer:
                 final.append(result)
             out[i] = final if len(final) == len(refs[i]) else message_vanished(
                 op.messages[len(final)].id, "saved (its duplicate was deleted)")
+        await insert_events(conn, self._sql, [e for _, op in saves for e in op.events])
 
     async def complete(
         self, conn: Any, ops: list[tuple[int, CompleteOp]], out: list[object]
@@ -303,6 +308,7 @@ class Writer:
             if any(isinstance(result, BaseException) for result in saved):
                 raise _Split("an outgoing message was refused")
             await self.notify(conn, [m for op in passed for m in op.sent])
+        await insert_events(conn, self._sql, [e for op in passed for e in op.events])
         if not conn.is_in_transaction():
             raise _Split("a staged statement ended the transaction")
 
@@ -353,6 +359,7 @@ class Writer:
             if isinstance(out[0], BaseException):
                 return out[0]
             await self.notify(conn, op.sent)
+        await insert_events(conn, self._sql, op.events)
         return None
 
     async def notify(self, conn: Any, sent: Sequence[Message]) -> None:
@@ -361,30 +368,12 @@ class Writer:
         await conn.execute(self._sql.NOTIFY, self._channel, shards)
 
 
-async def run_staged(conn: Any, staged: Sequence[Staged]) -> None:
-    """Run one unit's staged statements on ``conn``, in order."""
-    for sql, rows in staged:
-        try:
-            await conn.executemany(sql, rows)
-        except Exception as exc:
-            if statement_fault(exc):
-                raise StatementFailed(sql, exc) from exc
-            raise
-
-
-async def run_staged_together(conn: Any, units: Sequence[Sequence[Staged]]) -> None:
-    """Run the staged statements of many units: the k-th statements of every unit
-    go together, one ``executemany`` per distinct SQL, so each unit's own order is
-    kept while statements of the same SQL share one pipelined round trip."""
-    depth = max((len(staged) for staged in units), default=0)
-    for k in range(depth):
-        by_sql: dict[str, list[tuple[Any, ...]]] = {}
-        for staged in units:
-            if k < len(staged):
-                sql, rows = staged[k]
-                by_sql.setdefault(sql, []).extend(rows)
-        for sql, rows in by_sql.items():
-            await conn.executemany(sql, rows)
+async def insert_events(conn: Any, sql: Statements, events: Sequence[EventRecord]) -> None:
+    """Store ``events`` in the open transaction (or alone); a stored id is kept."""
+    if events:
+        rows = [event_params(e) for e in {e.id: e for e in reversed(events)}.values()]
+        await conn.execute(sql.INSERT_EVENTS, *(list(column) for column in zip(*rows,
+                                                                                strict=True)))
 
 
 async def write_state(conn: Any, sql: Statements, op: StateOp) -> int | VersionConflict:

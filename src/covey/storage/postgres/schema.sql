@@ -70,3 +70,32 @@ CREATE TABLE state (
     value bytea NOT NULL,
     version bigint NOT NULL
 );
+
+-- The event log and its subscriber groups (see migration 0006).
+CREATE TABLE events (
+    id bigint PRIMARY KEY,
+    topic text NOT NULL,
+    type text NOT NULL,
+    version bigint NOT NULL,
+    key text NOT NULL,
+    payload bytea NOT NULL,
+    headers text NOT NULL DEFAULT '{}',
+    published_at double precision NOT NULL,
+    groups text NOT NULL DEFAULT '[]',
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    position bigint UNIQUE
+);
+CREATE INDEX events_unsequenced ON events (xid, id) WHERE position IS NULL;
+CREATE INDEX events_topic ON events (topic, position);
+CREATE INDEX events_published ON events (published_at);
+
+CREATE TABLE event_groups (
+    grp text NOT NULL,
+    topic text NOT NULL,
+    start text NOT NULL,
+    created_at double precision NOT NULL,
+    cursor bigint NOT NULL DEFAULT 0,
+    replay_until bigint NOT NULL DEFAULT 0,
+    replay bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (grp, topic)
+);

@@ -155,6 +155,11 @@ class SqliteMessageStorage(CheckedMessageStorage):
 
         return await self._db.write(run)
 
+    async def _unprocessed_of(self, address: EntityAddress, limit: int) -> list[Message]:
+        params = (address.entity_type, address.entity_id, limit)
+        return await self._db.read(
+            lambda conn: [message_of(row) for row in conn.execute(q.UNPROCESSED_OF, params)])
+
     async def _next_due(self, shards: list[ShardId]) -> float | None:
         where, params = q.shard_filter(shards)
         query, now = q.NEXT_DUE.format(shards=where), self._clock.now()

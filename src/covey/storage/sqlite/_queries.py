@@ -125,6 +125,11 @@ RESET_REQUEST = (
     " reply_is_error = 0, lease_until = NULL, failures = 0, attempts = 0, starts = 0,"
     " last_error = NULL WHERE id = ?"
 )
+#: ``unprocessed_of``: one entity's backlog, oldest first, leased or not
+UNPROCESSED_OF = (
+    f"SELECT {MESSAGE_COLUMNS} FROM covey_messages WHERE processed = 0"
+    " AND entity_type = ? AND entity_id = ? ORDER BY id LIMIT ?"
+)
 CLEAR_ADDRESS = (
     "DELETE FROM covey_messages WHERE processed = 0 AND entity_type = ? AND entity_id = ?"
 )

@@ -11,6 +11,7 @@ from covey.storage._base import InstallFrom, StorageLifecycle, check_shards, pla
 from covey.storage._model import StorageInfo
 from covey.storage.sqlite import _queries as q
 from covey.storage.sqlite._connection import SqliteDatabase, is_locked, split_statements
+from covey.storage.sqlite._events import SqliteEventStore
 from covey.storage.sqlite._messages import SqliteMessageStorage
 from covey.storage.sqlite._runners import SqliteRunnerStorage
 from covey.storage.sqlite._state import SqliteStateStore
@@ -42,6 +43,7 @@ class SqliteStorage(StorageLifecycle):
         runners: runner membership and shard leases.
         messages: persisted requests and replies.
         state: the versioned key-value store.
+        events: the event log and its subscriber groups.
     """
 
     backend = "sqlite"
@@ -63,6 +65,7 @@ class SqliteStorage(StorageLifecycle):
         self.runners = SqliteRunnerStorage(self._db, options, clock)
         self.messages = SqliteMessageStorage(self._db, self._writer, options, clock)
         self.state = SqliteStateStore(self._db, self._writer)
+        self.events = SqliteEventStore(self._db, self._writer, clock)
         self._clock = clock
 
     async def start(self) -> None:

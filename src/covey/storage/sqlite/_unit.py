@@ -5,13 +5,19 @@ from __future__ import annotations
 import sqlite3
 
 from covey.core import Clock
+from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message
 from covey.storage._model import Fence, Reply
 from covey.storage._unit import CheckedUnitOfWork, PlainCompletion, StateWrite
 from covey.storage.sqlite import _queries as q
 from covey.storage.sqlite._connection import SqliteDatabase
 from covey.storage.sqlite._transaction import SqliteTransaction, Staged, run_staged
-from covey.storage.sqlite._writes import check_completable, insert_message, write_state
+from covey.storage.sqlite._writes import (
+    check_completable,
+    insert_event,
+    insert_message,
+    write_state,
+)
 
 
 class SqliteUnitOfWork(CheckedUnitOfWork):
@@ -39,7 +45,7 @@ class SqliteUnitOfWork(CheckedUnitOfWork):
         return self._app
 
     async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message]) -> None:
+                      sent: list[Message], events: list[EventRecord]) -> None:
         staged: list[Staged] = []
         if self._app is not None:
             self._app.close()
@@ -53,6 +59,8 @@ class SqliteUnitOfWork(CheckedUnitOfWork):
             run_staged(conn, staged)
             for message in sent:
                 insert_message(conn, message, now)
+            for event in events:
+                insert_event(conn, event)
             conn.execute(q.COMPLETE, (now, reply.payload, int(reply.is_error), reply.request_id))
 
         await self._db.write(work)

@@ -10,10 +10,13 @@ import sqlite3
 
 from covey.core import ShardId
 from covey.storage._errors import completion_refused, message_vanished, version_conflict
+from covey.storage._event_rows import event_params
+from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message, encode_headers
 from covey.storage._model import Duplicate, Fence, Saved, SaveResult
 from covey.storage._rows import reply_of
 from covey.storage._unit import StateWrite
+from covey.storage.sqlite import _event_queries as eq
 from covey.storage.sqlite import _queries as q
 from covey.storage.sqlite._connection import changed
 from covey.storage.sqlite._runners import current_epoch
@@ -59,3 +62,8 @@ def write_state(conn: sqlite3.Connection, write: StateWrite) -> None:
         row = conn.execute(q.STATE_VERSION, (write.key,)).fetchone()
         raise version_conflict(write.key, write.expected_version,
                                None if row is None else row[0])
+
+
+def insert_event(conn: sqlite3.Connection, event: EventRecord) -> None:
+    """Insert ``event`` with the next position, unless its id is stored already."""
+    conn.execute(eq.INSERT_EVENT, event_params(event))

@@ -1,5 +1,5 @@
 -- The whole covey schema for a fresh SQLite install: the result of applying
--- migrations/0001_initial.sql … 0004_purge_index.sql in order (a test checks it).
+-- migrations/0001_initial.sql … 0005_events.sql in order (a test checks it).
 
 CREATE TABLE covey_meta (
     key   TEXT PRIMARY KEY,
@@ -75,4 +75,31 @@ CREATE TABLE covey_state (
     key     TEXT PRIMARY KEY,
     value   BLOB NOT NULL,
     version INTEGER NOT NULL
+);
+
+-- The event log: positions are given in the storing transaction (see 0005).
+CREATE TABLE covey_events (
+    id           INTEGER PRIMARY KEY,
+    topic        TEXT NOT NULL,
+    type         TEXT NOT NULL,
+    version      INTEGER NOT NULL,
+    key          TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    headers      TEXT NOT NULL DEFAULT '{}',
+    published_at REAL NOT NULL,
+    groups       TEXT NOT NULL DEFAULT '[]',
+    position     INTEGER UNIQUE
+);
+CREATE INDEX covey_events_topic ON covey_events (topic, position);
+CREATE INDEX covey_events_published ON covey_events (published_at);
+
+CREATE TABLE covey_event_groups (
+    grp          TEXT NOT NULL,
+    topic        TEXT NOT NULL,
+    start        TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    cursor       INTEGER NOT NULL DEFAULT 0,
+    replay_until INTEGER NOT NULL DEFAULT 0,
+    replay       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (grp, topic)
 );
