@@ -102,7 +102,7 @@ async def test_events_once_per_group_in_key_order_on_sqlite_while_runners_crash(
         async def crash_twice() -> int:
             kills = 0
             for fraction in (0.3, 0.6):
-                while done < EVENTS * fraction:
+                while done < EVENTS * fraction:  # noqa: ASYNC110 - a counter, polled
                     await asyncio.sleep(0.01)
                 await pods.kill(rng.randrange(len(pods.runners)))
                 await pods.add_runner()
