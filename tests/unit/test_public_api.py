@@ -91,11 +91,11 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "covey.sharding": ["LocalNetwork", "LocalTransport", "RunnerTransport", "TcpTransport"],
     "covey.sharding.runtime": [
-        "Body", "Completed", "Deliverer", "DeliveryRegistry", "Envelope", "LocalNetwork",
-        "LocalTransport", "Messenger", "NotifyHandler", "RETENTION_KEY", "RequestHandler",
-        "Reschedule", "RetentionPurger", "RunnerTransport", "ShardListener", "Sharding",
-        "TcpTransport", "assign", "check_size", "error_for", "error_payload", "purge_processed",
-        "raise_error_reply", "shards_of",
+        "Body", "Completed", "Deferred", "Deliverer", "DeliveryRegistry", "Envelope",
+        "LocalNetwork", "LocalTransport", "Messenger", "NotifyHandler", "RETENTION_KEY",
+        "RequestHandler", "Reschedule", "RetentionPurger", "RunnerTransport", "ShardListener",
+        "Sharding", "TcpTransport", "assign", "check_size", "error_for", "error_payload",
+        "purge_processed", "raise_error_reply", "shards_of",
     ],
     "covey.sharding.transport": [
         "Body", "LocalNetwork", "LocalTransport", "NotifyHandler", "PeerLostCallback",

@@ -55,7 +55,7 @@ from covey.events._publisher import (
     VERSION_HEADER,
 )
 from covey.events._subscription import Subscription
-from covey.sharding.runtime import Completed, Envelope, Reschedule
+from covey.sharding.runtime import Completed, Deferred, Envelope, Reschedule
 from covey.storage import Fence, Message, MessageStorage, Reply, UnitOfWork
 
 log = logging.getLogger("covey.events")
@@ -66,6 +66,8 @@ BACKLOG_LIMIT = 500
 UNKNOWN_GROUP_DELAY = 5.0
 #: seconds a drained lane waits for its key's next event before it closes
 LINGER = 2.0
+#: deliveries one key's lane holds in memory; more stay stored, read back in turn
+LANE_CAPACITY = 1000
 
 
 class ShardFences(Protocol):
@@ -134,7 +136,8 @@ class EventRunner:
     # ---- delivery --------------------------------------------------------
 
     async def deliver(self, envelope: Envelope,
-                      unit: UnitOfWork | None = None) -> Reply | Reschedule | Completed:
+                      unit: UnitOfWork | None = None
+                      ) -> Reply | Reschedule | Completed | Deferred:
         """Run a delivery in its key's turn; ``Completed`` with its reply (the lane
         stored it, fenced). ``unit`` stays unused: each attempt has a unit of its
         own.
@@ -158,6 +161,11 @@ class EventRunner:
             lane = self.lanes[message.address] = Lane(message.address)
             future = lane.offer(message)
             lane.task = self._tasks.spawn(self._work(lane), name="covey-event-lane")
+        elif len(lane.pending) >= LANE_CAPACITY and message.id not in lane.pending:
+            # bounded: the delivery stays stored; the lane reads its backlog again once
+            # it has drained what it holds
+            lane.truncated = True
+            return Deferred()
         else:
             future = lane.offer(message)
         return Completed(await asyncio.shield(future))

@@ -40,7 +40,7 @@ from covey.core import (
     StorageError,
 )
 from covey.sharding._delivery import Deliverer, DeliveryRegistry
-from covey.sharding._envelope import Completed, Envelope, Reschedule, error_payload
+from covey.sharding._envelope import Completed, Deferred, Envelope, Reschedule, error_payload
 from covey.sharding._sharding import Sharding
 from covey.storage import Fence, Message, Reply, Storage, UnitOfWork
 
@@ -134,7 +134,7 @@ class Completion:
         answer = await self._deliverer(envelope).deliver(envelope)
         if isinstance(answer, Completed):
             return answer.reply
-        if isinstance(answer, Reschedule):
+        if isinstance(answer, Reschedule | Deferred):
             raise EntityError("a volatile request cannot be rescheduled",
                               reason=Reason.INVALID_ARGUMENT)
         return answer
@@ -239,6 +239,9 @@ class Completion:
         if isinstance(answer, Completed):  # stored by the deliverer, fenced
             await _discard(unit)
             return self._completed_by_deliverer(envelope, answer.reply, started)
+        if isinstance(answer, Deferred):  # left stored: the deliverer reads it back
+            await _discard(unit)
+            return RUNS_LATER
         reply = answer
         try:
             if unit.used:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from covey.core import ClusterError, Reason, ShardId
-from covey.sharding._envelope import Completed, Envelope, Reschedule
+from covey.sharding._envelope import Completed, Deferred, Envelope, Reschedule
 from covey.storage import Reply, UnitOfWork
 
 
@@ -20,12 +20,15 @@ class Deliverer(Protocol):
     """Runs an envelope's handler on this runner."""
 
     async def deliver(self, envelope: Envelope,
-                      unit: UnitOfWork | None = None) -> Reply | Reschedule | Completed:
+                      unit: UnitOfWork | None = None
+                      ) -> Reply | Reschedule | Completed | Deferred:
         """Run the handler; a handler failure is an error ``Reply``, not an exception.
 
         A persisted envelope may also be answered with :class:`Reschedule` (retry
-        the same message later) or :class:`Completed` (the deliverer completed it
-        itself, fenced; nothing more is stored). It comes with ``unit``, the run's unit of work:
+        the same message later), :class:`Completed` (the deliverer completed it
+        itself, fenced; nothing more is stored) or :class:`Deferred` (it stays
+        stored as it is; the deliverer reads it back itself). It comes with
+        ``unit``, the run's unit of work:
         what the deliverer stages on it commits with a successful reply, in one
         fenced transaction; an error reply, a reschedule or an exception discards
         it (``None``: a volatile envelope).

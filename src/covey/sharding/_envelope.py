@@ -148,6 +148,12 @@ class Reschedule:
 
 
 @dataclass(frozen=True, slots=True)
+class Deferred:
+    """A deliverer's answer: not now, and nothing to store; the message stays stored
+    and the deliverer reads it back itself (its in-memory queue for it is full)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     """A deliverer's answer: the message is completed already, with ``reply``.
 

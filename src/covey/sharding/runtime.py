@@ -15,6 +15,7 @@ from covey.sharding._assignment import assign, shards_of
 from covey.sharding._delivery import Deliverer, DeliveryRegistry
 from covey.sharding._envelope import (
     Completed,
+    Deferred,
     Envelope,
     Reschedule,
     check_size,
@@ -38,6 +39,7 @@ from covey.sharding.transport import (
 __all__ = [
     "Body",
     "Completed",
+    "Deferred",
     "Deliverer",
     "DeliveryRegistry",
     "Envelope",

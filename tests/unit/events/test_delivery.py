@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import covey
@@ -124,3 +126,36 @@ def test_bad_subscriptions_are_refused_at_declaration() -> None:
     with pytest.raises(ClusterError) as caught:
         cluster.subscribe(OrderPlaced, group="g")(handler)
     assert caught.value.details["field"] == "group"
+
+
+async def test_a_key_holds_at_most_its_lane_capacity_in_memory_and_reads_the_rest_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from covey.events import _runner
+
+    monkeypatch.setattr(_runner, "LANE_CAPACITY", 3)
+    monkeypatch.setattr(_runner, "BACKLOG_LIMIT", 2)
+    deferred: list[int] = []
+    real = _runner.Deferred
+
+    def counted() -> object:
+        deferred.append(1)
+        return real()
+
+    monkeypatch.setattr(_runner, "Deferred", counted)
+    app = Recorder(slow=0.02)
+    async with TestCluster(runners=1, configure=app.configure) as tc:
+        for seq in range(12):  # pushed faster than the key's handler runs
+            await tc.client_member.publish(OrderPlaced(order_id="busy", seq=seq))
+        runner = tc.runners[0]._runner
+        assert runner is not None and runner.event_runner is not None
+        lanes = runner.event_runner.lanes
+        peak = 0
+        for _ in range(400):
+            peak = max([peak, *(len(lane.pending) for lane in lanes.values())])
+            if all(len(app.handled(g)) == 12 for g in app.groups):
+                break
+            await asyncio.sleep(0.01)
+        for group in app.groups:
+            assert app.of_key(group, "busy") == list(range(12)), group
+        assert peak <= 3 + 2  # the capacity, plus one backlog read
+        assert deferred  # some deliveries were left stored and read back
