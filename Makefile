@@ -27,7 +27,8 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports
 
 SCENARIOS := storage volatile-rpc persisted-rpc failover handoff singleton-failover cron-accuracy \
-             jobs-throughput jobs-latency store-growth entity-state transport
+             jobs-throughput jobs-latency store-growth entity-state transport \
+             events-latency events-throughput
 
 bench: $(STAMP)
 	for s in $(SCENARIOS); do $(PY) bench/run.py $$s --quick | tail -n 1; done

@@ -29,6 +29,8 @@ SCENARIOS: dict[str, str] = {
     "transport": "scenarios.transport",
     "otel-overhead": "scenarios.otel_overhead",
     "readiness": "scenarios.readiness",
+    "events-latency": "scenarios.events_latency",
+    "events-throughput": "scenarios.events_throughput",
 }
 
 
