@@ -375,10 +375,13 @@ def _event_cases() -> dict[str, list[Case]]:
     for label, value in LIMITS:
         case("sequence", "limit", label, lambda c, v=value: ev(c).sequence(limit=v))
         case("read", "limit", label, lambda c, v=value: ev(c).read(0, limit=v))
+        case("unfanned", "limit", label,
+             lambda c, v=value: ev(c).unfanned("billing", "orders", 0, limit=v))
         case("purge", "limit", label, lambda c, v=value: ev(c).purge(1.0, limit=v))
     case("purge", "limit", "0", lambda c: ev(c).purge(1.0, limit=0))
     for label, value in POSITIONS:
         case("read", "after", label, lambda c, v=value: ev(c).read(v))
+        case("unfanned", "after", label, lambda c, v=value: ev(c).unfanned("billing", "orders", v))
         case("advance_group", "cursor", label,
              lambda c, v=value: ev(c).advance_group("billing", "orders", v))
         case("replay_group", "after", label,
@@ -404,6 +407,8 @@ def _event_cases() -> dict[str, list[Case]]:
         case("groups", "group", label, lambda c, v=value: ev(c).groups(group=v))
         case("delete_group", "topic", label, lambda c, v=value: ev(c).delete_group("billing", v))
     for label, value in [*EVENT_NAMES, ("None", None)]:
+        case("unfanned", "group", label, lambda c, v=value: ev(c).unfanned(v, "orders", 0))
+        case("unfanned", "topic", label, lambda c, v=value: ev(c).unfanned("billing", v, 0))
         case("register_group", "group", label, lambda c, v=value: ev(c).register_group(
             v, "orders", start="earliest", now=1.0))
         case("register_group", "topic", label, lambda c, v=value: ev(c).register_group(

@@ -127,6 +127,34 @@ async def test_read_after_topics_and_limit(storage: Storage) -> None:
     assert await storage.events.read(0, limit=0) == []
 
 
+async def test_unfanned_returns_only_the_events_stored_without_the_group(
+        storage: Storage) -> None:
+    # made in this order, so their ids (PostgreSQL's order within one append) and the
+    # list (SQLite's and memory's) agree
+    published = [event(groups=("billing", "email")), event(groups=("email",)),
+                 event(groups=("billing", "email")), event(topic="invoices"),
+                 event(groups=()), event(groups=("billing", "email"))]
+    with_billing = [published[0], published[2], published[5]]
+    without = [published[1], published[4]]
+    await storage.events.append(published, [])
+    await settled(storage)
+    found, upto = await storage.events.unfanned("billing", "orders", 0)
+    assert [e.id for e in found] == [e.id for e in without]
+    assert found[0].payload == without[0].payload and found[0].position is not None
+    assert upto == await storage.events.last_position("orders")
+    # a window of 2 events of the topic: the first two, the second lacks billing
+    found, upto = await storage.events.unfanned("billing", "orders", 0, limit=2)
+    assert [e.id for e in found] == [without[0].id]
+    second = await storage.events.get(published[1].id)
+    assert second is not None and upto == second.position
+    # past the end: nothing, and the position it was given
+    last = await storage.events.last_position()
+    assert await storage.events.unfanned("billing", "orders", last) == ([], last)
+    # a name that contains another group's name is not mistaken for it
+    found, _ = await storage.events.unfanned("bill", "orders", 0)
+    assert len(found) == 5
+
+
 async def test_position_at_a_time(storage: Storage) -> None:
     early, late = event(published_at=10.0), event(published_at=20.0)
     other = event(topic="invoices", published_at=15.0)

@@ -107,9 +107,20 @@ class EventFanout:
         """Deliver what ``group`` lacks after its cursor and move the cursor; whether
         there were events."""
         events = self._storage.events
-        records = await events.read(group.cursor, topics=[group.topic], limit=FANOUT_BATCH)
-        if not records:
-            return False
+        if group.replay and group.cursor < group.replay_until:
+            # replaying: every event up to replay_until again (a key of their own)
+            records = await events.read(group.cursor, topics=[group.topic],
+                                        limit=FANOUT_BATCH)
+            if not records:
+                return False
+            last = records[-1].position
+        else:
+            # the usual case: only the events their publisher stored without this
+            # group's delivery are read (the store filters; payloads stay there)
+            records, last = await events.unfanned(group.group, group.topic, group.cursor,
+                                                  limit=FANOUT_BATCH)
+            if last == group.cursor:
+                return False
         messages: list[Message] = []
         for record in records:
             assert record.position is not None
@@ -131,7 +142,6 @@ class EventFanout:
                 except ClusterError as exc:  # stored: the owners' reads find them
                     log.info("waking the owners of %d event deliveries failed: %s",
                              len(wake), exc)
-        last = records[-1].position
         assert last is not None
         await events.advance_group(group.group, group.topic, last)
         return True

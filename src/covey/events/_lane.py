@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 
 from covey.core import EntityAddress
 from covey.storage import Message, Reply
@@ -37,13 +38,18 @@ def _order(message: Message) -> tuple[int, int]:
 class Lane:
     """The known, unfinished deliveries of one key and who waits for them."""
 
-    __slots__ = ("address", "arrived", "done", "done_events", "loaded", "order", "pending",
-                 "stopping", "task", "truncated", "waiters")
+    __slots__ = ("address", "arrived", "done", "done_events", "heap", "loaded", "order",
+                 "pending", "pending_events", "stopping", "task", "truncated", "waiters")
 
     def __init__(self, address: EntityAddress) -> None:
         self.address = address
         self.pending: dict[int, Message] = {}
         self.order: dict[int, tuple[int, int]] = {}
+        #: the pending deliveries by publish order (entries of finished ones are
+        #: dropped when they reach the top)
+        self.heap: list[tuple[tuple[int, int], int]] = []
+        #: event id -> pending deliveries of it (a replay can add a second one)
+        self.pending_events: collections.Counter[int] = collections.Counter()
         #: set when a delivery is offered (wakes a drained lane that lingers)
         self.arrived = asyncio.Event()
         self.waiters: dict[int, list[asyncio.Future[Reply]]] = {}
@@ -75,15 +81,21 @@ class Lane:
         known = self.pending.get(message.id)
         if message.id in self.done:
             return
-        if known is None or (message.starts, message.failures) > (known.starts, known.failures):
+        if known is None:
             self.pending[message.id] = message
-            self.order[message.id] = _order(message)
+            order = self.order[message.id] = _order(message)
+            heapq.heappush(self.heap, (order, message.id))
+            self.pending_events[order[0]] += 1
+        elif (message.starts, message.failures) > (known.starts, known.failures):
+            self.pending[message.id] = message
 
     def next(self) -> Message | None:
         """The pending delivery of the oldest event (``None``: nothing to run)."""
         if not self.pending or self.stopping:
             return None
-        return self.pending[min(self.order.items(), key=lambda item: item[1])[0]]
+        while self.heap[0][1] not in self.pending:
+            heapq.heappop(self.heap)
+        return self.pending[self.heap[0][1]]
 
     def unsure(self, message: Message) -> bool:
         """Whether an older event of the key may be stored but not known here: the
@@ -98,13 +110,16 @@ class Lane:
             event_id = int(previous)
         except ValueError:
             return False
-        return (event_id not in self.done_events
-                and all(order[0] != event_id for order in self.order.values()))
+        return event_id not in self.done_events and event_id not in self.pending_events
 
     def finish(self, message_id: int, reply: Reply) -> None:
         """``message_id`` is completed with ``reply``: tell its waiters."""
         self.pending.pop(message_id, None)
         event_id = self.order.pop(message_id, (0, 0))[0]
+        if event_id in self.pending_events:
+            self.pending_events[event_id] -= 1
+            if self.pending_events[event_id] <= 0:
+                del self.pending_events[event_id]
         self.loaded.discard(message_id)
         self.done[message_id] = reply
         while len(self.done) > _DONE_CACHE:
@@ -127,4 +142,6 @@ class Lane:
         self.waiters.clear()
         self.pending.clear()
         self.order.clear()
+        self.heap.clear()
+        self.pending_events.clear()
         self.loaded.clear()

@@ -53,6 +53,26 @@ class CheckedEventStore(ABC):
         return await self._read(after, wanted, limit)
 
     @final
+    async def unfanned(self, group: str, topic: str, after: int, *,
+                       limit: int = 1000) -> tuple[list[EventRecord], int]:
+        check_event_name("group", group)
+        check_event_name("topic", topic)
+        check_position("after", after)
+        if not check_limit(limit):
+            return [], after
+        return await self._unfanned(group, topic, after, limit)
+
+    async def _unfanned(self, group: str, topic: str, after: int,
+                        limit: int) -> tuple[list[EventRecord], int]:
+        """Backends that can filter in the store override this (it reads every event)."""
+        records = await self._read(after, [topic], limit)
+        if not records:
+            return [], after
+        last = records[-1].position
+        assert last is not None
+        return [r for r in records if group not in r.groups], last
+
+    @final
     async def get(self, event_id: int) -> EventRecord | None:
         return await self._get(check_id("event_id", event_id))
 

@@ -136,6 +136,15 @@ class EventStore(Protocol):
         in position order, at most ``limit``."""
         ...
 
+    async def unfanned(self, group: str, topic: str, after: int, *,
+                       limit: int = 1000) -> tuple[list[EventRecord], int]:
+        """What the events singleton walks behind ``group``: among the next ``limit``
+        sequenced events of ``topic`` after position ``after``, those stored without
+        a delivery for ``group`` (not in their ``groups``), in position order; and the
+        position it looked up to (``after`` when there was nothing). Events that
+        have the group's delivery are not read (their payloads stay in the store)."""
+        ...
+
     async def get(self, event_id: int) -> EventRecord | None:
         """One event by id (sequenced or not)."""
         ...

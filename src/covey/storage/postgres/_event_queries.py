@@ -38,6 +38,17 @@ class EventStatements:
         f"SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE position > $1"
         " AND ($2::text[] IS NULL OR topic = ANY($2::text[])) ORDER BY position LIMIT $3"
     )
+    #: how far the next $3 events of topic $1 after position $2 reach
+    WINDOW_END = (
+        "SELECT max(position) FROM (SELECT position FROM {s}.events"
+        " WHERE topic = $1 AND position > $2 ORDER BY position LIMIT $3) w"
+    )
+    #: those events that lack group $4's delivery (groups: a JSON array of names
+    #: made of [A-Za-z0-9._-], so the quoted name is an exact match)
+    UNFANNED = (
+        f"SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE topic = $1 AND position > $2"
+        " AND position <= $3 AND strpos(groups, '\"' || $4 || '\"') = 0 ORDER BY position"
+    )
     GET = f"SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE id = $1"
     LAST_POSITION = (
         "SELECT coalesce(max(position), 0) FROM {s}.events"

@@ -87,6 +87,16 @@ class PostgresEventStore(CheckedTransactionalEvents):
             rows = await self._pool.fetch(self._sql.READ, after, topics, limit)
         return [event_of(row) for row in rows]
 
+    async def _unfanned(self, group: str, topic: str, after: int,
+                        limit: int) -> tuple[list[EventRecord], int]:
+        with translated("reading events a group lacks"):
+            async with self._pool.acquire() as conn:
+                end = await conn.fetchval(self._sql.WINDOW_END, topic, after, limit)
+                if end is None:
+                    return [], after
+                rows = await conn.fetch(self._sql.UNFANNED, topic, after, end, group)
+        return [event_of(row) for row in rows], int(end)
+
     async def _get(self, event_id: int) -> EventRecord | None:
         with translated("reading an event"):
             row = await self._pool.fetchrow(self._sql.GET, event_id)
