@@ -134,7 +134,6 @@ async def test_unfanned_returns_only_the_events_stored_without_the_group(
     published = [event(groups=("billing", "email")), event(groups=("email",)),
                  event(groups=("billing", "email")), event(topic="invoices"),
                  event(groups=()), event(groups=("billing", "email"))]
-    with_billing = [published[0], published[2], published[5]]
     without = [published[1], published[4]]
     await storage.events.append(published, [])
     await settled(storage)
