@@ -426,7 +426,7 @@ MESSAGE_CASES = _message_cases()
 STATE_CASES = _state_cases()
 EVENT_CASES = _event_cases()
 #: EventStore methods that take no argument
-EVENT_NO_ARGUMENTS = frozenset({"topics"})
+EVENT_NO_ARGUMENTS = frozenset({"delivery_stats", "topics"})
 
 
 def _transactional_cases(conn: asyncpg.Connection) -> list[Case]:

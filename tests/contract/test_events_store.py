@@ -154,6 +154,25 @@ async def test_unfanned_returns_only_the_events_stored_without_the_group(
     assert len(found) == 5
 
 
+async def test_delivery_stats_count_pending_and_dead_deliveries_per_group(
+        storage: Storage) -> None:
+    assert await storage.events.delivery_stats() == []
+    sent = [delivery("billing", "k1"), delivery("billing", "k2"), delivery("email", "k1")]
+    await storage.events.append([event(), event(key="k2")], sent)
+    await storage.messages.save_request(msg("other"))  # not an event delivery
+    stats = {s.group: s for s in await storage.events.delivery_stats()}
+    assert sorted(stats) == ["billing", "email"]
+    assert (stats["billing"].pending, stats["billing"].dead) == (2, 0)
+    assert (stats["email"].pending, stats["email"].dead) == (1, 0)
+    assert stats["billing"].oldest_pending_at is not None
+    fence = Fence(S1, (await storage.runners.acquire(RUNNER_A, [S1]))[S1])
+    await storage.messages.save_reply(Reply(sent[0].id, b"dead", is_error=True), fence)
+    await storage.messages.save_reply(Reply(sent[2].id, b"done"), fence)
+    stats = {s.group: s for s in await storage.events.delivery_stats()}
+    assert (stats["billing"].pending, stats["billing"].dead) == (1, 1)
+    assert "email" not in stats  # nothing pending, nothing dead
+
+
 async def test_position_at_a_time(storage: Storage) -> None:
     early, late = event(published_at=10.0), event(published_at=20.0)
     other = event(topic="invoices", published_at=15.0)

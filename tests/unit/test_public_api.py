@@ -107,8 +107,8 @@ EXPECTED: dict[str, list[str]] = {
         "SingletonSpec", "cron_spec",
     ],
     "covey.storage": [
-        "Duplicate", "EVENT_ENTITY_TYPE", "EventGroup", "EventRecord", "EventStore", "Fence",
-        "GroupStart", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
+        "DeliveryStats", "Duplicate", "EVENT_ENTITY_TYPE", "EventGroup", "EventRecord",
+        "EventStore", "Fence", "GroupStart", "MAX_DEDUPE_KEY", "Message", "MessageRecord",
         "MessageStorage", "Reply", "RunnerInfo", "RunnerStorage", "SaveResult", "Saved",
         "StateStore", "Storage", "StorageInfo", "TopicInfo", "TransactionalEvents",
         "TransactionalMessages", "UnitOfWork", "Versioned",

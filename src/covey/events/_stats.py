@@ -2,9 +2,9 @@
 
 A group's lag is its deliveries not completed yet plus the events after its
 cursor that have no delivery yet (the events singleton has not walked them).
-The storage contracts have no count by entity-id prefix yet, so the pending
-deliveries are counted from a listing of the unprocessed ``covey.Event``
-messages, at most :data:`SCAN_LIMIT` of them (the figure is a floor beyond it).
+Both are counted in the store (``storage.events.delivery_stats`` and
+``unfanned``); the events not fanned out are counted up to :data:`SCAN_LIMIT`
+per topic (a floor beyond it).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from covey.core import Clock
-from covey.storage import EVENT_ENTITY_TYPE, MessageRecord, Storage
+from covey.storage import MessageRecord, Storage
 
-#: the most messages one lag sample reads
+#: the most events after a cursor one lag sample counts
 SCAN_LIMIT = 10_000
 
 
@@ -54,22 +54,21 @@ async def group_stats(storage: Storage, clock: Clock,
     """The lag of every registered group (or of ``group``), by name."""
     events = storage.events
     rows = await events.groups(group=group)
-    pending = await storage.messages.list_messages(EVENT_ENTITY_TYPE, state="unprocessed",
-                                                   limit=SCAN_LIMIT)
-    dead = await storage.messages.list_messages(EVENT_ENTITY_TYPE, state="error",
-                                                limit=SCAN_LIMIT)
+    counted = {s.group: s for s in await events.delivery_stats()}
     now = clock.now()
     result: dict[str, GroupStats] = {}
     for name in sorted({r.group for r in rows}):
-        mine = [r for r in pending if group_of(r) == name]
         unfanned = 0
         for row in rows:
             if row.group == name:
-                after = await events.read(row.cursor, topics=[row.topic], limit=SCAN_LIMIT)
-                # those stored with this group's delivery are counted as pending
-                unfanned += sum(1 for e in after if name not in e.groups)
-        oldest = min((r.created_at for r in mine), default=now)
+                lacking, _ = await events.unfanned(name, row.topic, row.cursor,
+                                                   limit=SCAN_LIMIT)
+                unfanned += len(lacking)
+        stats = counted.get(name)
+        oldest = now if stats is None or stats.oldest_pending_at is None else (
+            stats.oldest_pending_at)
         result[name] = GroupStats(
-            name, tuple(r.topic for r in rows if r.group == name), len(mine), unfanned,
-            max(now - oldest, 0.0), sum(1 for r in dead if group_of(r) == name))
+            name, tuple(r.topic for r in rows if r.group == name),
+            0 if stats is None else stats.pending, unfanned, max(now - oldest, 0.0),
+            0 if stats is None else stats.dead)
     return result

@@ -114,11 +114,18 @@ class StorageReader:
                 return
             # leased by the read: a message under way is not handed out again
             messages = await self._storage.messages.unprocessed(shards, limit=room)
+            fresh = 0
             for message in messages:
                 if self._completion.seen(message.id):
                     continue
+                fresh += 1
                 self._read_pending += 1
                 self._spawn(self._process_read(Envelope(message, persisted=True, read=True)))
+            if messages and not fresh:
+                # every one is under way here already (pushed): reading on would walk
+                # a backlog the pushes are working through; the next wake-up or the
+                # safety poll reads again
+                return
             if len(messages) < room:
                 if self._need_due:
                     self._need_due = False

@@ -20,6 +20,7 @@ from covey.storage._contracts import (
 )
 from covey.storage._events_contract import (
     EVENT_ENTITY_TYPE,
+    DeliveryStats,
     EventGroup,
     EventRecord,
     EventStore,
@@ -76,6 +77,7 @@ def open_storage(config: CoveyConfig, *, clock: Clock | None = None) -> Storage:
 
 
 __all__ = [
+    "DeliveryStats",
     "Duplicate",
     "EVENT_ENTITY_TYPE",
     "EventGroup",

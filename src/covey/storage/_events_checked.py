@@ -22,7 +22,13 @@ from covey.storage._event_checks import (
     check_start,
     check_topics,
 )
-from covey.storage._events_contract import EventGroup, EventRecord, GroupStart, TopicInfo
+from covey.storage._events_contract import (
+    DeliveryStats,
+    EventGroup,
+    EventRecord,
+    GroupStart,
+    TopicInfo,
+)
 from covey.storage._message import Message, check_messages
 from covey.storage._model import SaveResult
 
@@ -71,6 +77,13 @@ class CheckedEventStore(ABC):
         last = records[-1].position
         assert last is not None
         return [r for r in records if group not in r.groups], last
+
+    @final
+    async def delivery_stats(self) -> list[DeliveryStats]:
+        return await self._delivery_stats()
+
+    @abstractmethod
+    async def _delivery_stats(self) -> list[DeliveryStats]: ...
 
     @final
     async def get(self, event_id: int) -> EventRecord | None:

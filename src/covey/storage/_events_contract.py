@@ -105,6 +105,23 @@ class TopicInfo:
     unsequenced: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryStats:
+    """The stored deliveries of one group (``covey.Event/<group>/...`` messages).
+
+    Attributes:
+        group: the group.
+        pending: deliveries not completed yet.
+        oldest_pending_at: when the oldest of them was stored (``None``: none).
+        dead: deliveries completed as dead (its dead-letter).
+    """
+
+    group: str
+    pending: int
+    oldest_pending_at: float | None
+    dead: int
+
+
 @runtime_checkable
 class EventStore(Protocol):
     """The event log and its groups (``storage.events``)."""
@@ -143,6 +160,11 @@ class EventStore(Protocol):
         a delivery for ``group`` (not in their ``groups``), in position order; and the
         position it looked up to (``after`` when there was nothing). Events that
         have the group's delivery are not read (their payloads stay in the store)."""
+        ...
+
+    async def delivery_stats(self) -> list[DeliveryStats]:
+        """Per group with stored deliveries, by group: pending, oldest pending, dead
+        (counted in the store: what the lag gauges sample)."""
         ...
 
     async def get(self, event_id: int) -> EventRecord | None:

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING
 
 from covey.storage._errors import group_not_found
 from covey.storage._events_checked import CheckedEventStore
-from covey.storage._events_contract import EventGroup, EventRecord, GroupStart, TopicInfo
+from covey.storage._events_contract import (
+    DeliveryStats,
+    EventGroup,
+    EventRecord,
+    GroupStart,
+    TopicInfo,
+)
 from covey.storage._message import Message
 from covey.storage._model import SaveResult
 
@@ -73,6 +79,9 @@ class InMemoryEventStore(CheckedEventStore):
                 if len(out) == limit:
                     break
         return out
+
+    async def _delivery_stats(self) -> list[DeliveryStats]:
+        return self._messages.delivery_stats()
 
     async def _get(self, event_id: int) -> EventRecord | None:
         return self.log.events.get(event_id)

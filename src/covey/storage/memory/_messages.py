@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from covey.core import Clock, EntityAddress, ShardId, StorageOptions
 from covey.storage._checked import CheckedMessageStorage, MessageState
 from covey.storage._errors import completion_refused, message_not_found
-from covey.storage._events_contract import EventRecord
+from covey.storage._events_contract import EVENT_ENTITY_TYPE, DeliveryStats, EventRecord
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
 from covey.storage._unit import CheckedUnitOfWork, StateWrite
@@ -149,6 +149,22 @@ class InMemoryMessageStorage(CheckedMessageStorage):
             row.message = replace(row.message, attempts=row.message.attempts + 1)
             out.append(row.message)
         return out
+
+    def delivery_stats(self) -> list[DeliveryStats]:
+        """The event store's ``delivery_stats`` (the rows live here)."""
+        pending: dict[str, list[float]] = {}
+        dead: dict[str, int] = {}
+        for row in self.rows.values():
+            if row.message.address.entity_type != EVENT_ENTITY_TYPE:
+                continue
+            group = row.message.address.entity_id.split("/", 1)[0]
+            if row.reply is None:
+                pending.setdefault(group, []).append(row.created_at)
+            elif row.reply.is_error:
+                dead[group] = dead.get(group, 0) + 1
+        return [DeliveryStats(g, len(pending.get(g, ())), min(pending[g]) if g in pending
+                              else None, dead.get(g, 0))
+                for g in sorted({*pending, *dead})]
 
     async def _unprocessed_of(self, address: EntityAddress, limit: int) -> list[Message]:
         rows = sorted((row for row in self.rows.values()

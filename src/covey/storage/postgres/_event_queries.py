@@ -49,6 +49,16 @@ class EventStatements:
         f"SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE topic = $1 AND position > $2"
         " AND position <= $3 AND strpos(groups, '\"' || $4 || '\"') = 0 ORDER BY position"
     )
+    #: per group (the entity id up to its first "/"): pending deliveries, the
+    #: oldest of them, dead ones
+    DELIVERY_STATS = (
+        "SELECT split_part(entity_id, '/', 1) AS grp,"
+        " count(*) FILTER (WHERE NOT processed),"
+        " min(created_at) FILTER (WHERE NOT processed),"
+        " count(*) FILTER (WHERE processed AND reply_is_error)"
+        " FROM {s}.messages WHERE entity_type = 'covey.Event'"
+        " AND (NOT processed OR reply_is_error) GROUP BY 1 ORDER BY 1"
+    )
     GET = f"SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE id = $1"
     LAST_POSITION = (
         "SELECT coalesce(max(position), 0) FROM {s}.events"

@@ -18,7 +18,13 @@ from covey.core.runtime import stable_hash
 from covey.storage._errors import group_not_found
 from covey.storage._event_rows import event_of, group_of, topic_of
 from covey.storage._events_checked import CheckedTransactionalEvents
-from covey.storage._events_contract import EventGroup, EventRecord, GroupStart, TopicInfo
+from covey.storage._events_contract import (
+    DeliveryStats,
+    EventGroup,
+    EventRecord,
+    GroupStart,
+    TopicInfo,
+)
 from covey.storage._group_commit import GroupCommit
 from covey.storage._message import Message
 from covey.storage._model import SaveResult
@@ -96,6 +102,11 @@ class PostgresEventStore(CheckedTransactionalEvents):
                     return [], after
                 rows = await conn.fetch(self._sql.UNFANNED, topic, after, end, group)
         return [event_of(row) for row in rows], int(end)
+
+    async def _delivery_stats(self) -> list[DeliveryStats]:
+        with translated("counting event deliveries"):
+            rows = await self._pool.fetch(self._sql.DELIVERY_STATS)
+        return [DeliveryStats(r[0], int(r[1]), r[2], int(r[3])) for r in rows]
 
     async def _get(self, event_id: int) -> EventRecord | None:
         with translated("reading an event"):

@@ -65,3 +65,13 @@ def topic_filter(topics: Sequence[str] | None, column: str = "topic") -> str:
     if topics is None:
         return ""
     return f" AND {column} IN ({', '.join('?' * len(topics))})"
+
+#: per group (the entity id up to its first "/"): pending deliveries, the oldest
+#: of them, dead ones
+DELIVERY_STATS = (
+    "SELECT substr(entity_id, 1, instr(entity_id, '/') - 1) AS grp,"
+    " sum(processed = 0), min(CASE WHEN processed = 0 THEN created_at END),"
+    " sum(processed = 1 AND reply_is_error = 1)"
+    " FROM covey_messages WHERE entity_type = 'covey.Event'"
+    " AND (processed = 0 OR reply_is_error = 1) GROUP BY grp ORDER BY grp"
+)

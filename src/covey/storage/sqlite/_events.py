@@ -15,7 +15,13 @@ from covey.core import Clock
 from covey.storage._errors import group_not_found
 from covey.storage._event_rows import event_of, group_of, topic_of
 from covey.storage._events_checked import CheckedTransactionalEvents
-from covey.storage._events_contract import EventGroup, EventRecord, GroupStart, TopicInfo
+from covey.storage._events_contract import (
+    DeliveryStats,
+    EventGroup,
+    EventRecord,
+    GroupStart,
+    TopicInfo,
+)
 from covey.storage._message import Message
 from covey.storage._model import SaveResult
 from covey.storage.sqlite import _event_queries as q
@@ -68,6 +74,11 @@ class SqliteEventStore(CheckedTransactionalEvents):
         params = [after, *(topics or ()), limit]
         return await self._db.read(
             lambda conn: [event_of(row) for row in conn.execute(query, params)])
+
+    async def _delivery_stats(self) -> list[DeliveryStats]:
+        return await self._db.read(lambda conn: [
+            DeliveryStats(str(g), int(p or 0), o, int(d or 0))
+            for g, p, o, d in conn.execute(q.DELIVERY_STATS)])
 
     async def _get(self, event_id: int) -> EventRecord | None:
         def run(conn: sqlite3.Connection) -> EventRecord | None:
