@@ -35,7 +35,7 @@ from ._runners import (
 )
 from .events_latency import APP, app_module
 
-BATCH = 200
+BATCH = 500
 IN_FLIGHT = 4
 KEYS = 200
 GROUPS = 2

@@ -31,11 +31,11 @@ log = logging.getLogger("covey.events")
 #: the singleton's name
 EVENTS_SINGLETON = "covey.events"
 #: events read per group and round
-FANOUT_BATCH = 500
+FANOUT_BATCH = 2000
 #: the default retention of the log (seconds): 7 days
 DEFAULT_RETENTION = 7 * 86400.0
 
-_BUSY_SLEEP = 0.02
+_BUSY_SLEEP = 0.2
 _IDLE_SLEEP = 1.0
 _PURGE_EVERY = 60.0
 _SAMPLE_EVERY = 5.0

@@ -137,8 +137,9 @@ class EventPublisher:
                                                                    event_id, key, event), now,
                                  groups)
             records.append(record)
-            messages += [self._messenger.checked(delivery(record, g, self._snowflake.next_id(),
-                                                          self._shards)) for g in groups]
+            # checked in full by the store (append checks every message it stores)
+            messages += [self._messenger.fits(delivery(record, g, self._snowflake.next_id(),
+                                                       self._shards)) for g in groups]
         return records, messages
 
     def _chained(self, headers: Mapping[str, str], topic: str, partition: str, event_id: int,

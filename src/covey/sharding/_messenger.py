@@ -165,6 +165,11 @@ class Messenger:
         """``message``, once ``Message.check`` and the size limit pass."""
         return self._outbound.checked(message)
 
+    def fits(self, message: Message) -> Message:
+        """``message``, once the size limit of a frame passes (for messages the
+        storage checks anyway when it stores them)."""
+        return self._outbound.fits(message)
+
     def has_owner(self, shard: ShardId) -> bool:
         """Whether some live runner is assigned ``shard`` (a call could be answered)."""
         return self._outbound.has_owner(shard)

@@ -110,6 +110,11 @@ class Outbound:
         check_size(message, self._max_frame)
         return message
 
+    def fits(self, message: Message) -> Message:
+        """``message``, once the size limit (:func:`check_size`) passes."""
+        check_size(message, self._max_frame)
+        return message
+
     def has_owner(self, shard: ShardId) -> bool:
         """Whether some live runner is assigned ``shard`` (a call could be answered)."""
         return self._sharding.owner_of(shard) is not None
