@@ -129,7 +129,9 @@ class Runner:
                     await storage.events.register_group(sub.group, sub.topic, start=sub.start,
                                                         now=clock.now())
                 self.fanout = EventFanout(storage, messenger, sharding.snowflake, clock,
-                                          config.shards)
+                                          config.shards,
+                                          retention=config.storage.event_retention,
+                                          max_count=config.storage.event_max_count)
                 if not any(s.name == EVENTS_SINGLETON for s in singletons):
                     singletons.append(SingletonSpec(EVENTS_SINGLETON, self._fan_out,
                                                     None, None))

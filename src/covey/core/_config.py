@@ -49,6 +49,12 @@ class StorageOptions:
             than ``retention``.
         purge_batch: the most rows one purge statement deletes; a pass repeats
             batches until one comes back short.
+        event_retention: how long events stay in the event log (seconds; ``inf``:
+            never purged by age). An event a subscriber group has not passed yet
+            is kept whatever its age.
+        event_max_count: the most events the log keeps (0: no limit): the oldest
+            beyond it are purged, again only once every group has passed them
+            (a lagging group keeps them; the purge logs the lag that holds them).
     """
 
     schema: str = "covey"
@@ -63,6 +69,8 @@ class StorageOptions:
     connect_timeout: float = 10.0
     purge_interval: float = 60.0
     purge_batch: int = 1000
+    event_retention: float = 7 * 24 * 3600.0
+    event_max_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -240,6 +248,11 @@ def _check_retention(options: StorageOptions) -> None:
         bad = ("purge_interval", "a number of seconds > 0", options.purge_interval)
     elif options.purge_batch < 1:
         bad = ("purge_batch", "at least 1", options.purge_batch)
+    elif not options.event_retention >= 0:
+        bad = ("event_retention", "a number of seconds >= 0 (inf: keep forever)",
+               options.event_retention)
+    elif options.event_max_count < 0:
+        bad = ("event_max_count", "0 (no limit) or more", options.event_max_count)
     if bad is not None:
         name, wanted, value = bad
         raise ConfigError(f"storage.{name} (COVEY_STORAGE_{name.upper()}) must be {wanted}, "

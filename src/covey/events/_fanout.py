@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 
 from covey.core import Clock, ClusterError, SnowflakeGenerator, metrics
 from covey.core.runtime import sleep_or_wake
@@ -54,13 +55,15 @@ class EventFanout:
     """
 
     def __init__(self, storage: Storage, messenger: Messenger, snowflake: SnowflakeGenerator,
-                 clock: Clock, shards: int, *, retention: float = DEFAULT_RETENTION) -> None:
+                 clock: Clock, shards: int, *, retention: float = DEFAULT_RETENTION,
+                 max_count: int = 0) -> None:
         self._storage = storage
         self._messenger = messenger
         self._snowflake = snowflake
         self._clock = clock
         self._shards = shards
         self.retention = retention
+        self.max_count = max_count
         self._wake = asyncio.Event()
         self._sampled: set[str] = set()
 
@@ -147,14 +150,33 @@ class EventFanout:
         return True
 
     async def purge(self) -> int:
-        """Delete events older than the retention that every group has passed."""
+        """Delete events older than the retention, and the oldest beyond the size
+        limit, that every group of their topic has passed; log the lag that keeps
+        the log over its size limit."""
+        events = self._storage.events
+        before = self._clock.now() - self.retention if math.isfinite(self.retention) else 0.0
+        last = await events.last_position() if self.max_count else 0
+        if self.max_count and last > self.max_count:
+            # the size limit as a time: events published before the first one kept
+            kept = await events.read(last - self.max_count, limit=1)
+            if kept:
+                before = max(before, kept[0].published_at)
         total = 0
-        before = self._clock.now() - self.retention
-        while True:
-            deleted = await self._storage.events.purge(before, limit=1000)
+        while before > 0:
+            deleted = await events.purge(before, limit=1000)
             total += deleted
             if deleted < 1000:
-                return total
+                break
+        if self.max_count:
+            held = sum(t.events for t in await events.topics()) - self.max_count
+            if held > 0:
+                lagging = [g for g in await events.groups() if g.cursor < last]
+                log.warning(
+                    "the event log holds %d events over its limit of %d: groups that have "
+                    "not passed them keep them (%s)", held, self.max_count,
+                    ", ".join(f"{g.group}/{g.topic} at position {g.cursor} of {last}"
+                              for g in lagging[:5]) or "none")
+        return total
 
     async def sample(self) -> dict[str, GroupStats]:
         """Export the lag and dead-letter gauges of every group."""
