@@ -105,3 +105,17 @@ async def wait_until(predicate, timeout: float = 30, interval: float = 0.05) -> 
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(interval)
+
+
+async def start_live(start, caller, count: int, **runner: str) -> list[RunnerProcess]:  # type: ignore[no-untyped-def]
+    """Start ``count`` runners with ``start(**runner)`` and wait until ``caller`` (a
+    started cluster member) sees exactly them live."""
+    procs = [start(**runner) for _ in range(count)]
+    wanted = {p.address for p in procs}
+
+    async def all_live() -> bool:
+        await caller.sharding.refresh_membership()
+        return {str(r.address) for r in caller.sharding.live} == wanted
+
+    await wait_until(all_live, timeout=30)
+    return procs

@@ -33,7 +33,7 @@ import pytest
 
 import covey
 
-from ._harness import RunnerProcess, wait_until
+from ._harness import RunnerProcess, start_live, wait_until
 from .conftest import client_config
 from .state_app import SCHEMA, Account, Deposit
 
@@ -177,15 +177,7 @@ async def caller(fresh_pg_database: str) -> AsyncIterator[covey.Cluster]:
 
 
 async def three_runners(start: Start, caller: covey.Cluster) -> list[RunnerProcess]:
-    procs = [start(**RUNNER) for _ in range(3)]
-    wanted = {p.address for p in procs}
-
-    async def all_live() -> bool:
-        await caller.sharding.refresh_membership()
-        return {str(r.address) for r in caller.sharding.live} == wanted
-
-    await wait_until(all_live, timeout=30)
-    return procs
+    return await start_live(start, caller, 3, **RUNNER)
 
 
 async def kill_and_restart(procs: list[RunnerProcess], start: Start, every: float,

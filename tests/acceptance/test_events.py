@@ -28,7 +28,7 @@ import pytest
 
 import covey
 
-from ._harness import RunnerProcess, wait_until
+from ._harness import RunnerProcess, start_live, wait_until
 from .conftest import client_config
 from .events_app import SCHEMA, OrderPlaced
 
@@ -115,15 +115,7 @@ class Publishing:
 
 
 async def three_runners(start: Start, caller: covey.Cluster) -> list[RunnerProcess]:
-    procs = [start(**RUNNER) for _ in range(3)]
-    wanted = {p.address for p in procs}
-
-    async def all_live() -> bool:
-        await caller.sharding.refresh_membership()
-        return {str(r.address) for r in caller.sharding.live} == wanted
-
-    await wait_until(all_live, timeout=30)
-    return procs
+    return await start_live(start, caller, 3, **RUNNER)
 
 
 async def kill_twice(procs: list[RunnerProcess], start: Start, load: Publishing,

@@ -94,8 +94,8 @@ EXPECTED: dict[str, list[str]] = {
         "Body", "Completed", "Deferred", "Deliverer", "DeliveryRegistry", "Envelope",
         "LocalNetwork", "LocalTransport", "Messenger", "NotifyHandler", "RETENTION_KEY",
         "RequestHandler", "Reschedule", "RetentionPurger", "RunnerTransport", "ShardListener",
-        "Sharding", "TcpTransport", "assign", "check_size", "error_for", "error_payload",
-        "purge_processed", "raise_error_reply", "shards_of",
+        "Sharding", "StartRecords", "TcpTransport", "assign", "check_size", "error_for",
+        "error_payload", "purge_processed", "raise_error_reply", "shards_of",
     ],
     "covey.sharding.transport": [
         "Body", "LocalNetwork", "LocalTransport", "NotifyHandler", "PeerLostCallback",

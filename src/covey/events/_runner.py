@@ -55,7 +55,7 @@ from covey.events._publisher import (
     VERSION_HEADER,
 )
 from covey.events._subscription import Subscription
-from covey.sharding.runtime import Completed, Deferred, Envelope, Reschedule
+from covey.sharding.runtime import Completed, Deferred, Envelope, Reschedule, StartRecords
 from covey.storage import Fence, Message, MessageStorage, Reply, UnitOfWork
 
 log = logging.getLogger("covey.events")
@@ -117,8 +117,7 @@ class EventRunner:
         self._codec = MsgpackCodec()
         self.groups: dict[str, _Group] = {}
         self.lanes: dict[EntityAddress, Lane] = {}
-        self._to_mark: list[int] = []
-        self._marking: asyncio.Task[None] | None = None
+        self._starts = StartRecords(messages.mark_started, tasks, "event handler")
 
     def add(self, subscription: Subscription) -> None:
         group = self.groups.setdefault(subscription.group,
@@ -355,18 +354,7 @@ class EventRunner:
     # ---- start records ---------------------------------------------------
 
     def _started(self, message_id: int) -> None:
-        self._to_mark.append(message_id)
-        if self._marking is None or self._marking.done():
-            self._marking = self._tasks.spawn(self._flush_marks(), name="covey-event-starts")
-
-    async def _flush_marks(self) -> None:
-        # one write for every run that started while the previous one was in flight
-        while self._to_mark:
-            ids, self._to_mark = self._to_mark, []
-            try:
-                await self._messages.mark_started(ids)
-            except ClusterError as exc:
-                log.warning("could not record %d event handler starts: %s", len(ids), exc)
+        self._starts.started(message_id)
 
     # ---- stopping --------------------------------------------------------
 
@@ -386,8 +374,7 @@ class EventRunner:
 
     async def close(self) -> None:
         """Finish recording starts (5 s at most), then cancel what is left."""
-        if self._marking is not None:
-            await asyncio.wait([self._marking], timeout=5)
+        await self._starts.flush()
         await self._tasks.close()
 
 

@@ -38,7 +38,7 @@ from covey.core import (
 )
 from covey.core.runtime import TaskSet, being_cancelled, consumer_span, traced_context
 from covey.jobs._definition import JobSpec
-from covey.sharding.runtime import Envelope, Reschedule
+from covey.sharding.runtime import Envelope, Reschedule, StartRecords
 from covey.storage import Message, Reply, UnitOfWork
 
 if TYPE_CHECKING:  # _host imports _jobs, which imports this module
@@ -149,9 +149,8 @@ class JobRunner:
         self.cancelled: set[int] = set()
         self._shard_of: dict[int, ShardId] = {}
         self.grace = grace
-        self._to_mark: list[int] = []
         self._reported: set[int] = set()
-        self._marking: asyncio.Task[None] | None = None
+        self._starts = StartRecords(self._host.mark_started, tasks, "job")
 
     def add(self, spec: JobSpec) -> None:
         if spec.name in self.specs:
@@ -188,23 +187,11 @@ class JobRunner:
         await self._host.report(job_id, fraction, note)
 
     def _started(self, job_id: int) -> None:
-        self._to_mark.append(job_id)
-        if self._marking is None or self._marking.done():
-            self._marking = self._tasks.spawn(self._flush_marks(), name="covey-job-starts")
-
-    async def _flush_marks(self) -> None:
-        # one write for every run that started while the previous write was in flight
-        while self._to_mark:
-            ids, self._to_mark = self._to_mark, []
-            try:
-                await self._host.mark_started(ids)
-            except ClusterError as exc:
-                log.warning("could not record %d job starts: %s", len(ids), exc)
+        self._starts.started(job_id)
 
     async def close(self) -> None:
         """Finish recording job starts (5 s at most), then cancel what is left."""
-        if self._marking is not None:
-            await asyncio.wait([self._marking], timeout=5)
+        await self._starts.flush()
         await self._tasks.close()
 
     async def stop_shards(self, shards: set[ShardId], *, graceful: bool) -> None:

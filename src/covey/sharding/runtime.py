@@ -25,6 +25,7 @@ from covey.sharding._envelope import (
 from covey.sharding._messenger import Messenger
 from covey.sharding._retention import RETENTION_KEY, RetentionPurger, purge_processed
 from covey.sharding._sharding import Sharding, ShardListener
+from covey.sharding._starts import StartRecords
 from covey.sharding._wire_errors import error_for
 from covey.sharding.transport import (
     Body,
@@ -54,6 +55,7 @@ __all__ = [
     "RunnerTransport",
     "ShardListener",
     "Sharding",
+    "StartRecords",
     "TcpTransport",
     "assign",
     "check_size",
