@@ -327,3 +327,20 @@ def rpc(
         return mark(fn)
     return mark
 
+
+def add_entity_type(types: dict[str, type[Entity]], entity_type: type[Entity]) -> None:
+    """Add ``entity_type`` to ``types`` under its name (again is a no-op).
+
+    Raises:
+        ClusterError: ``invalid_argument`` for a class that is not a
+            :class:`~covey.Entity` subclass, or another class with the same name.
+    """
+    name = entity_type.__covey_type__
+    if not name:
+        raise ClusterError(f"{entity_type!r} is not a covey.Entity subclass",
+                           reason=Reason.INVALID_ARGUMENT)
+    existing = types.get(name)
+    if existing is not None and existing is not entity_type:
+        raise ClusterError(f"entity type {name!r} is registered twice",
+                           reason=Reason.INVALID_ARGUMENT)
+    types[name] = entity_type

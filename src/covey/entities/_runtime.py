@@ -41,7 +41,7 @@ from covey.core import (
 )
 from covey.core.runtime import being_cancelled, consumer_span, traced_context
 from covey.entities._call import CURRENT_RUN, EventStager, HandlerRun, OutboxFactory
-from covey.entities._definition import Entity, EntityContext, RpcSpec
+from covey.entities._definition import Entity, EntityContext, RpcSpec, add_entity_type
 from covey.entities._state import DurableState, StateUnreadable
 from covey.sharding.runtime import Envelope, error_payload
 from covey.storage import Reply, StateStore, UnitOfWork
@@ -59,24 +59,6 @@ class _Instance:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     started: asyncio.Event = field(default_factory=asyncio.Event)
     state: DurableState | None = None  # an entity declared with state=
-
-
-def add_entity_type(types: dict[str, type[Entity]], entity_type: type[Entity]) -> None:
-    """Add ``entity_type`` to ``types`` under its name (again is a no-op).
-
-    Raises:
-        ClusterError: ``invalid_argument`` for a class that is not a
-            :class:`~covey.Entity` subclass, or another class with the same name.
-    """
-    name = entity_type.__covey_type__
-    if not name:
-        raise ClusterError(f"{entity_type!r} is not a covey.Entity subclass",
-                           reason=Reason.INVALID_ARGUMENT)
-    existing = types.get(name)
-    if existing is not None and existing is not entity_type:
-        raise ClusterError(f"entity type {name!r} is registered twice",
-                           reason=Reason.INVALID_ARGUMENT)
-    types[name] = entity_type
 
 
 class EntityRuntime:

@@ -8,8 +8,8 @@ declares entities with :mod:`covey.entities`; nothing here is stable API.
 
 from covey.entities._call import EffectScope, EventStager, run_unit
 from covey.entities._client import EntityClient, OutboxClients
-from covey.entities._definition import EntityContext, RpcSpec
-from covey.entities._runtime import EntityRuntime, add_entity_type
+from covey.entities._definition import EntityContext, RpcSpec, add_entity_type
+from covey.entities._runtime import EntityRuntime
 from covey.entities._state import STATE_KEY_PREFIX, read_state, state_key
 from covey.storage import UnitOfWork
 
