@@ -10,7 +10,6 @@ needs runners up. Unknown groups are the facade's typed error
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -18,9 +17,9 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
-from covey.cli._output import console, emit, guarded, iso, json_option
+from covey.cli._output import cell, console, emit, iso, json_option, short, with_member
 from covey.cluster import Cluster
-from covey.core import ClusterError, CoveyConfig, Reason
+from covey.core import CoveyConfig
 from covey.events import DeadLetter, EventGroup, Events, GroupStats, TopicInfo
 
 T = TypeVar("T")
@@ -32,19 +31,8 @@ _NEEDS_RUNNERS = (
 )
 
 
-def _iso(ts: float | None) -> str:
-    return iso(ts) or "-"
-
-
 def _num(value: int | None) -> str:
     return "-" if value is None else str(value)
-
-
-def _short(text: str | None, width: int = 60) -> str:
-    if not text:
-        return "-"
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 # ---- documents (--json: stable keys, ids as strings) ----------------------
@@ -123,7 +111,7 @@ def topics_table(found: Sequence[TopicInfo]) -> Table:
                          justify="left" if name in ("topic", "last published") else "right")
     for t in found:
         table.add_row(t.topic, str(t.events), _num(t.first_position), _num(t.last_position),
-                      _iso(t.last_published_at), str(t.unsequenced))
+                      cell(t.last_published_at), str(t.unsequenced))
     return table
 
 
@@ -134,7 +122,7 @@ def groups_table(found: Sequence[EventGroup], title: str = "groups") -> Table:
                          justify="right" if name in ("cursor", "replays") else "left")
     for g in found:
         replay = f"until {g.replay_until}" if g.replay_until > g.cursor else "-"
-        table.add_row(g.group, g.topic, g.start, _iso(g.created_at), str(g.cursor), replay,
+        table.add_row(g.group, g.topic, g.start, cell(g.created_at), str(g.cursor), replay,
                       str(g.replay))
     return table
 
@@ -163,7 +151,7 @@ def dead_letters_table(found: Sequence[DeadLetter], group: str) -> Table:
     table.add_column("failed", no_wrap=True)
     for d in found:
         table.add_row(str(d.message_id), d.topic, d.type, str(d.event_id), d.key,
-                      str(d.attempts), _short(d.error), _iso(d.failed_at))
+                      str(d.attempts), short(d.error), cell(d.failed_at))
     return table
 
 
@@ -172,22 +160,10 @@ def dead_letters_table(found: Sequence[DeadLetter], group: str) -> Table:
 
 def _with_events(action: Callable[[Events], Awaitable[T]], *, as_json: bool,
                  control: bool = False) -> T:
-    """Run ``action`` against a client-only member; a ClusterError exits 2.
-
-    ``control``: the action messages the owning runner (say so when none answers).
-    """
-
-    async def go() -> T:
-        async with Cluster(CoveyConfig.from_env(), client_only=True) as cluster:
-            return await action(cluster.events)
-
-    def hint(exc: ClusterError) -> str:
-        if control and exc.reason in (Reason.TIMEOUT, Reason.NOT_OWNER,
-                                      Reason.PEER_UNAVAILABLE):
-            return " (a runner subscribing the group must be up: `covey run module:cluster`)"
-        return ""
-
-    return guarded(lambda: asyncio.run(go()), as_json=as_json, hint=hint)
+    """Run ``action`` against a client-only member's events; a ClusterError exits 2."""
+    return with_member(lambda cluster: action(cluster.events), as_json=as_json,
+                       control_hint="a runner subscribing the group must be up: "
+                       "`covey run module:cluster`" if control else None)
 
 
 async def group_lags(config: CoveyConfig) -> list[GroupStats]:

@@ -8,16 +8,13 @@ message to the runner that owns the job, so they need runners up.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import click
 from rich.table import Table
 
-from covey.cli._output import console, emit, guarded, iso, json_option
-from covey.cluster import Cluster
-from covey.core import ClusterError, CoveyConfig, Reason
+from covey.cli._output import cell, console, emit, iso, json_option, short, with_member
 from covey.jobs import Jobs, JobStatus
 
 T = TypeVar("T")
@@ -44,10 +41,6 @@ _NEEDS_RUNNERS = (
 )
 
 
-def _iso(ts: float | None) -> str:
-    return iso(ts) or "-"
-
-
 def job_document(s: JobStatus) -> dict[str, Any]:
     """One job for ``--json`` (stable keys; the id is a string)."""
     return {
@@ -68,13 +61,6 @@ def job_document(s: JobStatus) -> dict[str, Any]:
     }
 
 
-def _short(text: str | None, width: int = 60) -> str:
-    if not text:
-        return "-"
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def jobs_table(found: Sequence[JobStatus], title: str = "jobs") -> Table:
     """One row per job: id, name, state, attempts, last error, created, finished."""
     table = Table(title=title)
@@ -86,8 +72,8 @@ def jobs_table(found: Sequence[JobStatus], title: str = "jobs") -> Table:
     table.add_column("created", no_wrap=True)
     table.add_column("finished", no_wrap=True)
     for s in found:
-        table.add_row(str(s.id), s.name, s.state, str(s.attempts), _short(s.last_error),
-                      _iso(s.created_at), _iso(s.finished_at))
+        table.add_row(str(s.id), s.name, s.state, str(s.attempts), short(s.last_error),
+                      cell(s.created_at), cell(s.finished_at))
     return table
 
 
@@ -101,37 +87,25 @@ def status_table(s: JobStatus) -> Table:
     table.add_row("state", s.state)
     table.add_row("tenant", s.tenant if s.tenant is not None else "-")
     table.add_row("attempts", str(s.attempts))
-    table.add_row("created", _iso(s.created_at))
+    table.add_row("created", cell(s.created_at))
     if s.scheduled_for is not None:
-        table.add_row("scheduled for", _iso(s.scheduled_for))
-    table.add_row("finished", _iso(s.finished_at))
+        table.add_row("scheduled for", cell(s.scheduled_for))
+    table.add_row("finished", cell(s.finished_at))
     table.add_row("last error", s.last_error or "-")
     history = s.errors if s.errors != (s.last_error,) else ()
     for n, error in enumerate(history):
         table.add_row("error history" if n == 0 else "", error)
     if s.state == "succeeded":
-        table.add_row("result", _short(repr(s.result), 200))
+        table.add_row("result", short(repr(s.result), 200))
     return table
 
 
 def _with_jobs(action: Callable[[Jobs], Awaitable[T]], *, as_json: bool,
                control: bool = False) -> T:
-    """Run ``action`` against a client-only member; a ClusterError exits 2.
-
-    ``control``: the action messages the owning runner (say so when none answers).
-    """
-
-    async def go() -> T:
-        async with Cluster(CoveyConfig.from_env(), client_only=True) as cluster:
-            return await action(cluster.jobs)
-
-    def hint(exc: ClusterError) -> str:
-        if control and exc.reason in (Reason.TIMEOUT, Reason.NOT_OWNER,
-                                      Reason.PEER_UNAVAILABLE):
-            return " (no runner answered: is one up? `covey run module:cluster`)"
-        return ""
-
-    return guarded(lambda: asyncio.run(go()), as_json=as_json, hint=hint)
+    """Run ``action`` against a client-only member's jobs; a ClusterError exits 2."""
+    return with_member(lambda cluster: action(cluster.jobs), as_json=as_json,
+                       control_hint="no runner answered: is one up? `covey run module:cluster`"
+                       if control else None)
 
 
 @click.group()

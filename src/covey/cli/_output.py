@@ -10,18 +10,20 @@ ISO 8601 strings (``2026-01-02T03:04:05Z``). An error is
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from covey.core import ClusterError
+from covey.cluster import Cluster
+from covey.core import ClusterError, CoveyConfig, Reason
 
 T = TypeVar("T")
 
@@ -86,3 +88,37 @@ def guarded(action: Callable[[], T], *, as_json: bool,
         return action()
     except ClusterError as exc:
         fail(exc, as_json=as_json, hint=hint(exc))
+
+
+def cell(ts: float | None) -> str:
+    """A time for a table cell (``-`` when there is none)."""
+    return iso(ts) or "-"
+
+
+def short(text: str | None, width: int = 60) -> str:
+    """One line of ``text`` for a table cell, cut at ``width``."""
+    if not text:
+        return "-"
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def with_member(action: Callable[[Cluster], Awaitable[T]], *, as_json: bool,
+                control_hint: str | None = None) -> T:
+    """Run ``action`` against a client-only member joined from the ``COVEY_*``
+    settings; a ClusterError exits 2.
+
+    ``control_hint``: the action messages a runner; said when none answers.
+    """
+
+    async def go() -> T:
+        async with Cluster(CoveyConfig.from_env(), client_only=True) as cluster:
+            return await action(cluster)
+
+    def hint(exc: ClusterError) -> str:
+        if control_hint and exc.reason in (Reason.TIMEOUT, Reason.NOT_OWNER,
+                                           Reason.PEER_UNAVAILABLE):
+            return f" ({control_hint})"
+        return ""
+
+    return guarded(lambda: asyncio.run(go()), as_json=as_json, hint=hint)
