@@ -24,6 +24,7 @@ from covey.core import (
     StorageError,
     StorageOptions,
     TransportError,
+    WorkflowError,
     configure_logging,
     current_context,
     upcaster,
@@ -34,10 +35,19 @@ from covey.events import Event, EventContext
 from covey.jobs import JobContext, JobHandle, JobStatus, Retry, exponential
 from covey.singletons import CronTick, SingletonContext
 from covey.storage import open_storage
+from covey.workflows import (
+    Awakeable,
+    JournalEntry,
+    Workflow,
+    WorkflowContext,
+    WorkflowHandle,
+    WorkflowStatus,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Awakeable",
     "Cluster",
     "ClusterError",
     "ClusterPlacement",
@@ -54,6 +64,7 @@ __all__ = [
     "JobError",
     "JobHandle",
     "JobStatus",
+    "JournalEntry",
     "Reason",
     "RequestContext",
     "Retry",
@@ -66,6 +77,11 @@ __all__ = [
     "StorageError",
     "StorageOptions",
     "TransportError",
+    "Workflow",
+    "WorkflowContext",
+    "WorkflowError",
+    "WorkflowHandle",
+    "WorkflowStatus",
     "__version__",
     "configure_logging",
     "current_context",

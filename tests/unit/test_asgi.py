@@ -35,6 +35,10 @@ DOCUMENTED: dict[str, tuple[int, int | None]] = {
     "auth_failed": (500, None), "unknown_entity_type": (500, None),
     "unknown_rpc": (500, None), "handler_failed": (500, None),
     "state_version_unknown": (500, None), "state_read_only": (500, None),
+    "workflow_not_found": (404, None), "token_invalid": (403, None),
+    "workflow_failed": (409, None), "workflow_cancelled": (409, None),
+    "workflow_finished": (409, None), "nondeterminism": (409, None),
+    "unknown_workflow": (500, None),
 }
 BIG_ID = 2**62 + 12345  # a snowflake-sized id: not exact in a JavaScript number
 

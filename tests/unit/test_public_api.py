@@ -19,14 +19,15 @@ from covey.core import ClusterError, Reason
 
 EXPECTED: dict[str, list[str]] = {
     "covey": [
-        "Cluster", "ClusterError", "ClusterPlacement", "ConfigError", "CoveyConfig", "CronTick",
-        "Entity", "EntityAddress", "EntityContext", "EntityError", "Event", "EventContext",
-        "JobContext", "JobError",
-        "JobHandle", "JobStatus", "Reason", "RequestContext", "Retry", "RunnerAddress",
+        "Awakeable", "Cluster", "ClusterError", "ClusterPlacement", "ConfigError",
+        "CoveyConfig", "CronTick", "Entity", "EntityAddress", "EntityContext", "EntityError",
+        "Event", "EventContext", "JobContext", "JobError", "JobHandle", "JobStatus",
+        "JournalEntry", "Reason", "RequestContext", "Retry", "RunnerAddress",
         "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator",
-        "StateMachine", "StorageError", "StorageOptions", "TransportError", "__version__",
-        "configure_logging", "current_context", "exponential", "open_storage", "rpc", "upcaster",
-        "use_context",
+        "StateMachine", "StorageError", "StorageOptions", "TransportError", "Workflow",
+        "WorkflowContext", "WorkflowError", "WorkflowHandle", "WorkflowStatus", "__version__",
+        "configure_logging", "current_context", "exponential", "open_storage", "rpc",
+        "upcaster", "use_context",
     ],
     "covey.asgi": [
         "HEALTH_CONTENT_TYPE", "HttpStatus", "JsonId", "MAX_SAFE_INTEGER", "MetricsApp",
@@ -50,7 +51,7 @@ EXPECTED: dict[str, list[str]] = {
         "ShardCountMismatch", "ShardId", "ShardingOptions", "SnowflakeGenerator",
         "SnowflakeParts", "StorageError", "StorageOptions", "SystemClock", "TENANT_HEADER",
         "TRACEPARENT_HEADER", "TestClock", "TransportError", "TransportOptions",
-        "USER_HEADER", "VersionConflict", "configure_logging", "current_context",
+        "USER_HEADER", "VersionConflict", "WorkflowError", "configure_logging", "current_context",
         "parse_snowflake", "upcaster",
         "use_context",
     ],
@@ -123,6 +124,11 @@ EXPECTED: dict[str, list[str]] = {
     "covey.storage.runtime": ["GroupCommit"],
     "covey.storage.sqlite": ["SqliteStorage", "SqliteTransaction"],
     "covey.testing": ["TestCluster"],
+    "covey.workflows": [
+        "Awakeable", "ChildHandle", "JournalEntry", "StepCall", "Workflow", "WorkflowContext",
+        "WorkflowHandle", "WorkflowStatus", "Workflows",
+    ],
+    "covey.workflows.runtime": ["WORKFLOW_ENTITY", "WorkflowRunner", "workflow_spec"],
 }
 
 

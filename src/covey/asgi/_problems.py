@@ -3,9 +3,12 @@
 Every :class:`~covey.core.Reason` has one documented status in :data:`STATUS`::
 
     4xx  the caller can fix the request      payload_invalid 422, invalid_argument 400,
-                                             message_not_found / job_not_found 404,
+                                             message_not_found / job_not_found /
+                                             workflow_not_found 404, token_invalid 403,
                                              idempotency_conflict / invalid_transition /
-                                             already_processed / job_dead / job_cancelled 409,
+                                             already_processed / job_dead / job_cancelled /
+                                             workflow_failed / workflow_cancelled /
+                                             workflow_finished / nondeterminism 409,
                                              frame_too_large 413
     503  try again later (``Retry-After``)   storage_unavailable, peer_unavailable, not_owner,
                                              mailbox_full, shutting_down, version_conflict,
@@ -57,12 +60,19 @@ STATUS: dict[Reason, HttpStatus] = {
     # what the caller names does not exist
     Reason.MESSAGE_NOT_FOUND: HttpStatus(404),
     Reason.JOB_NOT_FOUND: HttpStatus(404),
+    Reason.WORKFLOW_NOT_FOUND: HttpStatus(404),
+    # a forged or garbled awakeable token
+    Reason.TOKEN_INVALID: HttpStatus(403),
     # the request conflicts with the current state
     Reason.IDEMPOTENCY_CONFLICT: HttpStatus(409),
     Reason.INVALID_TRANSITION: HttpStatus(409),
     Reason.ALREADY_PROCESSED: HttpStatus(409),
     Reason.JOB_DEAD: HttpStatus(409),
     Reason.JOB_CANCELLED: HttpStatus(409),
+    Reason.WORKFLOW_FAILED: HttpStatus(409),
+    Reason.WORKFLOW_CANCELLED: HttpStatus(409),
+    Reason.WORKFLOW_FINISHED: HttpStatus(409),
+    Reason.NONDETERMINISM: HttpStatus(409),
     # retryable: the same request may succeed shortly
     Reason.STORAGE_UNAVAILABLE: HttpStatus(503, 2),
     Reason.PEER_UNAVAILABLE: HttpStatus(503, _RETRY),
@@ -85,6 +95,7 @@ STATUS: dict[Reason, HttpStatus] = {
     Reason.HANDLER_FAILED: HttpStatus(500),
     Reason.STATE_VERSION_UNKNOWN: HttpStatus(500),
     Reason.STATE_READ_ONLY: HttpStatus(500),
+    Reason.UNKNOWN_WORKFLOW: HttpStatus(500),
 }
 """The HTTP status (and ``Retry-After``) of every reason; see the module docstring."""
 

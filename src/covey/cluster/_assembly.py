@@ -43,6 +43,8 @@ from covey.sharding.runtime import Body, DeliveryRegistry, Messenger, RetentionP
 from covey.singletons import SingletonContext
 from covey.singletons.runtime import CronManager, CronSpec, SingletonManager, SingletonSpec
 from covey.storage import EVENT_ENTITY_TYPE, Storage, WakeupSource
+from covey.workflows import Workflows
+from covey.workflows.runtime import WORKFLOW_ENTITY, WorkflowRunner
 
 log = logging.getLogger("covey.cluster")
 
@@ -90,6 +92,8 @@ class Runner:
         self.fanout: EventFanout | None = None
         self.singletons: SingletonManager | None = None
         self.crons: CronManager | None = None
+        self.workflows: Workflows | None = None
+        self.workflow_runner: WorkflowRunner | None = None
 
     # ---- building --------------------------------------------------------
 
@@ -116,6 +120,9 @@ class Runner:
         publisher = self.publisher = EventPublisher(storage, messenger, sharding.snowflake,
                                                     clock, config.shards)
         self.events = Events(storage, messenger, publisher, sharding.snowflake, clock)
+        self.workflows = Workflows(storage, messenger, sharding.snowflake, clock, config.shards,
+                                   declared.workflows)
+        await self.workflows.prepare()
         singletons = list(declared.singletons)
         if address is not None:
             self._host(declared, address)
@@ -200,6 +207,16 @@ class Runner:
         for spec in declared.jobs:
             self.job_runner.add(spec)
         self.deliveries.register(JOB_ENTITY, self.job_runner)
+        assert self.workflows is not None
+        sharding = self.sharding
+        self.workflow_runner = WorkflowRunner(
+            self.clock, self.storage, epoch_of=sharding.epoch_of, fenced=sharding.fenced,
+            wake_sent=self.messenger.wake_sent, rerun=self.messenger.rerun,
+            next_id=sharding.snowflake.next_id, client=self.workflows,
+            tasks=self._child("covey-workflows"))
+        for workflow in declared.workflows.values():
+            self.workflow_runner.add(workflow)
+        self.deliveries.register(WORKFLOW_ENTITY, self.workflow_runner)
 
     def _schedule(self, specs: Sequence[CronSpec]) -> None:
         """Cron: its ticks are messages to an entity type of the entity runtime."""
@@ -270,6 +287,8 @@ class Runner:
             steps.append(("job runner", self.job_runner.close))
         if self.event_runner is not None:
             steps.append(("event runner", self.event_runner.close))
+        if self.workflow_runner is not None:
+            steps.append(("workflow runner", self.workflow_runner.close))
         if self.messenger is not None:
             steps.append(("messenger", self.messenger.close))
         steps += [("background loops", self._close_loops),

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, TypeVar, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from covey.cluster._assembly import Runner
@@ -42,6 +42,7 @@ from covey.sharding.runtime import Envelope, Messenger, Sharding, raise_error_re
 from covey.singletons import SingletonHealth
 from covey.singletons.runtime import CronManager, SingletonManager
 from covey.storage import Message, Storage, open_storage
+from covey.workflows import Workflow, WorkflowHandle, Workflows
 
 log = logging.getLogger("covey.cluster")
 
@@ -125,6 +126,28 @@ class Cluster(Declaring):
         """Publish several events in one transaction (``(event, key)`` pairs choose
         their keys); their ids, in order. Checked whole: one bad event stores none."""
         return await self.events.publish_many(events, transaction=transaction)
+
+    @property
+    def workflows(self) -> Workflows:
+        """Workflow executions: status, results, cancel, resume, list, journals."""
+        return _part(self._started_runner().workflows)
+
+    async def send(self, workflow_id: str, topic: str, payload: Any, *,
+                   idempotency_key: str | None = None) -> None:
+        """Send ``payload`` to ``ctx.recv(topic)`` of workflow ``workflow_id``
+        (consumed once; a repeated ``idempotency_key`` is sent once)."""
+        await self.workflows.send(workflow_id, topic, payload, idempotency_key=idempotency_key)
+
+    async def get_event(self, workflow_id: str, key: str, *,
+                        timeout: float | None = None) -> Any:
+        """What the workflow published with ``ctx.set_event(key, ...)`` (``None``:
+        not within ``timeout`` seconds)."""
+        return await self.workflows.get_event(workflow_id, key, timeout=timeout)
+
+    async def resolve(self, token: str, value: Any) -> None:
+        """Resolve the awakeable of ``token`` with ``value`` (a forged token:
+        ``WorkflowError`` ``token_invalid``)."""
+        await self.workflows.resolve(token, value)
 
     def _also_host(self, entity_type: type[Entity]) -> None:
         if self._runner is not None and self._runner.entities is not None:
@@ -274,13 +297,40 @@ class Cluster(Declaring):
     # ---- lifecycle -------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        await self._join()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    async def start(self) -> None:
+    @overload
+    async def start(self) -> None: ...
+    @overload
+    async def start(self, workflow: Workflow | str, payload: Any, *,
+                    workflow_id: str | None = None,
+                    transaction: Any = None) -> WorkflowHandle: ...
+    async def start(self, workflow: Workflow | str | None = None, payload: Any = None, *,
+                    workflow_id: str | None = None,
+                    transaction: Any = None) -> WorkflowHandle | None:
+        """``start()``: join the cluster (see :meth:`_join`). ``start(workflow,
+        payload, workflow_id=...)``: start a workflow execution and return its handle.
+
+        ``workflow_id`` is the idempotency key: a second start with the same id
+        returns a handle to the same execution. ``transaction``: the application's
+        connection inside its transaction (started only if it commits; PostgreSQL)
+        or ``self.ctx`` of a persisted handler (started with its commit).
+
+        Raises:
+            WorkflowError: ``unknown_workflow``; SerializationError: a payload that
+                does not validate (the field named); nothing is stored then.
+        """
+        if workflow is None:
+            await self._join()
+            return None
+        return await self.workflows.start(workflow, payload, workflow_id=workflow_id,
+                                          transaction=transaction)
+
+    async def _join(self) -> None:
         """Join: connect storage, listen, register, take shards, start delivering.
 
         A start that fails closes what it opened (background tasks, the

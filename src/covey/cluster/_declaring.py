@@ -23,6 +23,8 @@ from covey.events.runtime import RetryPolicy, Subscription, subscriptions
 from covey.jobs import JobDefinition, Jobs, PriorityName, Retry
 from covey.jobs.runtime import JobSpec, job_spec
 from covey.singletons.runtime import CronFn, CronSpec, SingletonFn, SingletonSpec, cron_spec
+from covey.workflows import Workflow
+from covey.workflows.runtime import workflow_spec
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Declarations:
     crons: Sequence[CronSpec]
     jobs: Sequence[JobSpec]
     subscriptions: Sequence[Subscription] = ()
+    workflows: Mapping[str, Workflow] = dataclasses.field(default_factory=dict)
 
 
 class Declaring:
@@ -45,12 +48,13 @@ class Declaring:
         self._cron_specs: list[CronSpec] = []
         self._job_specs: list[JobSpec] = []
         self._subscriptions: list[Subscription] = []
+        self._workflows: dict[str, Workflow] = {}
 
     def declarations(self) -> Declarations:
         """What is declared now (copies: a runner is built from a snapshot)."""
         return Declarations(dict(self._entity_types), list(self._singleton_specs),
                             list(self._cron_specs), list(self._job_specs),
-                            list(self._subscriptions))
+                            list(self._subscriptions), dict(self._workflows))
 
     @property
     def jobs(self) -> Jobs:
@@ -173,6 +177,35 @@ class Declaring:
 
         return declare
 
+    def workflow(
+        self, name: str, *, version: int = 1,
+    ) -> Callable[[Callable[..., Awaitable[Any]]], Workflow]:
+        """Declare a workflow: ``async def fn(ctx: covey.WorkflowContext, payload) -> result``.
+
+        Declare it the same way on every member (runners run it; any member
+        starts it). Returns the :class:`covey.Workflow` to pass to ``cluster.start``.
+
+        Args:
+            name: unique in the cluster; stored with each execution.
+            version: an int >= 1, recorded with each execution: a runner whose
+                declared version is older than an execution's leaves it to newer
+                runners. Branch in-flight executions with ``ctx.patched``.
+
+        Raises:
+            ClusterError: ``invalid_argument`` naming the option (``details["field"]``)
+                for a bad or repeated name, a bad version, or a function that is
+                not ``async def fn(ctx, payload)``.
+        """
+        workflow_spec(name, version, _no_workflow_fn)  # checked now, not at start
+
+        def declare(fn: Callable[..., Awaitable[Any]]) -> Workflow:
+            spec = workflow_spec(name, version, fn)
+            if name in self._workflows:
+                raise invalid_argument("name", f"workflow {name!r} is declared twice")
+            self._workflows[name] = spec
+            return spec
+
+        return declare
 
     def subscribe(
         self, events: type[Event] | Sequence[type[Event]], *, group: str,
@@ -237,6 +270,10 @@ async def _no_event_fn(event: Any, ctx: Any) -> None:
 
 async def _no_fn(_: Any) -> None:
     """Stands in for the function while a declaration's options are checked."""
+
+
+async def _no_workflow_fn(ctx: Any, payload: Any) -> None:
+    """Stands in for a workflow function while the declaration's options are checked."""
 
 
 async def _no_job_fn(job: Any, payload: Any) -> None:

@@ -31,6 +31,7 @@ from covey.core._errors import (
     StorageError,
     TransportError,
     VersionConflict,
+    WorkflowError,
 )
 from covey.core._ids import (
     DEFAULT_GROUP,
@@ -115,6 +116,7 @@ __all__ = [
     "TransportOptions",
     "USER_HEADER",
     "VersionConflict",
+    "WorkflowError",
     "configure_logging",
     "current_context",
     "parse_snowflake",

@@ -21,7 +21,10 @@ exist so ``except`` clauses can be narrow where that reads better::
     │                                mailbox_full, handler_failed, shutting_down,
     │                                timeout, idempotency_conflict, invalid_transition,
     │                                state_version_unknown, state_read_only
-    └── JobError                     job_not_found, job_dead, job_cancelled
+    ├── JobError                     job_not_found, job_dead, job_cancelled
+    └── WorkflowError                workflow_not_found, workflow_failed,
+                                     workflow_cancelled, workflow_finished,
+                                     unknown_workflow, nondeterminism, token_invalid
 
 ``retryable`` tells a caller whether trying the same call again later may succeed.
 """
@@ -65,6 +68,13 @@ class Reason(StrEnum):
     INVALID_TRANSITION = "invalid_transition"
     STATE_VERSION_UNKNOWN = "state_version_unknown"
     STATE_READ_ONLY = "state_read_only"
+    WORKFLOW_NOT_FOUND = "workflow_not_found"
+    WORKFLOW_FAILED = "workflow_failed"
+    WORKFLOW_CANCELLED = "workflow_cancelled"
+    WORKFLOW_FINISHED = "workflow_finished"
+    UNKNOWN_WORKFLOW = "unknown_workflow"
+    NONDETERMINISM = "nondeterminism"
+    TOKEN_INVALID = "token_invalid"
 
 
 _RETRYABLE = frozenset({
@@ -195,3 +205,14 @@ class JobError(ClusterError):
     """
 
     default_reason = Reason.JOB_NOT_FOUND
+
+
+class WorkflowError(ClusterError):
+    """A workflow could not be found, failed, was cancelled or does not fit its journal.
+
+    ``details`` carries ``workflow_id``; a failed one also ``error_type``,
+    ``message``, ``compensation_errors`` and ``state``; a nondeterministic one
+    ``expected`` (what the journal holds) and ``found`` (what the code did).
+    """
+
+    default_reason = Reason.WORKFLOW_NOT_FOUND

@@ -95,6 +95,23 @@ EVENT_DEAD_LETTERS = Gauge(
     "the events singleton", ["group"],
 )
 
+WORKFLOWS_STARTED = Counter(
+    "covey_workflows_started_total", "Workflow executions that began their first run",
+    ["workflow"],
+)
+WORKFLOWS_ENDED = Counter(
+    "covey_workflows_completed_total",
+    "Workflow executions that ended, by final state (completed, compensated, failed, "
+    "cancelled, failed_nondeterministic)", ["workflow", "state"],
+)
+WORKFLOWS_RUNNING = Gauge(
+    "covey_workflows_running", "Workflow executions running on this runner now", ["workflow"],
+)
+WORKFLOW_STEP_SECONDS = Histogram(
+    "covey_workflow_step_seconds", "Seconds a workflow step ran (every attempt)", ["workflow"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
 __all__ = [
     "JOBS_BACKLOG",
     "JOBS_DEAD",
@@ -122,4 +139,8 @@ __all__ = [
     "SINGLETON_LAST_BEAT",
     "TRANSPORT_REJECTED",
     "WAKEUP_LISTENER_UP",
+    "WORKFLOWS_ENDED",
+    "WORKFLOWS_RUNNING",
+    "WORKFLOWS_STARTED",
+    "WORKFLOW_STEP_SECONDS",
 ]

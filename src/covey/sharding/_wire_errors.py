@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from covey.core import ClusterError, EntityError, Reason, SerializationError
+from covey.core import ClusterError, EntityError, Reason, SerializationError, WorkflowError
 
 #: the message of an error whose sender gave none (or no text)
 NO_MESSAGE = "the peer reported an error without a message"
@@ -77,7 +77,16 @@ def error_for(reason: Reason, message: str, details: dict[str, Any]) -> ClusterE
 def _class_for(reason: Reason) -> type[ClusterError]:
     if reason in (Reason.PAYLOAD_INVALID, Reason.PAYLOAD_UNKNOWN_TYPE):
         return SerializationError
+    if reason in _WORKFLOW_REASONS:
+        return WorkflowError
     return EntityError
+
+
+_WORKFLOW_REASONS = frozenset({
+    Reason.WORKFLOW_NOT_FOUND, Reason.WORKFLOW_FAILED, Reason.WORKFLOW_CANCELLED,
+    Reason.WORKFLOW_FINISHED, Reason.UNKNOWN_WORKFLOW, Reason.NONDETERMINISM,
+    Reason.TOKEN_INVALID,
+})
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:

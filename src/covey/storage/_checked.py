@@ -213,6 +213,14 @@ class CheckedMessageStorage(ABC):
         return await self._get(check_id("request_id", request_id))
 
     @final
+    async def find(self, address: EntityAddress, tag: str, primary_key: str) -> int | None:
+        probe = Message(1, address, tag, b"", primary_key=primary_key)
+        check_message(probe)
+        key = probe.dedupe_key
+        assert key is not None
+        return await self._find(key)
+
+    @final
     async def replies_for(self, request_ids: Collection[int]) -> dict[int, Reply]:
         ids = check_ids(request_ids)
         return await self._replies_for(ids) if ids else {}
@@ -287,6 +295,9 @@ class CheckedMessageStorage(ABC):
 
     @abstractmethod
     async def _get(self, request_id: int) -> Message | None: ...
+
+    @abstractmethod
+    async def _find(self, dedupe_key: str) -> int | None: ...
 
     @abstractmethod
     async def _replies_for(self, ids: list[int]) -> dict[int, Reply]: ...

@@ -238,6 +238,11 @@ class MessageStorage(Protocol):
         """
         ...
 
+    async def find(self, address: EntityAddress, tag: str, primary_key: str) -> int | None:
+        """The id of the stored request with this address, tag and primary key (the
+        one :meth:`save_request` deduplicates on), or ``None``."""
+        ...
+
     async def get(self, request_id: int) -> Message | None:
         """The stored request, processed or not."""
         ...

@@ -240,6 +240,10 @@ class InMemoryMessageStorage(CheckedMessageStorage):
         row = self.rows.get(request_id)
         return row.message if row else None
 
+    async def _find(self, dedupe_key: str) -> int | None:
+        found = self._by_key.get(dedupe_key)
+        return found if found is not None and found in self.rows else None
+
     async def _replies_for(self, ids: list[int]) -> dict[int, Reply]:
         out: dict[int, Reply] = {}
         for request_id in ids:

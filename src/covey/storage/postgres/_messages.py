@@ -165,6 +165,11 @@ class PostgresMessageStorage(CheckedTransactionalMessages):
             row = await self._pool.fetchrow(self._sql.GET_MESSAGE, request_id)
         return None if row is None else message_of(row)
 
+    async def _find(self, dedupe_key: str) -> int | None:
+        with translated("finding a message"):
+            found = await self._pool.fetchval(self._sql.FIND_MESSAGE, dedupe_key)
+        return None if found is None else int(found)
+
     async def _replies_for(self, ids: list[int]) -> dict[int, Reply]:
         with translated("reading replies"):
             rows = await self._pool.fetch(self._sql.REPLIES, ids)

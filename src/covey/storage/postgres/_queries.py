@@ -195,6 +195,7 @@ class Statements:
         f" AND {_IN_SHARDS}"
     )
     GET_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM {{s}}.messages WHERE id = $1"
+    FIND_MESSAGE = "SELECT id FROM {s}.messages WHERE dedupe_key = $1"
     REPLIES = (
         "SELECT id, reply, reply_is_error FROM {s}.messages"
         " WHERE id = ANY($1::int8[]) AND processed"

@@ -177,6 +177,13 @@ class SqliteMessageStorage(CheckedMessageStorage):
 
         return await self._db.read(run)
 
+    async def _find(self, dedupe_key: str) -> int | None:
+        def run(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(q.FIND_MESSAGE, (dedupe_key,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._db.read(run)
+
     async def _replies_for(self, ids: list[int]) -> dict[int, Reply]:
         def run(conn: sqlite3.Connection) -> dict[int, Reply]:
             return {id_: reply_of(id_, payload, is_error)

@@ -105,6 +105,7 @@ REPLIES = (
     "SELECT id, reply, reply_is_error FROM covey_messages WHERE processed = 1 AND id IN ({ids})"
 )
 GET_MESSAGE = f"SELECT {MESSAGE_COLUMNS} FROM covey_messages WHERE id = ?"
+FIND_MESSAGE = "SELECT id FROM covey_messages WHERE dedupe_key = ?"
 #: the due, unleased messages of some shards, by priority then id (then leased)
 UNPROCESSED = (
     f"SELECT {MESSAGE_COLUMNS} FROM covey_messages WHERE processed = 0"

@@ -1,0 +1,6 @@
+"""What the assembly builds a runner's workflows from (not for applications)."""
+
+from covey.workflows._definition import WORKFLOW_ENTITY, workflow_spec
+from covey.workflows._runner import WorkflowRunner
+
+__all__ = ["WORKFLOW_ENTITY", "WorkflowRunner", "workflow_spec"]
