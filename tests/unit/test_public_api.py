@@ -123,12 +123,14 @@ EXPECTED: dict[str, list[str]] = {
     "covey.storage.postgres": ["PostgresStorage", "PostgresTransaction"],
     "covey.storage.runtime": ["GroupCommit"],
     "covey.storage.sqlite": ["SqliteStorage", "SqliteTransaction"],
-    "covey.testing": ["TestCluster"],
+    "covey.testing": ["ReplayReport", "TestCluster", "replay"],
     "covey.workflows": [
         "Awakeable", "ChildHandle", "JournalEntry", "StepCall", "Workflow", "WorkflowContext",
         "WorkflowHandle", "WorkflowStatus", "Workflows",
     ],
-    "covey.workflows.runtime": ["WORKFLOW_ENTITY", "WorkflowRunner", "workflow_spec"],
+    "covey.workflows.runtime": [
+        "ReplayReport", "WORKFLOW_ENTITY", "WorkflowRunner", "replay", "workflow_spec",
+    ],
 }
 
 

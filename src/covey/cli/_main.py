@@ -1,5 +1,5 @@
 """``covey run`` / ``serve-metrics`` / ``status`` / ``migrate`` / ``runners`` (and ``covey
-jobs``, ``covey events``).
+jobs``, ``covey events``, ``covey workflows``).
 
 Every command that prints accepts ``--json`` (one document on stdout, stable
 keys, ids as strings; see :mod:`covey.cli._output` and ``docs/cli.md``).
@@ -22,6 +22,7 @@ from covey.cli._jobs import jobs
 from covey.cli._output import console, emit, fail, guarded, json_option
 from covey.cli._runners import runners
 from covey.cli._worker_http import WorkerEndpoint
+from covey.cli._workflows import workflows
 from covey.cluster import Cluster
 from covey.core import ClusterError, CoveyConfig, configure_logging
 from covey.events import GroupStats
@@ -83,6 +84,7 @@ def main() -> None:
 main.add_command(events)
 main.add_command(jobs)
 main.add_command(runners)
+main.add_command(workflows)
 
 
 @main.command()

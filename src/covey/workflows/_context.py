@@ -59,7 +59,7 @@ class StepCall:
         self.timeout = timeout
         self.compensate = compensate
         self.transaction = transaction
-        label = name if name is not None else getattr(fn, "__qualname__", None) or repr(fn)
+        label = name if name is not None else _name_of(fn)
         self.seq, self.key = ex.next_seq(str(label))
         self._used = False
 
@@ -340,6 +340,7 @@ class WorkflowContext:
         entry = ex.replayed(seq, entry_key, "event")
         if entry is not None:
             return
+        ex.check_cancel()
         ex.j.events[key] = plain(value)
         ex.record(seq, Entry(entry_key, "event", DONE))
         await ex.flush()
@@ -350,6 +351,7 @@ class WorkflowContext:
         seq, key = ex.next_seq("awakeable")
         entry = ex.replayed(seq, key, "awakeable")
         if entry is None:
+            ex.check_cancel()
             token = ex.host.sign(ex.workflow_id, seq)
             ex.record(seq, Entry(key, "awakeable", DONE, result=token))
             await ex.flush()  # journaled before the token can leave the workflow
@@ -381,6 +383,12 @@ class WorkflowContext:
         ex.record(seq, Entry(key, "start_child", DONE, result=child_id))
         await ex.flush()
         return ChildHandle(self, child_id, result_type)
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    """A step's default name: its qualified name without the enclosing functions."""
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return str(qualname).rsplit("<locals>.", 1)[-1]
 
 
 def _when(stamp: float) -> str:

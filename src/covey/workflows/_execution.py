@@ -90,6 +90,10 @@ class Lost(BaseException):
     """This copy of the execution may not write any more (fenced, or stale)."""
 
 
+class ReplayEnd(BaseException):
+    """A replay (``covey.testing.replay``) reached the end of its journal."""
+
+
 class ExecutionHost(Protocol):
     """What an execution needs from its runner."""
 
@@ -166,7 +170,8 @@ class Execution:
         self.counters: dict[str, int] = {}
         self.compensations: list[Compensation] = []
         self.finalizers: list[Finalizer] = []
-        self.steps_running = 0
+        #: a replay of a recorded journal: nothing acts, the end of the journal stops it
+        self.replay_only = False
 
     # ---- journal ---------------------------------------------------------
 
@@ -176,6 +181,10 @@ class Execution:
         return self.journal
 
     async def load(self) -> None:
+        async with self.lock:  # a signal arriving meanwhile waits for the journal
+            await self._load()
+
+    async def _load(self) -> None:
         stored = await self.host.state.get(self.key)
         if stored is None:
             self.journal = Journal(self.spec.name, self.spec.version, self.start.id,
@@ -239,6 +248,10 @@ class Execution:
         return entry
 
     def check_cancel(self) -> None:
+        """Before an operation acts: stop a replay at the journal's end; a cancelled
+        execution stops here."""
+        if self.replay_only:
+            raise ReplayEnd()
         if self.j.cancel:
             raise Cancelled()
 
@@ -469,7 +482,8 @@ class Execution:
 
         for index, fin in enumerate(self.finalizers):
             seq = FINALIZER_BASE - index
-            key = f"finalizer:{getattr(fin.fn, '__qualname__', 'fn')}"
+            name = str(getattr(fin.fn, "__qualname__", "fn")).rsplit("<locals>.", 1)[-1]
+            key = f"finalizer:{name}"
             entry = self.j.entries.get(seq)
             if entry is not None:
                 continue

@@ -131,7 +131,7 @@ class WorkflowRunner:
     def release(self, execution: Execution) -> None:
         if self.live.get(execution.workflow_id) is execution:
             del self.live[execution.workflow_id]
-            metrics.WORKFLOWS_RUNNING.labels(execution.spec.name).dec()
+        metrics.WORKFLOWS_RUNNING.labels(execution.spec.name).dec()
         self._unuse(execution.workflow_id)
 
     def child_messages(self, execution: Execution, outcome: dict[str, Any],
@@ -309,6 +309,14 @@ class WorkflowRunner:
             raise EntityError(f"unknown workflow request {message.tag!r}",
                               reason=Reason.UNKNOWN_RPC)
         start_id: int = self._codec.decode(message.payload, int)
+        workflow_id = message.address.entity_id
+        async with self._locked(workflow_id):
+            journal, version = await self._journal(workflow_id)
+            if journal is None or journal.state != "failed_nondeterministic":
+                return Reply(message.id, self._codec.encode(False))
+            # parked: it runs again from its journal, with the code deployed now
+            journal.state, journal.outcome, journal.updated_at = "running", None, self.clock.now()
+            await self._write(message.address.shard, workflow_id, journal, version)
         await self._rerun(start_id)
         return Reply(message.id, self._codec.encode(True))
 

@@ -87,7 +87,8 @@ async def run_step(ex: Execution, seq: int, key: str, kind: str, fn: Callable[..
     while True:
         attempt += 1
         await ex.flush()  # what it may depend on is durable before it acts
-        ex.check_cancel()
+        if kind == "step":  # compensations run because of a cancel: they go on
+            ex.check_cancel()
         started = time.perf_counter()
         try:
             if transaction:

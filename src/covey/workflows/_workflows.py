@@ -8,6 +8,7 @@ workflows): an execution is a stored message, its journal a stored value.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -387,12 +388,23 @@ class Workflows:
 
     async def cancel(self, workflow_id: str, *, timeout: float = 30.0) -> WorkflowStatus:
         """Cancel an execution: it stops at its next step or wait, its compensations
-        and finalizers run; its children (not detached) are cancelled too."""
+        and finalizers run; its children (not detached) are cancelled too. Returns
+        its status once it ended (or when ``timeout`` passed: the cancel is stored
+        and takes effect when a runner serves it)."""
         workflow_id = check_workflow_id(workflow_id)
-        await self._start_of(workflow_id)
-        await self._call(self.cancel_message(workflow_id), check_seconds("timeout", timeout),
-                         f"cancel {workflow_id}")
-        return await self.status(workflow_id)
+        timeout = check_seconds("timeout", timeout)
+        start = await self._start_of(workflow_id)
+        deadline = self._clock.monotonic() + timeout
+        await self._call(self.cancel_message(workflow_id), timeout, f"cancel {workflow_id}")
+        status = await self.status(workflow_id)
+        left = deadline - self._clock.monotonic()
+        if not status.done and left > 0:
+            # its compensations and finalizers run now; wait for its end (up to timeout)
+            with contextlib.suppress(ClusterError):
+                await self._messenger.wait_for_reply(Envelope(start, persisted=True),
+                                                     timeout=left)
+            status = await self.status(workflow_id)
+        return status
 
     async def resume(self, workflow_id: str, *, timeout: float = 10.0) -> WorkflowStatus:
         """Run a parked execution (``failed_nondeterministic``) again, from its journal,
@@ -420,6 +432,9 @@ def _status_of(workflow_id: str, journal: Journal) -> WorkflowStatus:
     for entry in journal.entries.values():
         if entry.status == "failed" and entry.kind == "step" and entry.error:
             error = f"{entry.error.get('error_type')}: {entry.error.get('message')}"
+    outcome = journal.outcome
+    if outcome is not None and outcome.get("state") != "completed":
+        error = f"{outcome.get('error_type')}: {outcome.get('message')}"
     return WorkflowStatus(workflow_id, journal.name, journal.version, journal.state,
                           journal.created_at, journal.updated_at, len(journal.entries),
                           error if journal.state not in ("running", "completed") else None,

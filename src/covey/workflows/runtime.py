@@ -1,6 +1,7 @@
 """What the assembly builds a runner's workflows from (not for applications)."""
 
 from covey.workflows._definition import WORKFLOW_ENTITY, workflow_spec
+from covey.workflows._replay import ReplayReport, replay
 from covey.workflows._runner import WorkflowRunner
 
-__all__ = ["WORKFLOW_ENTITY", "WorkflowRunner", "workflow_spec"]
+__all__ = ["WORKFLOW_ENTITY", "ReplayReport", "WorkflowRunner", "replay", "workflow_spec"]
