@@ -252,6 +252,12 @@ def _message_cases() -> dict[str, list[Case]]:
                  lambda c, v=value: c.storage.messages.list_messages("Account", tag=v))
         case("count_messages", "entity_type", label,
              lambda c, v=value: c.storage.messages.count_messages(v))
+    for label, value in NAMES:
+        case("find", "tag", label,
+             lambda c, v=value: c.storage.messages.find(c.message.address, v, "k"))
+    for label, value in [("None", None), ("empty", ""), ("int", 5), ("NUL", "a\x00b")]:
+        case("find", "primary_key", label,
+             lambda c, v=value: c.storage.messages.find(c.message.address, "t", v))
     for label, value in [("bogus", "bogus"), ("upper case", "ERROR"), ("int", 1),
                          ("list", ["error"]), ("True", True)]:
         case("list_messages", "state", label,

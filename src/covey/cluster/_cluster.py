@@ -325,6 +325,10 @@ class Cluster(Declaring):
                 does not validate (the field named); nothing is stored then.
         """
         if workflow is None:
+            if payload is not None or workflow_id is not None or transaction is not None:
+                raise ClusterError("start(workflow, payload, ...): the workflow is missing "
+                                   "(start() with no argument joins the cluster)",
+                                   reason=Reason.INVALID_ARGUMENT, field="workflow")
             await self._join()
             return None
         return await self.workflows.start(workflow, payload, workflow_id=workflow_id,

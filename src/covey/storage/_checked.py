@@ -37,7 +37,13 @@ from covey.storage._checks import (
     check_version,
 )
 from covey.storage._errors import invalid
-from covey.storage._message import Message, MessageRecord, check_message, check_messages
+from covey.storage._message import (
+    Message,
+    MessageRecord,
+    check_message,
+    check_messages,
+    dedupe_key,
+)
 from covey.storage._model import Fence, Reply, RunnerInfo, SaveResult, Versioned
 from covey.storage._runner_checks import (
     check_max_age,
@@ -214,11 +220,11 @@ class CheckedMessageStorage(ABC):
 
     @final
     async def find(self, address: EntityAddress, tag: str, primary_key: str) -> int | None:
+        if not isinstance(primary_key, str):
+            raise invalid("primary_key", primary_key, "a non-empty string")
         probe = Message(1, address, tag, b"", primary_key=primary_key)
         check_message(probe)
-        key = probe.dedupe_key
-        assert key is not None
-        return await self._find(key)
+        return await self._find(dedupe_key(address, tag, primary_key))
 
     @final
     async def replies_for(self, request_ids: Collection[int]) -> dict[int, Reply]:

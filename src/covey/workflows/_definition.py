@@ -72,7 +72,8 @@ def workflow_spec(name: str, version: int, fn: Callable[..., Awaitable[Any]]) ->
     if not inspect.iscoroutinefunction(fn):
         raise invalid_argument("fn", f"workflow {name!r}: {fn!r} is not an async function")
     params = list(inspect.signature(fn).parameters.values())
-    if len(params) != 2:
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(params) != 2 or any(p.kind not in positional for p in params):
         raise invalid_argument("fn", f"workflow {name!r}: the function takes (ctx, payload)")
     try:
         hints = typing.get_type_hints(fn)

@@ -229,7 +229,6 @@ class WorkflowRunner:
         if not cancel:
             item = self._codec.decode(message.payload, dict[str, Any])
             item["i"] = message.id
-        kick: int | None = None
         async with self._locked(workflow_id):
             execution = self.live.get(workflow_id)
             if execution is not None and not execution.closed and execution.journal:
@@ -250,7 +249,8 @@ class WorkflowRunner:
                 journal = Journal(found.headers.get(NAME_HEADER, ""),
                                   int(found.headers.get(VERSION_HEADER, "1") or 1), found.id,
                                   self.clock.now(), state="pending")
-            if journal.state in TERMINAL:
+            parked = journal.state == "failed_nondeterministic"
+            if journal.state in TERMINAL and not parked:
                 if cancel:
                     return Reply(message.id, b"")
                 raise WorkflowError(
@@ -260,8 +260,10 @@ class WorkflowRunner:
             if _apply(journal, message.id, item, cancel):
                 journal.updated_at = self.clock.now()
                 await self._write(message.address.shard, workflow_id, journal, version)
-            kick = journal.start_id
-        await self._kick(kick)
+            # a parked execution keeps what it is sent for when it is resumed
+            kick = None if parked else journal.start_id
+        if kick is not None:
+            await self._kick(kick)
         return Reply(message.id, b"")
 
     async def _write(self, shard: ShardId, workflow_id: str, journal: Journal,
@@ -317,7 +319,10 @@ class WorkflowRunner:
             # parked: it runs again from its journal, with the code deployed now
             journal.state, journal.outcome, journal.updated_at = "running", None, self.clock.now()
             await self._write(message.address.shard, workflow_id, journal, version)
+        # unprocessed again (any cached reply forgotten), then run now: its stored
+        # deliver_at may still be a wait's timer, which would hold a plain re-run back
         await self._rerun(start_id)
+        await self._kick(start_id)
         return Reply(message.id, self._codec.encode(True))
 
     # ---- locks -------------------------------------------------------------
@@ -414,4 +419,6 @@ class Tokens:
             raise invalid from None
         if not isinstance(workflow_id, str) or not isinstance(seq, int):
             raise invalid
+        if not hmac.compare_digest(self.sign(workflow_id, seq), token):
+            raise invalid  # only the token as issued: no other spelling of it
         return workflow_id, seq

@@ -54,6 +54,9 @@ from covey.workflows._runner import CANCEL_TAG, RESUME_TAG, SIGNAL_TAG, Tokens
 #: where the key awakeable tokens are signed with is kept (made on first use)
 TOKEN_KEY = "covey.workflow-token-key"
 
+STATES = ("pending", "running", "waiting", "completed", "compensated", "failed", "cancelled",
+          "failed_nondeterministic")
+
 WorkflowState = Literal["pending", "running", "waiting", "completed", "compensated", "failed",
                         "cancelled", "failed_nondeterministic"]
 
@@ -308,6 +311,8 @@ class Workflows:
     async def list(self, *, state: str | None = None, name: str | None = None,
                    limit: int = 50) -> list[WorkflowStatus]:
         """Executions, newest first (at most ``limit``), optionally of one state or name."""
+        if state is not None and state not in STATES:
+            raise invalid_argument("state", f"{state!r} is not one of {', '.join(STATES)}")
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
             raise invalid_argument("limit", f"{limit!r} is not an int from 1 to 10000")
         scan = limit if state is None and name is None else min(limit * 20, 10_000)
@@ -371,6 +376,8 @@ class Workflows:
         """What ``workflow_id`` published under ``key`` (``ctx.set_event``); waits up
         to ``timeout`` seconds for it (``None``: look once); ``None`` if not set."""
         workflow_id = check_workflow_id(workflow_id)
+        if not isinstance(key, str) or not key:
+            raise invalid_argument("key", f"{key!r} is not an event key")
         deadline = self._clock.monotonic() + (0.0 if timeout is None
                                               else check_seconds("timeout", timeout))
         pause = 0.005
@@ -380,6 +387,8 @@ class Workflows:
                 return journal.events[key]
             if journal is not None and journal.state in TERMINAL:
                 return None
+            if journal is None and pause == 0.005:
+                await self._start_of(workflow_id)  # workflow_not_found
             left = deadline - self._clock.monotonic()
             if left <= 0:
                 return None
