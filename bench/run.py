@@ -31,6 +31,9 @@ SCENARIOS: dict[str, str] = {
     "readiness": "scenarios.readiness",
     "events-latency": "scenarios.events_latency",
     "events-throughput": "scenarios.events_throughput",
+    "workflow-throughput": "scenarios.workflow_throughput",
+    "workflow-latency": "scenarios.workflow_latency",
+    "workflow-signal": "scenarios.workflow_signal",
 }
 
 

@@ -1,0 +1,71 @@
+"""The workflows application of the ``workflow-*`` benchmarks.
+
+``python -m covey run bench.apps.workflow_bench_app:cluster`` (cwd = repo root,
+the repo root on ``PYTHONPATH``), configured by ``COVEY_*`` variables. The bench
+process (client-only) calls :func:`declare` on its own cluster, so that it can
+start the same workflows and type their results.
+
+* ``bench.noop3`` (``workflow-throughput``, ``workflow-latency``): three
+  journaled steps, each an async no-op returning a small int; the result is
+  the payload + 3, so the bench checks every result.
+* ``bench.signal`` (``workflow-signal``): ``rounds`` times, ``recv("go")``, then
+  ``time.time()`` taken on the line right after ``recv`` returned, journaled by
+  a step (so a replay of the workflow keeps the first value) together with the
+  runner's pid, and published as the event ``got<round>``. The sender compares
+  it with its own ``time.time()`` taken before ``cluster.send``: same machine,
+  same clock.
+
+All use the library defaults (step retry: one attempt; no timeouts).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import covey
+
+NOOP3 = "bench.noop3"
+SIGNAL = "bench.signal"
+
+
+async def bump(n: int) -> int:
+    """A step that does nothing but return a small value."""
+    return n + 1
+
+
+async def receipt(got: float) -> dict[str, float]:
+    """A step that journals the receipt time taken in the workflow body (first
+    execution) and the pid of the runner that ran it."""
+    return {"got": got, "pid": float(os.getpid())}
+
+
+def declare(cluster: covey.Cluster) -> dict[str, covey.Workflow]:
+    @cluster.workflow(NOOP3, version=1)
+    async def noop3(ctx: covey.WorkflowContext, n: int) -> int:
+        a = await ctx.step(bump, n, name="one")
+        b = await ctx.step(bump, a, name="two")
+        c: int = await ctx.step(bump, b, name="three")
+        return c
+
+    @cluster.workflow(SIGNAL, version=1)
+    async def signal(ctx: covey.WorkflowContext, rounds: int) -> int:
+        for i in range(rounds):
+            await ctx.recv("go")
+            # Not deterministic by itself: the step journals it, so a replay
+            # returns the value of the first execution whatever is passed here.
+            got = time.time()
+            stamp = await ctx.step(receipt, got, name="receipt")
+            await ctx.set_event(f"got{i}", stamp)
+        return rounds
+
+    return {"noop3": noop3, "signal": signal}
+
+
+def make_cluster() -> covey.Cluster:
+    cluster = covey.Cluster.from_env()
+    declare(cluster)
+    return cluster
+
+
+cluster = make_cluster
