@@ -353,10 +353,13 @@ class CheckedStateStore(ABC):
 
     @final
     async def set(
-        self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
+        self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None,
+        sync: bool = True,
     ) -> int:
         check_state_write(key, value, expected_version, fence)
-        return await self._set(key, value, expected_version, fence)
+        if not isinstance(sync, bool):
+            raise invalid("sync", sync, "a bool")
+        return await self._set(key, value, expected_version, fence, sync)
 
     @final
     async def delete(self, key: str, *, expected_version: int | None = None) -> bool:
@@ -369,7 +372,7 @@ class CheckedStateStore(ABC):
 
     @abstractmethod
     async def _set(self, key: str, value: bytes, expected_version: int | None,
-                   fence: Fence | None) -> int: ...
+                   fence: Fence | None, sync: bool = True) -> int: ...
 
     @abstractmethod
     async def _delete(self, key: str, expected_version: int | None) -> bool: ...

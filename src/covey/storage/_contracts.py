@@ -299,13 +299,20 @@ class StateStore(Protocol):
         ...
 
     async def set(
-        self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None
+        self, key: str, value: bytes, *, expected_version: int | None, fence: Fence | None = None,
+        sync: bool = True,
     ) -> int:
         """Write ``value`` if the stored version is ``expected_version``.
 
         ``expected_version=None`` means the key must not exist yet. With a
         ``fence``, the write is also refused unless the fence is current.
         Returns the new version.
+
+        ``sync=False`` (a fenced write only): the write may return before the
+        database made it durable. It is visible at once and survives the writer's
+        own crash; only a crash of the database server shortly after may lose it,
+        and then also nothing committed after it (PostgreSQL commits it without
+        waiting for its WAL flush; a later synchronous commit flushes it too).
 
         Raises:
             FencedOut: the fence is stale (checked first); nothing was written.

@@ -23,6 +23,9 @@ START_TAG = "start"
 NAME_HEADER = "covey-workflow"
 VERSION_HEADER = "covey-workflow-version"
 PARENT_HEADER = "covey-workflow-parent"
+#: only on the copy of a start message its starter pushes right after storing it:
+#: the execution cannot have a journal yet, so its runner does not read one first
+FRESH_HEADER = "covey-workflow-fresh"
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from covey.core.runtime import validate
 from covey.jobs import Retry
 from covey.sharding.runtime import Completed, Deferred
 from covey.storage import Fence, Message, MessageStorage, Reply, StateStore, UnitOfWork
-from covey.workflows._definition import Workflow
+from covey.workflows._definition import PARENT_HEADER, Workflow
 from covey.workflows._journal import (
     DONE,
     FAILED,
@@ -90,6 +90,10 @@ class Lost(BaseException):
     """This copy of the execution may not write any more (fenced, or stale)."""
 
 
+class Restart(BaseException):
+    """The journal this run assumed absent exists: read it and run again."""
+
+
 class ReplayEnd(BaseException):
     """A replay (``covey.testing.replay``) reached the end of its journal."""
 
@@ -104,6 +108,7 @@ class ExecutionHost(Protocol):
     def next_id(self) -> int: ...
     async def fenced(self, shard: ShardId) -> None: ...
     def wake_sent(self, messages: list[Message]) -> None: ...
+    def complete_later(self, reply: Reply, fence: Fence) -> None: ...
     def release(self, execution: Execution) -> None: ...
     def child_messages(self, execution: Execution, outcome: dict[str, Any],
                        cancelled: bool) -> list[Message]: ...
@@ -146,7 +151,7 @@ class Execution:
     """One execution's run on this runner (see the module docstring)."""
 
     def __init__(self, host: ExecutionHost, spec: Workflow, start: Message, fence: Fence,
-                 lock: asyncio.Lock, codec: Any) -> None:
+                 lock: asyncio.Lock, codec: Any, *, fresh: bool = False) -> None:
         self.host = host
         self.spec = spec
         self.start = start
@@ -172,6 +177,9 @@ class Execution:
         self.finalizers: list[Finalizer] = []
         #: a replay of a recorded journal: nothing acts, the end of the journal stops it
         self.replay_only = False
+        #: started by a fresh push: no journal is read first; the first write
+        #: (create-if-absent) finds out if one existed after all (then: Restart)
+        self.assumed_fresh = fresh
 
     # ---- journal ---------------------------------------------------------
 
@@ -185,7 +193,7 @@ class Execution:
             await self._load()
 
     async def _load(self) -> None:
-        stored = await self.host.state.get(self.key)
+        stored = None if self.assumed_fresh else await self.host.state.get(self.key)
         if stored is None:
             self.journal = Journal(self.spec.name, self.spec.version, self.start.id,
                                    self.host.clock.now())
@@ -208,16 +216,22 @@ class Execution:
         self.dirty = False
         self.j.updated_at = self.host.clock.now()
         try:
+            # a checkpoint: no wait for the database's disk flush (see docs/workflows.md);
+            # an ending (outcome) is written durably
             self.version = await self.host.state.set(
-                self.key, self.j.encode(), expected_version=self.version, fence=self.fence)
+                self.key, self.j.encode(), expected_version=self.version, fence=self.fence,
+                sync=self.j.state in TERMINAL)
         except (FencedOut, VersionConflict) as exc:
             self.dirty = True
             await self._lost(exc)
         except BaseException:
             self.dirty = True
             raise
+        self.assumed_fresh = False
 
     async def _lost(self, exc: BaseException) -> typing.NoReturn:
+        if self.assumed_fresh and not isinstance(exc, FencedOut):
+            raise Restart() from exc
         if isinstance(exc, FencedOut):
             await self.host.fenced(self.fence.shard)
         log.info("workflow %s: this runner may not write its journal any more (%s)",
@@ -265,20 +279,14 @@ class Execution:
     async def run(self) -> None:
         """Run until the execution ends or must wait; :attr:`outcome` says which."""
         try:
-            await self.load()
-            if self.j.state in TERMINAL:
-                answer: Completed | Deferred = await self._stored_outcome()
-            else:
-                while True:
-                    outcome = await self._run_body()
-                    if outcome.until is not None:
-                        suspended = await self._suspend(outcome)
-                        if suspended is None:
-                            continue  # news arrived while deciding: run again
-                        answer = suspended
-                        break
-                    answer = await self._finish(outcome)
+            while True:
+                try:
+                    answer = await self._run_to_end()
                     break
+                except Restart:  # a journal existed after all: read it, run again
+                    self.assumed_fresh = False
+                    self.closed = False
+                    self.dirty = False
             self.outcome.set_result(answer)
         except BaseException as exc:
             error: BaseException = exc
@@ -295,6 +303,19 @@ class Execution:
         finally:
             self.closed = True
             self.host.release(self)
+
+    async def _run_to_end(self) -> Completed | Deferred:
+        await self.load()
+        if self.j.state in TERMINAL:
+            return await self._stored_outcome()
+        while True:
+            outcome = await self._run_body()
+            if outcome.until is None:
+                return await self._finish(outcome)
+            suspended = await self._suspend(outcome)
+            if suspended is not None:
+                return suspended
+            # news arrived while it decided to wait: run again
 
     async def _stored_outcome(self) -> Completed | Deferred:
         replies = await self.host.messages.replies_for([self.start.id])
@@ -396,6 +417,12 @@ class Execution:
         state = outcome.state
         if state == "failed" and self.compensations and not errors:
             state = "compensated"
+        transactional = state != "failed_nondeterministic" and any(
+            f.transaction for f in self.finalizers)
+        tells = bool(self.start.headers.get(PARENT_HEADER)) or (
+            state == "cancelled" and bool(self.j.children))
+        if not transactional and not tells:
+            return await self._finish_plainly(state, outcome, errors)
         unit = self.host.messages.unit(self.fence, self.start.id)
         try:
             if state != "failed_nondeterministic":
@@ -426,6 +453,25 @@ class Execution:
             await unit.discard()
             raise
         self.host.wake_sent(unit.sent)
+        metrics.WORKFLOWS_ENDED.labels(self.spec.name, state).inc()
+        return Completed(reply)
+
+    async def _finish_plainly(self, state: str, outcome: Outcome,
+                              errors: list[dict[str, str]]) -> Completed:
+        """The end of an execution that sends nothing and has no transactional
+        finalizer: its journal (final state and outcome) is one fenced write; the
+        start message's reply is stored after, in the background. Should the runner
+        die in between, the start message runs again, finds the journal ended and
+        stores its outcome then."""
+        if state != "failed_nondeterministic":
+            await self._finalize(None)
+        body = self._outcome_body(state, outcome, errors)
+        reply = Reply(self.start.id, self.codec.encode(body), is_error=state != "completed")
+        async with self.lock:
+            self.j.state, self.j.waiting_for, self.j.outcome = state, None, body
+            await self.write_locked()
+            self.closed = True
+        self.host.complete_later(reply, self.fence)
         metrics.WORKFLOWS_ENDED.labels(self.spec.name, state).inc()
         return Completed(reply)
 
@@ -475,7 +521,7 @@ class Execution:
         await self.flush()
         return errors
 
-    async def _finalize(self, unit: UnitOfWork) -> None:
+    async def _finalize(self, unit: UnitOfWork | None) -> None:
         """Run each finalizer once: a transactional one inside the final unit (it
         commits with the outcome), another before it (journaled)."""
         from covey.workflows._steps import call_step
@@ -489,6 +535,7 @@ class Execution:
                 continue
             try:
                 if fin.transaction:
+                    assert unit is not None
                     tx = await unit.transaction()
                     await call_step(fin.fn, (tx, *fin.args), None)
                 else:

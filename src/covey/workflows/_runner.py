@@ -41,6 +41,7 @@ from covey.sharding.runtime import Completed, Deferred, Envelope, Reschedule, er
 from covey.storage import Fence, Message, Reply, Storage, UnitOfWork
 from covey.workflows._context import CHILD_TOPIC
 from covey.workflows._definition import (
+    FRESH_HEADER,
     NAME_HEADER,
     PARENT_HEADER,
     START_TAG,
@@ -128,6 +129,17 @@ class WorkflowRunner:
         if messages:
             self._wake_sent(messages)
 
+    def complete_later(self, reply: Reply, fence: Fence) -> None:
+        """Store an ended execution's reply in the background (its journal has it)."""
+        self._tasks.spawn(self._complete(reply, fence), name="covey-workflow-reply")
+
+    async def _complete(self, reply: Reply, fence: Fence) -> None:
+        try:
+            await self.messages.save_reply(reply, fence)
+        except ClusterError as exc:  # its start message runs again and stores it then
+            log.debug("storing the reply of workflow message %s failed: %s",
+                      reply.request_id, exc)
+
     def release(self, execution: Execution) -> None:
         if self.live.get(execution.workflow_id) is execution:
             del self.live[execution.workflow_id]
@@ -202,7 +214,8 @@ class WorkflowRunner:
             raise EntityError(f"shard {shard} is not served here", reason=Reason.NOT_OWNER)
         workflow_id = start.address.entity_id
         slot = self._use(workflow_id)
-        execution = Execution(self, spec, start, Fence(shard, epoch), slot.lock, self._codec)
+        execution = Execution(self, spec, start, Fence(shard, epoch), slot.lock, self._codec,
+                              fresh=start.headers.get(FRESH_HEADER) == "1")
         self.live[workflow_id] = execution
         metrics.WORKFLOWS_RUNNING.labels(spec.name).inc()
         self._tasks.spawn(execution.run(), name="covey-workflow")

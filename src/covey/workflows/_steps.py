@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from covey.core import (
     AlreadyProcessed,
-    ClusterError,
-    EntityError,
     FencedOut,
     Reason,
     VersionConflict,
@@ -129,7 +127,8 @@ async def _transactional(ex: Execution, seq: int, key: str, kind: str,
     if isinstance(saved, Duplicate):
         if saved.reply is not None:
             # committed with its journal entry, which this copy of the journal lacks
-            raise _stale(ex)
+            await ex._lost(VersionConflict(f"workflow {ex.workflow_id!r}: its journal "
+                                           "changed under this run"))
         request_id = saved.original_id
     unit = host.messages.unit(ex.fence, request_id)
     try:
@@ -164,11 +163,6 @@ def _restore(ex: Execution, seq: int, previous: Entry | None) -> None:
     else:
         ex.j.entries[seq] = previous
     ex.dirty = True
-
-
-def _stale(ex: Execution) -> ClusterError:
-    return EntityError(f"workflow {ex.workflow_id!r}: its journal changed under this run",
-                       reason=Reason.VERSION_CONFLICT)
 
 
 async def close_step_message(ex: Execution, seq: int, error: str) -> None:

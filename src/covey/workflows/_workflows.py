@@ -9,6 +9,7 @@ workflows): an execution is a stored message, its journal a stored value.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from covey.sharding.runtime import Envelope, Messenger, raise_error_reply
 from covey.storage import Duplicate, Message, Storage, TransactionalMessages
 from covey.workflows._context import AWAKEABLE_TOPIC
 from covey.workflows._definition import (
+    FRESH_HEADER,
     NAME_HEADER,
     PARENT_HEADER,
     START_TAG,
@@ -229,7 +231,8 @@ class Workflows:
         saved = await self._storage.messages.save_request(message)
         if isinstance(saved, Duplicate):
             return WorkflowHandle(self, workflow_id, result_type, duplicate=True)
-        await self._messenger.push_many([Envelope(message, persisted=True)])
+        fresh = dataclasses.replace(message, headers={**message.headers, FRESH_HEADER: "1"})
+        await self._messenger.push_many([Envelope(fresh, persisted=True)])
         return WorkflowHandle(self, workflow_id, result_type, message)
 
     def handle(self, workflow_id: str, workflow: Workflow | str | None = None) -> WorkflowHandle:
@@ -256,9 +259,11 @@ class Workflows:
                      start: Message | None = None) -> Any:
         """Wait for an execution's outcome (see :meth:`WorkflowHandle.result`)."""
         timeout = check_seconds("timeout", timeout)
+        reply = None
         if start is None:
             start = await self._start_of(check_workflow_id(workflow_id))
-        reply = (await self._storage.messages.replies_for([start.id])).get(start.id)
+            reply = (await self._storage.messages.replies_for([start.id])).get(start.id)
+        # a handle from start(): straight to its owner (which answers an ended one too)
         if reply is None:
             reply = await self._messenger.wait_for_reply(Envelope(start, persisted=True),
                                                          timeout=timeout)

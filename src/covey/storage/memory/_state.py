@@ -20,7 +20,7 @@ class InMemoryStateStore(CheckedStateStore):
         return self._values.get(key)
 
     async def _set(self, key: str, value: bytes, expected_version: int | None,
-                   fence: Fence | None) -> int:
+                   fence: Fence | None, sync: bool = True) -> int:
         if fence is not None:
             current_epoch = self._runners.current_epoch(fence.shard)
             if current_epoch != fence.epoch:

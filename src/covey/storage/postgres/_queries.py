@@ -256,6 +256,34 @@ class Statements:
     # ---- state -----------------------------------------------------------------
     GET_STATE = "SELECT value, version FROM {s}.state WHERE key = $1"
     STATE_VERSION = "SELECT version FROM {s}.state WHERE key = $1"
+    STATE_VERSIONS = "SELECT key, version FROM {s}.state WHERE key = ANY($1::text[])"
+    #: many compare-and-sets in one statement (expected NULL: create); the keys
+    #: written with their new versions (a key missing: its write was refused)
+    SET_STATES_VERSIONS = (
+        "WITH input AS (SELECT * FROM unnest($1::text[], $2::bytea[], $3::int8[])"
+        " AS t(key, value, expected)),"
+        " updated AS (UPDATE {s}.state AS st SET value = i.value, version = st.version + 1"
+        " FROM input AS i WHERE i.expected IS NOT NULL AND st.key = i.key"
+        " AND st.version = i.expected RETURNING st.key, st.version),"
+        " created AS (INSERT INTO {s}.state (key, value, version)"
+        " SELECT key, value, 1 FROM input WHERE expected IS NULL"
+        " ON CONFLICT (key) DO NOTHING RETURNING key, version)"
+        " SELECT key, version FROM updated UNION ALL SELECT key, version FROM created"
+    )
+    #: one fenced compare-and-set in one statement (no BEGIN/COMMIT round trips): the
+    #: shard's epoch (FOR SHARE, as FENCED_COMPLETE), and the new version if written
+    FENCED_SET_STATE = (
+        "WITH fence AS (SELECT s.epoch FROM {s}.shards AS s"
+        " WHERE s.shard_group = $4 AND s.shard = $5 FOR SHARE),"
+        " updated AS (UPDATE {s}.state AS st SET value = $2, version = st.version + 1"
+        " WHERE st.key = $1 AND $3::int8 IS NOT NULL AND st.version = $3"
+        " AND (SELECT epoch FROM fence) = $6 RETURNING st.version),"
+        " created AS (INSERT INTO {s}.state (key, value, version) SELECT $1, $2, 1"
+        " WHERE $3::int8 IS NULL AND (SELECT epoch FROM fence) = $6"
+        " ON CONFLICT (key) DO NOTHING RETURNING version)"
+        " SELECT (SELECT epoch FROM fence) AS epoch,"
+        " coalesce((SELECT version FROM updated), (SELECT version FROM created)) AS version"
+    )
     CREATE_STATE = (
         "INSERT INTO {s}.state (key, value, version) VALUES ($1, $2, 1)"
         " ON CONFLICT (key) DO NOTHING RETURNING version"

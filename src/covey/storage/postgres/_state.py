@@ -25,10 +25,14 @@ class PostgresStateStore(CheckedStateStore):
         batcher: the group commit shared with the message storage.
     """
 
-    def __init__(self, pool: Any, sql: Statements, batcher: GroupCommit[Op, object]) -> None:
+    def __init__(self, pool: Any, sql: Statements, batcher: GroupCommit[Op, object],
+                 relaxed: GroupCommit[Op, object] | None = None) -> None:
         self._pool = pool
         self._sql = sql
         self._batcher = batcher
+        #: fenced writes with ``sync=False``: sessions that commit without waiting
+        #: for the WAL flush (``synchronous_commit = off``)
+        self._relaxed = relaxed or batcher
 
     async def _get(self, key: str) -> Versioned | None:
         with translated("reading state"):
@@ -40,10 +44,11 @@ class PostgresStateStore(CheckedStateStore):
         return Versioned(row["value"], int(row["version"]))
 
     async def _set(self, key: str, value: bytes, expected_version: int | None,
-                   fence: Fence | None) -> int:
+                   fence: Fence | None, sync: bool = True) -> int:
         op = StateOp(key, value, expected_version, fence)
         if fence is not None:
-            return cast(int, await self._batcher.submit(op))
+            batcher = self._batcher if sync else self._relaxed
+            return cast(int, await batcher.submit(op))
         with translated("writing state"):
             outcome = await write_state(self._pool, self._sql, op)
         if isinstance(outcome, BaseException):

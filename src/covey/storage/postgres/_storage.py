@@ -85,6 +85,7 @@ class PostgresStorage(StorageLifecycle):
         self._sql = Statements(quote_ident(options.schema))
         self._pool: Any = None
         self._writer_pool: Any = None
+        self._relaxed_pool: Any = None
         self._started = False
         self._version = 0
         self._writer: Writer | None = None
@@ -94,6 +95,9 @@ class PostgresStorage(StorageLifecycle):
         #: transactions are several statements long; small ones cost more than
         #: they save), while the plain writes keep their flushers
         self.unit_batcher: GroupCommit[Op, object] | None = None
+        #: the group commit of fenced state writes that need not wait for the WAL
+        #: flush (``StateStore.set(sync=False)``: workflow checkpoints)
+        self.relaxed_batcher: GroupCommit[Op, object] | None = None
         # Declared as the contract types: Storage's attributes are mutable, so a
         # protocol match needs exactly these types.
         self.runners: RunnerStorage
@@ -107,8 +111,17 @@ class PostgresStorage(StorageLifecycle):
             url, self.channel, options, clock, lambda: self._session_name("listen"))
         self._build(_NotStarted())
 
-    def _build(self, pool: Any, writer_pool: Any = None) -> None:
+    def _build(self, pool: Any, writer_pool: Any = None, relaxed_pool: Any = None) -> None:
         self._writer = Writer(writer_pool or pool, self._sql, self._clock, self.channel)
+        relaxed = Writer(relaxed_pool or writer_pool or pool, self._sql, self._clock,
+                         self.channel)
+        self.relaxed_batcher = GroupCommit(
+            relaxed.flush,
+            max_size=self._options.batch_max_size,
+            max_wait=self._options.batch_max_wait,
+            flushers=1,
+            is_fatal=is_unavailable,
+        )
         self.batcher = GroupCommit(
             self._writer.flush,
             max_size=self._options.batch_max_size,
@@ -133,7 +146,7 @@ class PostgresStorage(StorageLifecycle):
             pool, self._sql, self._options, self._clock, self.batcher, self._writer, self.channel,
             units=self.unit_batcher,
         )
-        self.state = PostgresStateStore(pool, self._sql, self.batcher)
+        self.state = PostgresStateStore(pool, self._sql, self.batcher, self.relaxed_batcher)
         self.events = PostgresEventStore(
             pool, (quote_ident(self._options.schema), self._options.schema), self.batcher,
             self._writer)
@@ -196,14 +209,37 @@ class PostgresStorage(StorageLifecycle):
                     },
                     setup=self._namer("writer"),
                 )
+                self._relaxed_pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=1,
+                    max_size=2,  # its one flusher, and one spare
+                    timeout=self._options.connect_timeout,
+                    reset=_no_reset,
+                    server_settings={
+                        "plan_cache_mode": "force_generic_plan",
+                        "enable_seqscan": "off",
+                        # a commit here does not wait for its WAL flush: a crash of
+                        # the server may lose the newest of these writes (never one
+                        # that a later synchronous commit flushed)
+                        "synchronous_commit": "off",
+                        "application_name": self._session_name("writer"),
+                    },
+                    setup=self._namer("writer"),
+                )
         except BaseException:
+            for opened in (self._relaxed_pool, self._writer_pool):
+                if opened is not None:
+                    await opened.close()
+            self._writer_pool = self._relaxed_pool = None
             await self._pool.close()
             self._pool = None
             raise
-        self._build(self._pool, self._writer_pool)
+        self._build(self._pool, self._writer_pool, self._relaxed_pool)
         assert self.batcher is not None and self.unit_batcher is not None
+        assert self.relaxed_batcher is not None
         self.batcher.start()
         self.unit_batcher.start()
+        self.relaxed_batcher.start()
         self._started = True
 
     async def _migrate(self) -> None:
@@ -281,18 +317,20 @@ class PostgresStorage(StorageLifecycle):
         try:
             if self.unit_batcher is not None:
                 await self.unit_batcher.close()
+            if self.relaxed_batcher is not None:
+                await self.relaxed_batcher.close()
             if self.batcher is not None:
                 await self.batcher.close()
             await self._runners.close()
         finally:
-            for pool in (self._writer_pool, self._pool):
+            for pool in (self._relaxed_pool, self._writer_pool, self._pool):
                 if pool is None:
                     continue
                 try:
                     await pool.close()
                 except Exception:
                     pool.terminate()
-            self._pool = self._writer_pool = None
+            self._pool = self._writer_pool = self._relaxed_pool = None
 
     async def ping(self) -> None:
         """One cheap round trip (``SELECT 1`` on a pooled connection), for health checks.

@@ -119,7 +119,9 @@ class Writer:
                     await self.save(conn, saves, out)
                 if completions:
                     await self.complete(conn, completions, out)
-                if states:
+                if len(states) == 1 and states[0][1].fence is not None:
+                    out[states[0][0]] = await self._set_one_state(conn, states[0][1])
+                elif states:
                     async with conn.transaction():
                         await self._set_states(conn, states, out)
                 if units:
@@ -248,6 +250,20 @@ class Writer:
                 ) or message_vanished(op.request_id, "completed")
             ops = later
 
+    async def _set_one_state(self, conn: Any, op: StateOp) -> object:
+        """One fenced compare-and-set, in one statement (a flush of a single write)."""
+        fence = op.fence
+        assert fence is not None
+        row = await conn.fetchrow(self._sql.FENCED_SET_STATE, op.key, op.value,
+                                  op.expected_version, fence.shard.group, fence.shard.id,
+                                  fence.epoch)
+        if row["epoch"] != fence.epoch:
+            return fenced_out(fence, row["epoch"])
+        if row["version"] is not None:
+            return int(row["version"])
+        current = await conn.fetchval(self._sql.STATE_VERSION, op.key)
+        return version_conflict(op.key, op.expected_version, current)
+
     async def _set_states(
         self, conn: Any, ops: list[tuple[int, StateOp]], out: list[object]
     ) -> None:
@@ -257,11 +273,30 @@ class Writer:
             rows = await conn.fetch(
                 self._sql.EPOCHS, [s.group for s in shards], [s.id for s in shards])
             epochs = {ShardId(r[0], r[1]): r[2] for r in rows}
+        passed: list[tuple[int, StateOp]] = []
         for i, op in ops:
             if op.fence is not None and epochs.get(op.fence.shard) != op.fence.epoch:
                 out[i] = fenced_out(op.fence, epochs.get(op.fence.shard))
             else:
+                passed.append((i, op))
+        if len({op.key for _, op in passed}) < len(passed):
+            for i, op in passed:  # one key twice: one after the other, in order
                 out[i] = await write_state(conn, self._sql, op)
+            return
+        # every compare-and-set in one statement (a group commit of many writes)
+        rows = await conn.fetch(self._sql.SET_STATES_VERSIONS, [op.key for _, op in passed],
+                                [op.value for _, op in passed],
+                                [op.expected_version for _, op in passed])
+        written = {r["key"]: int(r["version"]) for r in rows}
+        missing = [op.key for _, op in passed if op.key not in written]
+        current: dict[str, int] = {}
+        if missing:
+            current = {r["key"]: int(r["version"]) for r in await conn.fetch(
+                self._sql.STATE_VERSIONS, missing)}
+        for i, op in passed:
+            version = written.get(op.key)
+            out[i] = version if version is not None else version_conflict(
+                op.key, op.expected_version, current.get(op.key))
 
 
     async def _commit_units(

@@ -43,7 +43,7 @@ class SqliteStateStore(CheckedStateStore):
         return await self._db.read(run)
 
     async def _set(self, key: str, value: bytes, expected_version: int | None,
-                   fence: Fence | None) -> int:
+                   fence: Fence | None, sync: bool = True) -> int:
         def op(conn: sqlite3.Connection) -> int:
             if fence is not None:
                 epoch = current_epoch(conn, fence.shard)
