@@ -114,6 +114,20 @@ class TestClock:
         self._now = target
         await asyncio.sleep(0)
 
+    async def jump(self, seconds: float) -> None:
+        """Move time forward at once, as after a machine's suspend: every sleeper due
+        by then wakes once, at the new time. Unlike :meth:`advance`, a periodic loop
+        runs once, not once per period, so a test passes days in milliseconds (a
+        durable sleep of a workflow); leases that lapsed meanwhile have lapsed (a
+        ``TestCluster`` settles again: ``await cluster.settle()``)."""
+        self._now += seconds
+        while self._sleepers and self._sleepers[0][0] <= self._now:
+            future = heapq.heappop(self._sleepers)[2]
+            if not future.done():
+                future.set_result(None)
+        for _ in range(20):  # let the woken tasks run
+            await asyncio.sleep(0)
+
     @property
     def sleepers(self) -> int:
         """How many sleeps are pending (cancelled ones excluded)."""

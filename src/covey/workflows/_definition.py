@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from covey.core import MAX_ENTITY_ID_BYTES, MAX_NAME_BYTES, Reason, WorkflowError
-from covey.core.runtime import check_text, invalid_argument
+from covey.core.runtime import check_text, invalid_argument, state_version
 
 #: the entity type of every workflow execution (its id is the workflow id)
 WORKFLOW_ENTITY = "covey.Workflow"
@@ -26,6 +26,9 @@ PARENT_HEADER = "covey-workflow-parent"
 #: only on the copy of a start message its starter pushes right after storing it:
 #: the execution cannot have a journal yet, so its runner does not read one first
 FRESH_HEADER = "covey-workflow-fresh"
+#: the payload model's version (``covey_version``) the start message was written with:
+#: an older payload is brought up to date by the model's upcasters when it is read
+PAYLOAD_VERSION_HEADER = "covey-workflow-payload-version"
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,14 @@ def workflow_spec(name: str, version: int, fn: Callable[..., Awaitable[Any]]) ->
     except Exception as exc:  # an annotation that does not resolve
         raise invalid_argument("fn", f"workflow {name!r}: its annotations do not resolve: "
                                f"{exc}") from exc
-    return Workflow(name, version, fn, hints.get(params[1].name, Any),
-                    hints.get("return", Any))
+    payload_type = hints.get(params[1].name, Any)
+    state_version(payload_type)  # a bad covey_version is refused now
+    return Workflow(name, version, fn, payload_type, hints.get("return", Any))
+
+
+def payload_version(workflow: Workflow) -> int:
+    """The version of ``workflow``'s payload model (1 for a type without one)."""
+    return state_version(workflow.payload_type)
 
 
 def unknown_workflow(name: str) -> WorkflowError:

@@ -41,11 +41,11 @@ from covey.core import (
     WorkflowError,
     metrics,
 )
-from covey.core.runtime import validate
+from covey.core.runtime import state_version, upcast, validate
 from covey.jobs import Retry
 from covey.sharding.runtime import Completed, Deferred
 from covey.storage import Fence, Message, MessageStorage, Reply, StateStore, UnitOfWork
-from covey.workflows._definition import PARENT_HEADER, Workflow
+from covey.workflows._definition import PARENT_HEADER, PAYLOAD_VERSION_HEADER, Workflow
 from covey.workflows._journal import (
     DONE,
     FAILED,
@@ -344,7 +344,7 @@ class Execution:
         if self.j.state != "running" or self.j.waiting_for is not None:
             self.j.state, self.j.waiting_for = "running", None
         try:
-            payload = self.codec.decode(self.start.payload, self.spec.payload_type)
+            payload = self._payload()
         except ClusterError as exc:
             return Outcome("failed", error=exc)
         ctx = WorkflowContext(self)
@@ -379,6 +379,15 @@ class Execution:
                                                               self.spec.result_type)))
         except ClusterError as exc:
             return Outcome("failed", error=exc)
+
+    def _payload(self) -> Any:
+        """The start message's payload, upcast from the model version it was written
+        with (older executions after a model change) and validated."""
+        tp = self.spec.payload_type
+        stored = int(self.start.headers.get(PAYLOAD_VERSION_HEADER, "1") or 1)
+        if tp is Any or stored == state_version(tp):
+            return self.codec.decode(self.start.payload, tp)
+        return validate(upcast(tp, self.codec.decode(self.start.payload, Any), stored), tp)
 
     def cancel_body(self) -> None:
         """Interrupt the body (a cancel: the journal's flag is set already)."""

@@ -44,9 +44,11 @@ from covey.workflows._definition import (
     FRESH_HEADER,
     NAME_HEADER,
     PARENT_HEADER,
+    PAYLOAD_VERSION_HEADER,
     START_TAG,
     VERSION_HEADER,
     Workflow,
+    payload_version,
 )
 from covey.workflows._execution import TERMINAL, Execution
 from covey.workflows._journal import Journal, journal_key
@@ -202,6 +204,11 @@ class WorkflowRunner:
             return Reschedule(self.clock.now() + UNKNOWN_DELAY,
                               f"workflow {name!r} version {version} is newer than this "
                               f"runner's ({spec.version})")
+        stored = int(start.headers.get(PAYLOAD_VERSION_HEADER, "1") or 1)
+        if stored > payload_version(spec):
+            return Reschedule(self.clock.now() + UNKNOWN_DELAY,
+                              f"workflow {name!r}: its payload is version {stored} of its "
+                              f"model, newer than this runner's ({payload_version(spec)})")
         execution = self.live.get(start.address.entity_id)
         if execution is None or execution.closed:
             execution = self._launch(start, spec)

@@ -42,11 +42,13 @@ from covey.workflows._definition import (
     FRESH_HEADER,
     NAME_HEADER,
     PARENT_HEADER,
+    PAYLOAD_VERSION_HEADER,
     START_TAG,
     VERSION_HEADER,
     WORKFLOW_ENTITY,
     Workflow,
     check_workflow_id,
+    payload_version,
     unknown_workflow,
 )
 from covey.workflows._execution import FINALIZER_BASE, TERMINAL
@@ -188,6 +190,7 @@ class Workflows:
         headers = inject_trace(current_context().to_headers())
         headers[NAME_HEADER] = spec.name
         headers[VERSION_HEADER] = str(spec.version)
+        headers[PAYLOAD_VERSION_HEADER] = str(payload_version(spec))
         if parent is not None:
             headers[PARENT_HEADER] = parent
         return self._messenger.checked(Message(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import heapq
-import itertools
 import uuid
 from collections.abc import Callable
 
@@ -328,54 +326,8 @@ async def state_is(handle: covey.WorkflowHandle, state: str) -> bool:
     return (await handle.status()).state == state
 
 
-class JumpClock:
-    """A test clock that jumps: :meth:`jump` moves time and wakes every sleeper that is
-    due once (as after a machine's suspend), instead of replaying each periodic
-    loop at each of its deadlines as :meth:`TestClock.advance` does. A TestCluster's
-    loops (membership every 0.05 s, health every 2 s on each member) make
-    ``TestClock.advance(86400)`` take minutes of real time."""
-
-    def __init__(self, start: float = START) -> None:
-        self._now = start
-        self._origin = start
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
-
-    def now(self) -> float:
-        return self._now
-
-    def monotonic(self) -> float:
-        return self._now - self._origin
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        await self._timer(seconds)
-
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> asyncio.Future[None]:
-        future = self._timer(seconds)
-        future.add_done_callback(lambda f: None if f.cancelled() else callback())
-        return future
-
-    def _timer(self, seconds: float) -> asyncio.Future[None]:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (self._now + max(seconds, 0.0), next(self._order),
-                                        future))
-        return future
-
-    async def jump(self, seconds: float) -> None:
-        self._now += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._now:
-            future = heapq.heappop(self._sleepers)[2]
-            if not future.done():
-                future.set_result(None)
-        for _ in range(20):
-            await asyncio.sleep(0)
-
-
 async def test_a_day_long_sleep_takes_no_real_time() -> None:
-    clock = JumpClock()
+    clock = TestClock(START)
     app = App()
     async with TestCluster(runners=2, clock=clock, configure=app.configure) as tc:
         handle = await tc.client_member.start("sleeper", DAY, workflow_id="nap-day")

@@ -3,10 +3,12 @@ nondeterminism check that parks an execution, and ``resume`` after a fix."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
+from pydantic import BaseModel
 
 import covey
 from covey.core import ClusterError, Reason, WorkflowError
@@ -146,3 +148,47 @@ async def test_a_message_sent_to_a_parked_execution_is_kept_for_after_the_fix() 
 
 async def _state_is(handle: covey.WorkflowHandle, state: str) -> bool:
     return (await handle.status()).state == state
+
+
+class OrderV1(BaseModel):
+    quantity: int
+
+
+class OrderV2(BaseModel):
+    covey_version: ClassVar[int] = 2
+    qty: int
+    note: str = ""
+
+
+@covey.upcaster(OrderV2, from_version=1)
+def _order_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return {"qty": data["quantity"], "note": "from v1"}
+
+
+def _payload_app(model: type[BaseModel]) -> Callable[[covey.Cluster], None]:
+    async def evolving(ctx: covey.WorkflowContext, order: Any) -> str:
+        await ctx.recv("go")
+        return repr(order)
+
+    evolving.__annotations__["order"] = model  # this module's annotations are strings
+
+    def configure(cluster: covey.Cluster) -> None:
+        cluster.workflow("evolving")(evolving)
+
+    return configure
+
+
+async def test_a_payload_of_an_older_model_version_is_upcast_when_it_runs_again(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'evolve.db'}"
+    async with TestCluster(runners=1, configure=_payload_app(OrderV1), database_url=url) as tc:
+        handle = await tc.client_member.start("evolving", OrderV1(quantity=3), workflow_id="e1")
+        await until(lambda: _waiting(handle))
+    async with TestCluster(runners=1, configure=_payload_app(OrderV2), database_url=url) as tc:
+        await tc.client_member.send("e1", "go", None)
+        assert await tc.client_member.workflows.handle("e1").result(timeout=10) == \
+            "OrderV2(qty=3, note='from v1')"
+
+
+async def _waiting(handle: covey.WorkflowHandle) -> bool:
+    return bool([e for e in await handle._workflows.journal(handle.id) if e.kind == "recv"])
