@@ -34,6 +34,7 @@ SCENARIOS: dict[str, str] = {
     "workflow-throughput": "scenarios.workflow_throughput",
     "workflow-latency": "scenarios.workflow_latency",
     "workflow-signal": "scenarios.workflow_signal",
+    "workflow-sleep": "scenarios.workflow_sleep",
 }
 
 

@@ -14,6 +14,14 @@ start the same workflows and type their results.
   runner's pid, and published as the event ``got<round>``. The sender compares
   it with its own ``time.time()`` taken before ``cluster.send``: same machine,
   same clock.
+* ``bench.sleep`` (``workflow-sleep``): a step journals ``time.time()`` and the
+  runner's pid (the sleep's start), ``ctx.sleep(seconds)``, then a step
+  journals ``time.time()`` and the pid again (the wake), with the
+  ``time.time()`` taken on the line right after ``ctx.sleep`` returned
+  (``woke``: when the timer let the body go on, before the wake step's journal
+  write). The result is ``{"start": {"at", "pid"}, "wake": {"at", "pid",
+  "woke"}}``; a replay on another runner (after a SIGKILL) keeps the start
+  stamp of the first execution.
 
 All use the library defaults (step retry: one attempt; no timeouts).
 """
@@ -27,6 +35,7 @@ import covey
 
 NOOP3 = "bench.noop3"
 SIGNAL = "bench.signal"
+SLEEP = "bench.sleep"
 
 
 async def bump(n: int) -> int:
@@ -38,6 +47,17 @@ async def receipt(got: float) -> dict[str, float]:
     """A step that journals the receipt time taken in the workflow body (first
     execution) and the pid of the runner that ran it."""
     return {"got": got, "pid": float(os.getpid())}
+
+
+async def sleep_start() -> dict[str, float]:
+    """A step that journals when it ran and on which runner (pid)."""
+    return {"at": time.time(), "pid": float(os.getpid())}
+
+
+async def sleep_wake(woke: float) -> dict[str, float]:
+    """A step that journals when it ran, on which runner (pid), and ``woke``
+    (taken in the workflow body right after the sleep returned)."""
+    return {"at": time.time(), "pid": float(os.getpid()), "woke": woke}
 
 
 def declare(cluster: covey.Cluster) -> dict[str, covey.Workflow]:
@@ -59,7 +79,15 @@ def declare(cluster: covey.Cluster) -> dict[str, covey.Workflow]:
             await ctx.set_event(f"got{i}", stamp)
         return rounds
 
-    return {"noop3": noop3, "signal": signal}
+    @cluster.workflow(SLEEP, version=1)
+    async def sleep(ctx: covey.WorkflowContext, seconds: float) -> dict[str, dict[str, float]]:
+        start = await ctx.step(sleep_start, name="start")
+        await ctx.sleep(seconds)
+        woke = time.time()  # journaled by the step: a replay keeps the first value
+        wake = await ctx.step(sleep_wake, woke, name="wake")
+        return {"start": start, "wake": wake}
+
+    return {"noop3": noop3, "signal": signal, "sleep": sleep}
 
 
 def make_cluster() -> covey.Cluster:

@@ -296,8 +296,9 @@ async def test_a_delayed_job_runs_on_time_after_its_runner_died() -> None:
                               lock_refresh_interval=0.5, poll_interval=30.0,
                               shutdown_grace=2.0, call_timeout=10.0)
     async with TestCluster(runners=2, configure=app.configure, sharding=options) as tc:
-        handle = await client_defs(app, tc)["send"].submit(Email(to="delayed@x"), delay=1.0)
+        # taken before the submit: its due time is counted from inside the call
         submitted = asyncio.get_running_loop().time()
+        handle = await client_defs(app, tc)["send"].submit(Email(to="delayed@x"), delay=1.0)
         shard = (await tc.storage.messages.inspect([handle.id]))[handle.id].message.address.shard
         owner = next(i for i, r in enumerate(tc.runners) if shard in r.sharding.owned)
         await tc.kill(owner)

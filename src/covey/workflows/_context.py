@@ -278,8 +278,9 @@ class WorkflowContext:
         while True:
             remaining = entry.until - ex.host.clock.now()
             if remaining <= 0:
+                # not a checkpoint of its own: a run again finds the deadline passed
+                # and goes on the same way; the next write records it done
                 entry.status = DONE
-                ex.dirty = True
                 return
             if remaining > IN_PROCESS_WAIT:
                 raise Suspend(entry.until, f"sleep until {_when(entry.until)}")
