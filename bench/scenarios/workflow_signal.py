@@ -51,13 +51,21 @@ def ms(samples: list[float], q: float) -> float:
     return round(percentile(samples, q) * 1000, 2)
 
 
+#: how long the runtime holds a wait in memory before it suspends the execution
+IN_MEMORY_WAIT = 5.0
+
+
 async def wait_suspended(caller: covey.Cluster, workflow_id: str, timeout: float = 60) -> None:
-    """Until the execution is suspended (journal state ``waiting``)."""
+    """Until the execution is suspended: its journal state is ``waiting`` (from the
+    wait's start) and its ``recv`` has waited past the runtime's in-memory wait (5 s)."""
     deadline = time.monotonic() + timeout
     while True:
         status = await caller.workflows.handle(workflow_id).status()
         if status.state == "waiting":
-            return
+            waits = [e.at for e in await caller.workflows.journal(workflow_id)
+                     if e.kind == "recv" and e.status == "waiting" and e.at is not None]
+            if waits and time.time() - max(waits) > IN_MEMORY_WAIT + 0.5:
+                return
         if status.state not in ("pending", "running"):
             raise RuntimeError(f"{workflow_id} is {status.state}: {status.error}")
         if time.monotonic() > deadline:

@@ -16,16 +16,15 @@ on the killed runner run again from their journal on the survivor once it owns
 their shards; their start stamp is the journaled one.
 
 lateness = wake ``at`` - (start ``at`` + ``NAP``), in ms (both stamps taken in
-runner processes on this machine's clock; it includes the journal write the
-wake step makes before it runs, so that the sleep's end is durable).
+runner processes on this machine's clock; the sleep's end is not a journal
+write of its own: a run again finds its deadline passed).
 
 * ``late_p50_ms`` / ``late_p99_ms`` / ``late_max_ms`` / ``live_count``: the
   executions whose start and wake pid are the surviving runner (they never saw
   the kill, except as load on the survivor).
 * ``timer_late_p50_ms`` / ``timer_late_p99_ms`` (the same live executions):
   ``woke`` - (start ``at`` + ``NAP``): when the timer let the body go on.
-  ``late`` minus this is the journal write before the wake step (the sleep's
-  end made durable), which every wake in the burst makes at the same moment.
+  ``late`` minus this is the wake step's own start.
 * ``moved_count`` / ``moved_late_p50_ms`` / ``moved_late_max_ms``: started on
   the killed runner, woke on the survivor (informative: failover time; it
   shows only when the survivor takes them over after their timers came due,

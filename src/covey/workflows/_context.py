@@ -273,6 +273,7 @@ class WorkflowContext:
         if entry is None:
             entry = Entry(key, "sleep", WAITING, until=ex.host.clock.now() + seconds)
             ex.record(seq, entry)
+            ex.waiting(f"sleep until {_when(entry.until or 0.0)}")
             await ex.flush()
         assert entry.until is not None
         while True:
@@ -281,6 +282,7 @@ class WorkflowContext:
                 # not a checkpoint of its own: a run again finds the deadline passed
                 # and goes on the same way; the next write records it done
                 entry.status = DONE
+                ex.waiting(None)
                 return
             if remaining > IN_PROCESS_WAIT:
                 raise Suspend(entry.until, f"sleep until {_when(entry.until)}")
@@ -308,6 +310,7 @@ class WorkflowContext:
                 ex.host.clock.now() + seconds_of(timeout, "timeout"))
             entry = Entry(key, kind, WAITING, until=until)
             ex.record(seq, entry)
+            ex.waiting(f"{kind} {topic}")
             await ex.flush()
         waited = 0.0
         while True:
@@ -316,11 +319,13 @@ class WorkflowContext:
                     del ex.j.inbox[index]
                     entry.status, entry.result = DONE, item.get("p")
                     ex.dirty = True
+                    ex.waiting(None)
                     return entry.result
             now = ex.host.clock.now()
             if entry.until is not None and now >= entry.until:
                 entry.status, entry.result = DONE, None
                 ex.dirty = True
+                ex.waiting(None)
                 return None
             remaining = RECHECK if entry.until is None else entry.until - now
             if waited >= IN_PROCESS_WAIT:

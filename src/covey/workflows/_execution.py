@@ -269,6 +269,12 @@ class Execution:
         if self.j.cancel:
             raise Cancelled()
 
+    def waiting(self, reason: str | None) -> None:
+        """The body waits (``reason``), or goes on (``None``): what its status shows
+        from the next journal write on."""
+        self.j.state, self.j.waiting_for = ("running", None) if reason is None else (
+            "waiting", reason)
+
     def record(self, seq: int, entry: Entry) -> None:
         entry.at = self.host.clock.now()
         self.j.entries[seq] = entry

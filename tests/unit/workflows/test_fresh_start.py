@@ -41,9 +41,14 @@ async def test_a_fresh_push_for_an_existing_journal_runs_from_that_journal(
         async def waiting() -> bool:
             return (await handle.status()).state == "waiting"
 
-        await until(waiting)
         start = await client.workflows.find_start("f1")
         assert start is not None
+
+        async def suspended() -> bool:  # its start message rescheduled: not running here
+            record = (await tc.storage.messages.inspect([start.id]))[start.id]
+            return (record.message.deliver_at or 0.0) > tc.clock.now()
+
+        await until(suspended)
         # a late fresh push: it assumes no journal, runs the first step again (steps
         # run at least once), and its first write finds the journal
         fresh = dataclasses.replace(start, headers={**start.headers, FRESH_HEADER: "1"},

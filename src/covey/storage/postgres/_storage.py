@@ -211,7 +211,7 @@ class PostgresStorage(StorageLifecycle):
                 )
                 self._relaxed_pool = await asyncpg.create_pool(
                     self._url,
-                    min_size=1,
+                    min_size=0,  # connects on its first write: most runners make none
                     max_size=2,  # its one flusher, and one spare
                     timeout=self._options.connect_timeout,
                     reset=_no_reset,
