@@ -66,7 +66,7 @@ async def wait_suspended(caller: covey.Cluster, workflow_id: str, timeout: float
                      if e.kind == "recv" and e.status == "waiting" and e.at is not None]
             if waits and time.time() - max(waits) > IN_MEMORY_WAIT + 0.5:
                 return
-        if status.state not in ("pending", "running"):
+        if status.state not in ("pending", "running", "waiting"):
             raise RuntimeError(f"{workflow_id} is {status.state}: {status.error}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{workflow_id} not waiting after {timeout} s ({status.state})")
