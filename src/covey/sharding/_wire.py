@@ -133,11 +133,18 @@ class Inbound:
             if kind == "call":
                 await self._completion.deliver_volatile(Envelope.from_wire(body.get("e")))
             elif kind == "wake":
-                self._spawn(self._completion.run_quietly(Envelope.from_wire(body.get("e"))))
+                # run in this notification's own task, so the message is claimed at
+                # once: a request for it sent right after this wake (a caller waiting
+                # for its reply) then joins this run instead of starting one
+                await self._completion.run_quietly(Envelope.from_wire(body.get("e")))
             elif kind == "wake_many":
                 wires = body.get("e")
-                for wire in wires if isinstance(wires, list) else ():
-                    self._spawn(self._completion.run_quietly(Envelope.from_wire(wire)))
+                envelopes = [Envelope.from_wire(w) for w in wires] if isinstance(
+                    wires, list) else []
+                for envelope in envelopes[1:]:
+                    self._spawn(self._completion.run_quietly(envelope))
+                if envelopes:  # the first in this task (see "wake")
+                    await self._completion.run_quietly(envelopes[0])
             elif kind == "leaving":
                 self._sharding.wake()
         except ClusterError as exc:
