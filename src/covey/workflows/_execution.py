@@ -44,11 +44,9 @@ from covey.core import (
 from covey.core.runtime import state_version, upcast, validate
 from covey.jobs import Retry
 from covey.sharding.runtime import Completed, Deferred
-from covey.storage import Fence, Message, MessageStorage, Reply, StateStore, UnitOfWork
-from covey.workflows._definition import PARENT_HEADER, PAYLOAD_VERSION_HEADER, Workflow
+from covey.storage import Fence, Message, MessageStorage, Reply, StateStore
+from covey.workflows._definition import PAYLOAD_VERSION_HEADER, Workflow
 from covey.workflows._journal import (
-    DONE,
-    FAILED,
     Entry,
     Journal,
     journal_key,
@@ -317,7 +315,9 @@ class Execution:
         while True:
             outcome = await self._run_body()
             if outcome.until is None:
-                return await self._finish(outcome)
+                from covey.workflows._ending import finish
+
+                return await finish(self, outcome)
             suspended = await self._suspend(outcome)
             if suspended is not None:
                 return suspended
@@ -425,157 +425,8 @@ class Execution:
 
     # ---- ending --------------------------------------------------------------
 
-    async def _finish(self, outcome: Outcome) -> Completed:
-        errors: list[dict[str, str]] = []
-        if outcome.state in ("failed", "cancelled"):
-            errors = await self._compensate()
-        state = outcome.state
-        if state == "failed" and self.compensations and not errors:
-            state = "compensated"
-        transactional = state != "failed_nondeterministic" and any(
-            f.transaction for f in self.finalizers)
-        tells = bool(self.start.headers.get(PARENT_HEADER)) or (
-            state == "cancelled" and bool(self.j.children))
-        if not transactional and not tells:
-            return await self._finish_plainly(state, outcome, errors)
-        unit = self.host.messages.unit(self.fence, self.start.id)
-        try:
-            if state != "failed_nondeterministic":
-                await self._finalize(unit)
-            body = self._outcome_body(state, outcome, errors)
-            sends = self.host.child_messages(self, body, cancelled=state == "cancelled")
-            async with self.lock:
-                self.j.state, self.j.waiting_for, self.j.outcome = state, None, body
-                self.j.updated_at = self.host.clock.now()
-                unit.put_state(self.key, self.j.encode(), expected_version=self.version)
-                if sends:
-                    unit.send(sends)
-                reply = Reply(self.start.id, self.codec.encode(body),
-                              is_error=state != "completed")
-                try:
-                    await unit.commit(reply)
-                except AlreadyProcessed:
-                    stored = await self._stored_outcome()
-                    if isinstance(stored, Completed):
-                        return stored
-                    raise
-                except (FencedOut, VersionConflict) as exc:
-                    await self._lost(exc)
-                self.version = (self.version or 0) + 1
-                self.dirty = False
-                self.closed = True
-        except BaseException:
-            await unit.discard()
-            raise
-        self.host.wake_sent(unit.sent)
-        metrics.WORKFLOWS_ENDED.labels(self.spec.name, state).inc()
-        return Completed(reply)
-
-    async def _finish_plainly(self, state: str, outcome: Outcome,
-                              errors: list[dict[str, str]]) -> Completed:
-        """The end of an execution that sends nothing and has no transactional
-        finalizer: its journal (final state and outcome) is one fenced write; the
-        start message's reply is stored after, in the background. Should the runner
-        die in between, the start message runs again, finds the journal ended and
-        stores its outcome then."""
-        if state != "failed_nondeterministic":
-            await self._finalize(None)
-        body = self._outcome_body(state, outcome, errors)
-        reply = Reply(self.start.id, self.codec.encode(body), is_error=state != "completed")
-        async with self.lock:
-            self.j.state, self.j.waiting_for, self.j.outcome = state, None, body
-            await self.write_locked()
-            self.closed = True
-        self.host.complete_later(reply, self.fence)
-        metrics.WORKFLOWS_ENDED.labels(self.spec.name, state).inc()
-        return Completed(reply)
-
-    def _outcome_body(self, state: str, outcome: Outcome,
-                      errors: list[dict[str, str]]) -> dict[str, Any]:
-        body: dict[str, Any] = {"state": state, "workflow_id": self.workflow_id}
-        if state == "completed":
-            body["result"] = outcome.result
-            return body
-        error = outcome.error
-        if error is not None:
-            kind, message = describe(error)
-            body["error_type"], body["message"] = kind, message
-            step = getattr(error, "details", {}).get("step") if isinstance(
-                error, ClusterError) else None
-            if step is not None:
-                body["step"] = step
-        elif state == "cancelled":
-            body["error_type"], body["message"] = "Cancelled", "the workflow was cancelled"
-        body["compensation_errors"] = errors
-        return body
-
-    async def _compensate(self) -> list[dict[str, str]]:
-        """Run the registered compensations, newest first, each once (journaled); the
-        unwind goes on past a failing one. Returns the failures."""
-        from covey.workflows._steps import run_step
-
-        errors: list[dict[str, str]] = []
-        for comp in reversed(self.compensations):
-            seq = -comp.seq
-            key = f"{comp.key}:compensate"
-            entry = self.j.entries.get(seq)
-            if entry is not None and entry.status == DONE:
-                continue
-            if entry is not None and entry.status == FAILED:
-                errors.append({"step": key, **(entry.error or {})})
-                continue
-            try:
-                await run_step(self, seq, key, "compensate", comp.fn, comp.args,
-                               retry=comp.retry, timeout=comp.timeout,
-                               transaction=comp.transaction, result_type=Any)
-            except WorkflowError as exc:
-                if exc.reason is Reason.NONDETERMINISM:
-                    raise
-                errors.append({"step": key, "error_type": str(exc.details.get("error_type")),
-                               "message": str(exc.details.get("message"))})
-        await self.flush()
-        return errors
-
-    async def _finalize(self, unit: UnitOfWork | None) -> None:
-        """Run each finalizer once: a transactional one inside the final unit (it
-        commits with the outcome), another before it (journaled)."""
-        from covey.workflows._steps import call_step
-
-        for index, fin in enumerate(self.finalizers):
-            seq = FINALIZER_BASE - index
-            name = str(getattr(fin.fn, "__qualname__", "fn")).rsplit("<locals>.", 1)[-1]
-            key = f"finalizer:{name}"
-            entry = self.j.entries.get(seq)
-            if entry is not None:
-                continue
-            try:
-                if fin.transaction:
-                    assert unit is not None
-                    tx = await unit.transaction()
-                    await call_step(fin.fn, (tx, *fin.args), None)
-                else:
-                    await call_step(fin.fn, fin.args, None)
-                self.record(seq, Entry(key, "finalizer", DONE))
-            except Exception as exc:
-                kind, message = describe(exc)
-                log.warning("workflow %s: finalizer %s failed: %s: %s", self.workflow_id,
-                            key, kind, message)
-                self.record(seq, Entry(key, "finalizer", FAILED,
-                                       error={"error_type": kind, "message": message}))
-            if not fin.transaction:
-                await self.flush()
-
-
 async def _body(call: Awaitable[Any]) -> Any:
     return await call
-
-
-def describe(error: BaseException) -> tuple[str, str]:
-    """The type name and message a failure is reported with (a step's failure
-    reports the step function's own error)."""
-    if isinstance(error, WorkflowError) and error.details.get("error_type"):
-        return str(error.details["error_type"]), str(error.details.get("message", ""))
-    return type(error).__name__, str(error)
 
 
 def seconds_of(value: object, field: str) -> float:
