@@ -15,6 +15,7 @@ another runner is kept out by the shard's fence.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -409,7 +410,6 @@ class Tokens:
     def sign(self, workflow_id: str, seq: int) -> str:
         body = msgpack.packb([workflow_id, seq], use_bin_type=True)
         mac = hmac.new(self._key(), body, hashlib.sha256).digest()[:16]
-        import base64
         return (base64.urlsafe_b64encode(body).decode().rstrip("=") + "."
                 + base64.urlsafe_b64encode(mac).decode().rstrip("="))
 
@@ -419,7 +419,6 @@ class Tokens:
         Raises:
             WorkflowError: ``token_invalid`` for anything else.
         """
-        import base64
         invalid = WorkflowError("the awakeable token is not genuine",
                                 reason=Reason.TOKEN_INVALID)
         if not isinstance(token, str) or token.count(".") != 1 or len(token) > 4096:

@@ -13,7 +13,7 @@ import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from covey.core import (
     Clock,
@@ -61,8 +61,6 @@ TOKEN_KEY = "covey.workflow-token-key"
 STATES = ("pending", "running", "waiting", "completed", "compensated", "failed", "cancelled",
           "failed_nondeterministic")
 
-WorkflowState = Literal["pending", "running", "waiting", "completed", "compensated", "failed",
-                        "cancelled", "failed_nondeterministic"]
 
 
 @dataclass(frozen=True)
