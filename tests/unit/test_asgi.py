@@ -39,6 +39,9 @@ DOCUMENTED: dict[str, tuple[int, int | None]] = {
     "workflow_failed": (409, None), "workflow_cancelled": (409, None),
     "workflow_finished": (409, None), "nondeterminism": (409, None),
     "unknown_workflow": (500, None),
+    "webhook_endpoint_not_found": (404, None), "webhook_delivery_not_found": (404, None),
+    "webhook_signature_invalid": (401, None), "webhook_timestamp_invalid": (401, None),
+    "webhook_target_refused": (400, None),
 }
 BIG_ID = 2**62 + 12345  # a snowflake-sized id: not exact in a JavaScript number
 

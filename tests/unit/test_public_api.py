@@ -24,7 +24,8 @@ EXPECTED: dict[str, list[str]] = {
         "Event", "EventContext", "JobContext", "JobError", "JobHandle", "JobStatus",
         "JournalEntry", "Reason", "RequestContext", "Retry", "RunnerAddress",
         "SerializationError", "ShardId", "SingletonContext", "SnowflakeGenerator",
-        "StateMachine", "StorageError", "StorageOptions", "TransportError", "Workflow",
+        "StateMachine", "StorageError", "StorageOptions", "TransportError", "WebhookError",
+        "Workflow",
         "WorkflowContext", "WorkflowError", "WorkflowHandle", "WorkflowStatus", "__version__",
         "configure_logging", "current_context", "exponential", "open_storage", "rpc",
         "upcaster", "use_context",
@@ -51,7 +52,8 @@ EXPECTED: dict[str, list[str]] = {
         "ShardCountMismatch", "ShardId", "ShardingOptions", "SnowflakeGenerator",
         "SnowflakeParts", "StorageError", "StorageOptions", "SystemClock", "TENANT_HEADER",
         "TRACEPARENT_HEADER", "TestClock", "TransportError", "TransportOptions",
-        "USER_HEADER", "VersionConflict", "WorkflowError", "configure_logging", "current_context",
+        "USER_HEADER", "VersionConflict", "WebhookError", "WebhookOptions", "WorkflowError",
+        "configure_logging", "current_context",
         "parse_snowflake", "upcaster",
         "use_context",
     ],
@@ -84,7 +86,7 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "covey.jobs": [
         "Backoff", "JobContext", "JobDefinition", "JobHandle", "JobStatus", "Jobs",
-        "PriorityName", "Retry", "exponential",
+        "PriorityName", "Retry", "RetryLater", "exponential",
     ],
     "covey.jobs.runtime": [
         "JOBS_METRICS", "JOB_ENTITY", "JobHost", "JobRunner", "JobSpec", "PrioritySemaphore",
@@ -124,6 +126,16 @@ EXPECTED: dict[str, list[str]] = {
     "covey.storage.runtime": ["GroupCommit"],
     "covey.storage.sqlite": ["SqliteStorage", "SqliteTransaction"],
     "covey.testing": ["ReplayReport", "TestCluster", "replay"],
+    "covey.webhooks": [
+        "Attempt", "Endpoint", "MemoryReceivedStore", "PostgresReceivedStore", "ReceivedStore",
+        "SqliteReceivedStore", "VerifiedWebhook", "WebhookDelivery", "WebhookReceiver",
+        "WebhookSecret", "WebhookSent", "Webhooks", "check_url", "generate_secret", "is_public",
+        "sign", "verify", "webhook_headers",
+    ],
+    "covey.webhooks.runtime": [
+        "DeliveryOrder", "ENDPOINTS_KEY", "EndpointRegistry", "Gate", "WEBHOOK_JOB",
+        "WebhookSender", "check_type", "retry_after",
+    ],
     "covey.workflows": [
         "Awakeable", "ChildHandle", "JournalEntry", "StepCall", "Workflow", "WorkflowContext",
         "WorkflowHandle", "WorkflowStatus", "Workflows",

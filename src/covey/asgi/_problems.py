@@ -4,7 +4,11 @@ Every :class:`~covey.core.Reason` has one documented status in :data:`STATUS`::
 
     4xx  the caller can fix the request      payload_invalid 422, invalid_argument 400,
                                              message_not_found / job_not_found /
-                                             workflow_not_found 404, token_invalid 403,
+                                             workflow_not_found / webhook_endpoint_not_found /
+                                             webhook_delivery_not_found 404,
+                                             webhook_signature_invalid /
+                                             webhook_timestamp_invalid 401,
+                                             webhook_target_refused 400, token_invalid 403,
                                              idempotency_conflict / invalid_transition /
                                              already_processed / job_dead / job_cancelled /
                                              workflow_failed / workflow_cancelled /
@@ -61,8 +65,14 @@ STATUS: dict[Reason, HttpStatus] = {
     Reason.MESSAGE_NOT_FOUND: HttpStatus(404),
     Reason.JOB_NOT_FOUND: HttpStatus(404),
     Reason.WORKFLOW_NOT_FOUND: HttpStatus(404),
+    Reason.WEBHOOK_ENDPOINT_NOT_FOUND: HttpStatus(404),
+    Reason.WEBHOOK_DELIVERY_NOT_FOUND: HttpStatus(404),
     # a forged or garbled awakeable token
     Reason.TOKEN_INVALID: HttpStatus(403),
+    # a received webhook that does not verify; a target address covey refuses
+    Reason.WEBHOOK_SIGNATURE_INVALID: HttpStatus(401),
+    Reason.WEBHOOK_TIMESTAMP_INVALID: HttpStatus(401),
+    Reason.WEBHOOK_TARGET_REFUSED: HttpStatus(400),
     # the request conflicts with the current state
     Reason.IDEMPOTENCY_CONFLICT: HttpStatus(409),
     Reason.INVALID_TRANSITION: HttpStatus(409),

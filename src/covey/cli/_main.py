@@ -21,6 +21,7 @@ from covey.cli._events import events, group_lags, lag_table, status_group_docume
 from covey.cli._jobs import jobs
 from covey.cli._output import console, emit, fail, guarded, json_option
 from covey.cli._runners import runners
+from covey.cli._webhooks import webhooks
 from covey.cli._worker_http import WorkerEndpoint
 from covey.cli._workflows import workflows
 from covey.cluster import Cluster
@@ -84,6 +85,7 @@ def main() -> None:
 main.add_command(events)
 main.add_command(jobs)
 main.add_command(runners)
+main.add_command(webhooks)
 main.add_command(workflows)
 
 

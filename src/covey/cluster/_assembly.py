@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from covey.cluster._declaring import Declarations
-from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress
+from covey.core import Clock, ClusterError, CoveyConfig, RunnerAddress, metrics
 from covey.core.runtime import TaskSet, check_upcasters
 from covey.entities.runtime import EntityRuntime, OutboxClients
 from covey.events import Events
@@ -43,6 +43,8 @@ from covey.sharding.runtime import Body, DeliveryRegistry, Messenger, RetentionP
 from covey.singletons import SingletonContext
 from covey.singletons.runtime import CronManager, CronSpec, SingletonManager, SingletonSpec
 from covey.storage import EVENT_ENTITY_TYPE, Storage, WakeupSource
+from covey.webhooks import Webhooks
+from covey.webhooks.runtime import WEBHOOK_JOB, EndpointRegistry, WebhookSender
 from covey.workflows import Workflows
 from covey.workflows.runtime import WORKFLOW_ENTITY, WorkflowRunner
 
@@ -94,6 +96,8 @@ class Runner:
         self.crons: CronManager | None = None
         self.workflows: Workflows | None = None
         self.workflow_runner: WorkflowRunner | None = None
+        self.webhooks: Webhooks | None = None
+        self.webhook_sender: WebhookSender | None = None
 
     # ---- building --------------------------------------------------------
 
@@ -115,8 +119,14 @@ class Runner:
         messenger = self.messenger = Messenger(
             config, storage, self.transport, sharding, clock,
             deliveries=self.deliveries, tasks=self._child("covey-messenger"))
+        registry = EndpointRegistry(storage.state, clock.monotonic)
+        # every member may send webhooks; the ones that host shards make the attempts
+        sender = self.webhook_sender = WebhookSender(registry, clock, config.webhooks)
         self.jobs = Jobs(storage, messenger, sharding.snowflake, clock, config.shards,
-                         specs={spec.name: spec for spec in declared.jobs})
+                         specs={**{spec.name: spec for spec in declared.jobs},
+                                WEBHOOK_JOB: sender.spec()})
+        self.webhooks = Webhooks(registry, self.jobs, storage, sharding.snowflake, clock,
+                                 config.webhooks, types=declared.webhook_types)
         publisher = self.publisher = EventPublisher(storage, messenger, sharding.snowflake,
                                                     clock, config.shards)
         self.events = Events(storage, messenger, publisher, sharding.snowflake, clock)
@@ -126,7 +136,9 @@ class Runner:
         singletons = list(declared.singletons)
         if address is not None:
             self._host(declared, address)
-            if declared.jobs and not any(s.name == JOBS_METRICS for s in singletons):
+            # the webhooks' dead-letter gauge is sampled with the jobs'
+            if (declared.jobs or declared.webhook_types or declared.forwards_events) and \
+                    not any(s.name == JOBS_METRICS for s in singletons):
                 singletons.append(SingletonSpec(JOBS_METRICS, self._sample_job_metrics,
                                                 None, None))
             if declared.subscriptions:
@@ -204,7 +216,8 @@ class Runner:
         host = RunnerJobHost(self.messenger, self.storage, self.jobs)
         self.job_runner = JobRunner(self.clock, str(address), host,
                                     tasks=self._child("covey-jobs"), grace=grace)
-        for spec in declared.jobs:
+        assert self.webhook_sender is not None
+        for spec in [*declared.jobs, self.webhook_sender.spec()]:
             self.job_runner.add(spec)
         self.deliveries.register(JOB_ENTITY, self.job_runner)
         assert self.workflows is not None
@@ -249,7 +262,15 @@ class Runner:
 
     async def _sample_job_metrics(self, ctx: SingletonContext[None]) -> None:
         """The job gauges, exported by one runner (a singleton) for the cluster."""
-        await sample_job_metrics(self.storage.messages, self.clock)
+        await sample_job_metrics(self.storage.messages, self.clock,
+                                 on_dead=self._sample_webhook_metrics)
+
+    async def _sample_webhook_metrics(self, dead: dict[str, int]) -> None:
+        """The webhooks' cluster-wide gauges, sampled with the jobs' ones."""
+        metrics.WEBHOOK_DEAD_LETTER.set(dead.get(WEBHOOK_JOB, 0))
+        if self.webhooks is not None:
+            endpoints = await self.webhooks.endpoints()
+            metrics.WEBHOOK_ENDPOINTS_DISABLED.set(sum(not e.enabled for e in endpoints))
 
     async def _fan_out(self, ctx: SingletonContext[None]) -> None:
         """The events singleton: sequencing, the deliveries publishers could not
@@ -285,6 +306,8 @@ class Runner:
                 steps.append((part, component.stop))
         if self.job_runner is not None:
             steps.append(("job runner", self.job_runner.close))
+        if self.webhook_sender is not None:
+            steps.append(("webhook sender", self.webhook_sender.close))
         if self.event_runner is not None:
             steps.append(("event runner", self.event_runner.close))
         if self.workflow_runner is not None:

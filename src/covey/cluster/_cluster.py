@@ -42,6 +42,7 @@ from covey.sharding.runtime import Envelope, Messenger, Sharding, raise_error_re
 from covey.singletons import SingletonHealth
 from covey.singletons.runtime import CronManager, SingletonManager
 from covey.storage import Message, Storage, open_storage
+from covey.webhooks import Webhooks
 from covey.workflows import Workflow, WorkflowHandle, Workflows
 
 log = logging.getLogger("covey.cluster")
@@ -103,6 +104,11 @@ class Cluster(Declaring):
     def jobs(self) -> Jobs:
         """Status, results, cancel and the dead-letter of jobs."""
         return _part(self._started_runner().jobs)
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """Outgoing webhooks: endpoints, ``send``, deliveries and their dead-letter."""
+        return _part(self._started_runner().webhooks)
 
     @property
     def events(self) -> Events:

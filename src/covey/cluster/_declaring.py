@@ -23,6 +23,8 @@ from covey.events.runtime import RetryPolicy, Subscription, subscriptions
 from covey.jobs import JobDefinition, Jobs, PriorityName, Retry
 from covey.jobs.runtime import JobSpec, job_spec
 from covey.singletons.runtime import CronFn, CronSpec, SingletonFn, SingletonSpec, cron_spec
+from covey.webhooks import Webhooks
+from covey.webhooks.runtime import check_type
 from covey.workflows import Workflow
 from covey.workflows.runtime import workflow_spec
 
@@ -37,6 +39,8 @@ class Declarations:
     jobs: Sequence[JobSpec]
     subscriptions: Sequence[Subscription] = ()
     workflows: Mapping[str, Workflow] = dataclasses.field(default_factory=dict)
+    webhook_types: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    forwards_events: bool = False
 
 
 class Declaring:
@@ -49,12 +53,20 @@ class Declaring:
         self._job_specs: list[JobSpec] = []
         self._subscriptions: list[Subscription] = []
         self._workflows: dict[str, Workflow] = {}
+        self._webhook_types: dict[str, Any] = {}
+        self._forwards_events = False
 
     def declarations(self) -> Declarations:
         """What is declared now (copies: a runner is built from a snapshot)."""
         return Declarations(dict(self._entity_types), list(self._singleton_specs),
                             list(self._cron_specs), list(self._job_specs),
-                            list(self._subscriptions), dict(self._workflows))
+                            list(self._subscriptions), dict(self._workflows),
+                            dict(self._webhook_types), self._forwards_events)
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """The started cluster's webhooks (the cluster overrides it)."""
+        raise NotImplementedError
 
     @property
     def jobs(self) -> Jobs:
@@ -252,6 +264,39 @@ class Declaring:
             return fn
 
         return declare
+
+    def webhook_type(self, name: str, model: Any) -> None:
+        """Declare the payload model of a webhook message type.
+
+        ``cluster.webhooks.send(name, payload)`` then validates the payload
+        against ``model`` (a pydantic model or any type pydantic validates) and
+        refuses a misfit with ``SerializationError`` before anything is stored.
+        """
+        self._webhook_types[check_type(name, field="name")] = model
+
+    def webhook_events(
+        self, events: type[Event] | Sequence[type[Event]], *, group: str = "covey.webhooks",
+        type_of: Callable[[Any], str] | None = None, retry: Retry | None = None,
+    ) -> None:
+        """Deliver these domain events to the webhook endpoints that want them.
+
+        A subscriber ``group`` sends each event once, with its delivery's commit,
+        to every enabled endpoint of the publisher's tenant whose ``types`` match
+        the message type: ``type_of(event)``, by default the event's stored type
+        name (the class's ``name=`` option, else its class name). The
+        ``webhook-id`` is ``evt_<event id>``: the same for every endpoint, and on
+        every re-run of the group's handler.
+        """
+        if type_of is not None and not callable(type_of):
+            raise invalid_argument("type_of", "must be a function of the event")
+
+        async def forward(event: Any, ctx: Any) -> None:
+            name = type_of(event) if type_of is not None else ctx.type
+            await self.webhooks.send(name, event, id=f"evt_{ctx.event_id}",
+                                     tenant=ctx.context.tenant_id, transaction=ctx)
+
+        self.subscribe(events, group=group, retry=retry)(forward)
+        self._forwards_events = True
 
 
 def _retry_policy(retry: object) -> RetryPolicy | None:

@@ -15,6 +15,7 @@ from covey.core._config import (
     ShardingOptions,
     StorageOptions,
     TransportOptions,
+    WebhookOptions,
 )
 from covey.core._errors import (
     AlreadyProcessed,
@@ -31,6 +32,7 @@ from covey.core._errors import (
     StorageError,
     TransportError,
     VersionConflict,
+    WebhookError,
     WorkflowError,
 )
 from covey.core._ids import (
@@ -116,6 +118,8 @@ __all__ = [
     "TransportOptions",
     "USER_HEADER",
     "VersionConflict",
+    "WebhookError",
+    "WebhookOptions",
     "WorkflowError",
     "configure_logging",
     "current_context",

@@ -172,6 +172,48 @@ class HealthOptions:
 
 
 @dataclass(frozen=True)
+class WebhookOptions:
+    """Outgoing webhooks (:mod:`covey.webhooks`), for every endpoint of the cluster.
+
+    Attributes:
+        allow_private: deliver to loopback, private and link-local addresses too
+            (local development and tests). Off: such targets are refused.
+        concurrency: webhook deliveries in flight at once on one runner, all
+            endpoints together (each endpoint also has its own limit).
+        timeout: the default per-attempt timeout of an endpoint, in seconds.
+        disable_after: an endpoint whose deliveries have failed continuously for
+            this many seconds is disabled (and reported); 0 never disables.
+        breaker_failures: consecutive failed attempts to an endpoint (on one
+            runner) that open its circuit breaker.
+        breaker_cooldown: seconds an open breaker fails attempts at once, before
+            one trial attempt may go through.
+    """
+
+    allow_private: bool = False
+    concurrency: int = 1000
+    timeout: float = 15.0
+    disable_after: float = 5 * 24 * 3600.0
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "breaker_cooldown"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ConfigError(f"webhooks.{name} (COVEY_WEBHOOKS_{name.upper()}) must be a "
+                                  f"number > 0, got {value!r}", setting=f"webhooks.{name}")
+        if not 0 <= self.disable_after < math.inf:
+            raise ConfigError("webhooks.disable_after (COVEY_WEBHOOKS_DISABLE_AFTER) must be a "
+                              f"number >= 0, got {self.disable_after!r}",
+                              setting="webhooks.disable_after")
+        for name in ("concurrency", "breaker_failures"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"webhooks.{name} (COVEY_WEBHOOKS_{name.upper()}) must be at "
+                                  f"least 1, got {getattr(self, name)!r}",
+                                  setting=f"webhooks.{name}")
+
+
+@dataclass(frozen=True)
 class CoveyConfig:
     """Settings of one covey process.
 
@@ -190,6 +232,7 @@ class CoveyConfig:
         transport: runner-to-runner transport options.
         sharding: membership, ownership and delivery options.
         health: the background health checks and probes.
+        webhooks: outgoing webhooks (targets allowed, concurrency, breaker).
         log: logging set up at start (``COVEY_LOG_LEVEL``, ``COVEY_LOG_FORMAT``).
     """
 
@@ -204,6 +247,7 @@ class CoveyConfig:
     transport: TransportOptions = field(default_factory=TransportOptions)
     sharding: ShardingOptions = field(default_factory=ShardingOptions)
     health: HealthOptions = field(default_factory=HealthOptions)
+    webhooks: WebhookOptions = field(default_factory=WebhookOptions)
     log: LogOptions = field(default_factory=LogOptions)
 
     def __post_init__(self) -> None:

@@ -22,9 +22,12 @@ exist so ``except`` clauses can be narrow where that reads better::
     │                                timeout, idempotency_conflict, invalid_transition,
     │                                state_version_unknown, state_read_only
     ├── JobError                     job_not_found, job_dead, job_cancelled
-    └── WorkflowError                workflow_not_found, workflow_failed,
-                                     workflow_cancelled, workflow_finished,
-                                     unknown_workflow, nondeterminism, token_invalid
+    ├── WorkflowError                workflow_not_found, workflow_failed,
+    │                                workflow_cancelled, workflow_finished,
+    │                                unknown_workflow, nondeterminism, token_invalid
+    └── WebhookError                 webhook_endpoint_not_found, webhook_delivery_not_found,
+                                     webhook_target_refused, webhook_signature_invalid,
+                                     webhook_timestamp_invalid
 
 ``retryable`` tells a caller whether trying the same call again later may succeed.
 """
@@ -75,6 +78,11 @@ class Reason(StrEnum):
     UNKNOWN_WORKFLOW = "unknown_workflow"
     NONDETERMINISM = "nondeterminism"
     TOKEN_INVALID = "token_invalid"
+    WEBHOOK_ENDPOINT_NOT_FOUND = "webhook_endpoint_not_found"
+    WEBHOOK_DELIVERY_NOT_FOUND = "webhook_delivery_not_found"
+    WEBHOOK_TARGET_REFUSED = "webhook_target_refused"
+    WEBHOOK_SIGNATURE_INVALID = "webhook_signature_invalid"
+    WEBHOOK_TIMESTAMP_INVALID = "webhook_timestamp_invalid"
 
 
 _RETRYABLE = frozenset({
@@ -216,3 +224,18 @@ class WorkflowError(ClusterError):
     """
 
     default_reason = Reason.WORKFLOW_NOT_FOUND
+
+
+class WebhookError(ClusterError):
+    """A webhook endpoint or delivery is unknown, a target address is refused, or a
+    received webhook does not verify.
+
+    ``webhook_target_refused``: the endpoint's address is loopback, private,
+    link-local, a metadata address (or resolves to one) and private targets are
+    not allowed; ``details`` carries ``url`` and ``address``.
+    ``webhook_signature_invalid`` / ``webhook_timestamp_invalid``: a received
+    webhook's headers are missing or malformed, no signature matches, or its
+    timestamp is outside the tolerance.
+    """
+
+    default_reason = Reason.WEBHOOK_ENDPOINT_NOT_FOUND

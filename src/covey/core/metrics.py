@@ -111,6 +111,26 @@ WORKFLOW_STEP_SECONDS = Histogram(
     "covey_workflow_step_seconds", "Seconds a workflow step ran (every attempt)", ["workflow"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+WEBHOOK_ATTEMPTS = Counter(
+    "covey_webhook_attempts_total",
+    "Webhook delivery attempts by endpoint and outcome (delivered, http_error, timeout, "
+    "network_error, refused, circuit_open)", ["endpoint", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "covey_webhook_attempt_seconds", "Seconds from request to response of a webhook attempt",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WEBHOOK_DEAD = Counter(
+    "covey_webhook_dead_total", "Webhook deliveries sent to the dead-letter", ["endpoint"],
+)
+WEBHOOK_DEAD_LETTER = Gauge(
+    "covey_webhook_dead_letter", "Webhook deliveries in the dead-letter (cluster-wide, sampled "
+    "by one runner)",
+)
+WEBHOOK_ENDPOINTS_DISABLED = Gauge(
+    "covey_webhook_endpoints_disabled", "Webhook endpoints that are disabled (cluster-wide)",
+)
 
 __all__ = [
     "JOBS_BACKLOG",
@@ -139,6 +159,11 @@ __all__ = [
     "SINGLETON_LAST_BEAT",
     "TRANSPORT_REJECTED",
     "WAKEUP_LISTENER_UP",
+    "WEBHOOK_ATTEMPTS",
+    "WEBHOOK_DEAD",
+    "WEBHOOK_DEAD_LETTER",
+    "WEBHOOK_ENDPOINTS_DISABLED",
+    "WEBHOOK_SECONDS",
     "WORKFLOWS_ENDED",
     "WORKFLOWS_RUNNING",
     "WORKFLOWS_STARTED",

@@ -12,7 +12,14 @@ them is in :mod:`covey.jobs.runtime`.
 """
 
 from covey.jobs._declared import JobDefinition
-from covey.jobs._definition import Backoff, JobStatus, PriorityName, Retry, exponential
+from covey.jobs._definition import (
+    Backoff,
+    JobStatus,
+    PriorityName,
+    Retry,
+    RetryLater,
+    exponential,
+)
 from covey.jobs._jobs import JobHandle, Jobs
 from covey.jobs._runner import JobContext
 
@@ -25,5 +32,6 @@ __all__ = [
     "Jobs",
     "PriorityName",
     "Retry",
+    "RetryLater",
     "exponential",
 ]

@@ -96,6 +96,23 @@ def exponential(initial: float = 1.0, maximum: float = 300.0, factor: float = 2.
     return Backoff(initial, maximum, factor)
 
 
+class RetryLater(Exception):
+    """Raised by a job handler: this attempt failed, retry after ``delay`` seconds.
+
+    The handler's own delay replaces the backoff (a receiver's ``Retry-After``, a
+    rate limit's reset time), and ``retry_on`` does not apply; the attempt still
+    counts, and after ``Retry.max_attempts`` the job is dead-lettered as usual.
+
+    Args:
+        delay: seconds before the next attempt (finite, not negative).
+        message: what failed (stored in the job's error history).
+    """
+
+    def __init__(self, delay: float, message: str = "retry later") -> None:
+        super().__init__(message)
+        self.delay = check_seconds("delay", delay)
+
+
 @dataclass(frozen=True)
 class Retry:
     """How a failing job is retried.

@@ -7,6 +7,8 @@ values. Per-runner job metrics are counted where the jobs run (``_runner``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from covey.core import Clock, metrics
 from covey.jobs._definition import JOB_ENTITY
 from covey.storage import MessageStorage
@@ -17,8 +19,16 @@ JOBS_METRICS = "covey.jobs-metrics"
 JOBS_METRICS_INTERVAL = 10.0
 
 
-async def sample_job_metrics(messages: MessageStorage, clock: Clock) -> None:
-    """Export the backlog and dead-letter gauges every interval, until cancelled."""
+DeadLetterHook = Callable[[dict[str, int]], Awaitable[None]]
+
+
+async def sample_job_metrics(messages: MessageStorage, clock: Clock, *,
+                             on_dead: DeadLetterHook | None = None) -> None:
+    """Export the backlog and dead-letter gauges every interval, until cancelled.
+
+    ``on_dead`` gets the dead-letter sizes by job name at each sample (a feature
+    built on jobs exports its own gauge from them).
+    """
     try:
         while True:
             # without the successes: their count grows with the store
@@ -33,6 +43,8 @@ async def sample_job_metrics(messages: MessageStorage, clock: Clock) -> None:
                     dead[name] = dead.get(name, 0) + count
             for name, count in dead.items():
                 metrics.JOBS_DEAD_LETTER.labels(name).set(count)
+            if on_dead is not None:
+                await on_dead(dead)
             await clock.sleep(JOBS_METRICS_INTERVAL)
     finally:  # another runner exports them now: no stale values here
         metrics.JOBS_BACKLOG.clear()

@@ -37,7 +37,7 @@ from covey.core import (
     use_context,
 )
 from covey.core.runtime import TaskSet, being_cancelled, consumer_span, traced_context
-from covey.jobs._definition import JobSpec
+from covey.jobs._definition import JobSpec, RetryLater
 from covey.sharding.runtime import Envelope, Reschedule, StartRecords
 from covey.storage import Message, Reply, UnitOfWork
 
@@ -327,8 +327,12 @@ class JobRunner:
         error = f"{type(exc).__name__}: {exc}"
         history = [*error_history(message.last_error), error]
         metrics.JOBS_FAILED.labels(spec.name).inc()
-        if spec.retry.should_retry(exc, attempt):
+        delay: float | None = None
+        if isinstance(exc, RetryLater) and attempt < spec.retry.max_attempts:
+            delay = exc.delay  # the handler knows better (a receiver's Retry-After)
+        elif spec.retry.should_retry(exc, attempt):
             delay = spec.retry.backoff.delay(attempt, spec.retry.jitter)
+        if delay is not None:
             log.info("job %s %d attempt %d failed (%s); retry in %.2f s",
                      spec.name, message.id, attempt, error, delay)
             # the stored last_error carries the whole history to the next attempt
