@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 SCENARIOS := storage volatile-rpc persisted-rpc failover handoff singleton-failover cron-accuracy \
              jobs-throughput jobs-latency store-growth entity-state transport \
-             events-latency events-throughput
+             events-latency events-throughput webhooks
 
 bench: $(STAMP)
 	for s in $(SCENARIOS); do $(PY) bench/run.py $$s --quick | tail -n 1; done

@@ -35,6 +35,7 @@ SCENARIOS: dict[str, str] = {
     "workflow-latency": "scenarios.workflow_latency",
     "workflow-signal": "scenarios.workflow_signal",
     "workflow-sleep": "scenarios.workflow_sleep",
+    "webhooks": "scenarios.webhooks",
 }
 
 

@@ -232,7 +232,8 @@ class WebhookError(ClusterError):
 
     ``webhook_target_refused``: the endpoint's address is loopback, private,
     link-local, a metadata address (or resolves to one) and private targets are
-    not allowed; ``details`` carries ``url`` and ``address``.
+    not allowed; ``details`` carries ``address`` and ``url`` (when a URL was
+    checked) or ``host`` (when a connection was about to be made).
     ``webhook_signature_invalid`` / ``webhook_timestamp_invalid``: a received
     webhook's headers are missing or malformed, no signature matches, or its
     timestamp is outside the tolerance.

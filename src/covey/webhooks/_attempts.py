@@ -9,7 +9,7 @@ after the name of the exception that carried it (``AttemptFailed: {...}``).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from covey.jobs import RetryLater
@@ -46,7 +46,11 @@ class Attempt:
     error: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps({k: v for k, v in asdict(self).items() if v is not None},
+        # by hand, not dataclasses.asdict: this runs once per attempt, on the hot path
+        fields = {"number": self.number, "at": self.at, "outcome": self.outcome,
+                  "status": self.status, "latency_ms": self.latency_ms,
+                  "response": self.response, "error": self.error}
+        return json.dumps({k: v for k, v in fields.items() if v is not None},
                           separators=(",", ":"))
 
     @classmethod

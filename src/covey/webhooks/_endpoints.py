@@ -223,7 +223,12 @@ class EndpointRegistry:
         return self._cached
 
     async def get(self, endpoint_id: str) -> Endpoint | None:
-        return (await self.all()).get(endpoint_id)
+        """One endpoint; an id the cached copy lacks is looked up afresh (it may
+        have been added by another process within the last ``max_age``)."""
+        found = (await self.all()).get(endpoint_id)
+        if found is None:
+            found = (await self.all(fresh=True)).get(endpoint_id)
+        return found
 
     async def _read(self) -> None:
         stored = await self._state.get(ENDPOINTS_KEY)

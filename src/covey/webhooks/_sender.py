@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from pydantic import BaseModel
 
 from covey.core import (
@@ -48,7 +48,7 @@ from covey.webhooks._attempts import (
 )
 from covey.webhooks._endpoints import Endpoint, EndpointRegistry
 from covey.webhooks._signing import webhook_headers
-from covey.webhooks._transport import make_client
+from covey.webhooks._transport import Answer, WebhookClient, make_client
 
 log = logging.getLogger("covey.webhooks")
 
@@ -109,7 +109,7 @@ class WebhookSender:
         self._clock = clock
         self._options = options
         self._resolver = resolver
-        self._clients: dict[bool, httpx.AsyncClient] = {}
+        self._clients: dict[bool, WebhookClient] = {}
         self._gates: dict[str, Gate] = {}
         # requests in flight on this runner, all endpoints together; taken only once
         # the endpoint's own slot is held, so a slow endpoint's waiting deliveries hold
@@ -133,15 +133,16 @@ class WebhookSender:
 
     async def close(self) -> None:
         for client in self._clients.values():
-            await client.aclose()
+            await client.close()
         self._clients.clear()
 
-    def _client(self, allow_private: bool) -> httpx.AsyncClient:
+    def _client(self, allow_private: bool) -> WebhookClient:
         private = allow_private or self._options.allow_private
         client = self._clients.get(private)
         if client is None:
             client = self._clients[private] = make_client(
-                allow_private=private, resolver=self._resolver, timeout=self._options.timeout)
+                allow_private=private, resolver=self._resolver,
+                limit=self._options.concurrency)
         return client
 
     def _gate(self, endpoint: Endpoint) -> Gate:
@@ -196,7 +197,7 @@ class WebhookSender:
         raise self._failure(endpoint, attempt, response)
 
     async def _attempt(self, endpoint: Endpoint, order: DeliveryOrder,
-                       number: int) -> tuple[Attempt, httpx.Response | None]:
+                       number: int) -> tuple[Attempt, Answer | None]:
         body = order.body.encode()
         now = self._clock.now()
         headers = {"content-type": "application/json", "user-agent": USER_AGENT}
@@ -210,31 +211,31 @@ class WebhookSender:
         timeout = endpoint.timeout or self._options.timeout
         started = time.perf_counter()
         try:
-            response = await self._client(endpoint.allow_private).post(
-                endpoint.url, content=body, headers=headers, timeout=timeout)
+            answer = await self._client(endpoint.allow_private).post(
+                endpoint.url, body, headers, timeout=timeout)
         except WebhookError as exc:
             return Attempt(number, now, "refused", error=str(exc)), None
-        except httpx.TimeoutException:
+        except TimeoutError:
             return Attempt(number, now, "timeout", latency_ms=_ms(started),
                            error=f"no answer within {timeout} s"), None
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             return Attempt(number, now, "network_error", latency_ms=_ms(started),
                            error=f"{type(exc).__name__}: {exc}"[:MAX_RESPONSE_CHARS]), None
         latency = _ms(started)
         metrics.WEBHOOK_SECONDS.labels(endpoint.id).observe(latency / 1000)
-        outcome: Outcome = "delivered" if 200 <= response.status_code < 300 else "http_error"
-        return Attempt(number, now, outcome, status=response.status_code, latency_ms=latency,
-                       response=response.text[:MAX_RESPONSE_CHARS] or None), response
+        outcome: Outcome = "delivered" if 200 <= answer.status < 300 else "http_error"
+        return Attempt(number, now, outcome, status=answer.status, latency_ms=latency,
+                       response=answer.text[:MAX_RESPONSE_CHARS] or None), answer
 
     # ---- after a failed attempt -------------------------------------------
 
     def _failure(self, endpoint: Endpoint, attempt: Attempt,
-                 response: httpx.Response | None) -> Exception:
+                 response: Answer | None) -> Exception:
         """The retry the schedule (or the receiver) asks for, or the dead-letter."""
         if attempt.number > len(endpoint.schedule):
             return self._dead(endpoint, attempt)
         delay = endpoint.schedule[attempt.number - 1] * random.uniform(1 - JITTER, 1 + JITTER)
-        if response is not None and response.status_code in (429, 503):
+        if response is not None and response.status in (429, 503):
             asked = retry_after(response.headers.get("retry-after"), self._clock.now())
             if asked is not None:
                 delay = asked

@@ -21,7 +21,7 @@ import unicodedata
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-import httpx
+import yarl
 
 from covey.core import Reason, WebhookError
 from covey.core.runtime import invalid_argument
@@ -165,14 +165,19 @@ def check_url(url: object, *, allow_private: bool) -> str:
     if port is not None and not 1 <= port <= 65535:
         raise invalid_argument("url", "port must be between 1 and 65535")
     try:
-        httpx.URL(url)  # what the client will parse when it sends
-    except httpx.InvalidURL as exc:
+        # the host the client will connect to: yarl normalises it (fullwidth digits,
+        # ideographic dots), so it, not urlsplit's raw text, is what gets checked
+        host = yarl.URL(url).raw_host or ""
+    except ValueError as exc:
         raise invalid_argument("url", f"not a valid URL ({exc})") from None
     address = ip_literal(host)
     if address is not None and not allow_private and not is_public(address):
         raise WebhookError(f"webhook target {address} is not a public address",
                            reason=Reason.WEBHOOK_TARGET_REFUSED, url=url,
                            address=str(address))
+    if address is not None and address.version == 4 and str(address) != host:
+        # "134744072", "0x8.8.8.8": resolvers accept them, HTTP clients do not
+        raise invalid_argument("url", f"write the address as {address}")
     return url
 
 

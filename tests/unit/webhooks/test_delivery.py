@@ -458,3 +458,17 @@ async def test_domain_events_are_forwarded_to_endpoints(stub: StubReceiver) -> N
         assert request.id == f"evt_{event_id}"
         assert request.json()["type"] == "order.shipped"
         assert request.json()["data"] == {"order_id": "o-9"}
+
+
+async def test_the_senders_trace_travels_with_each_attempt(stub: StubReceiver) -> None:
+    trace_id, span_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with cluster(runners=1) as tc:
+        hooks = tc.client_member.webhooks
+        await hooks.add_endpoint(stub.url(), allow_private=True)
+        with covey.use_context(covey.RequestContext(trace_id=trace_id, span_id=span_id)):
+            await hooks.send("invoice.paid", {"n": 1})
+        await hooks.send("invoice.paid", {"n": 2})  # no trace: no traceparent
+        await until(lambda: len(stub.received) == 2)
+        by_n = {r.json()["data"]["n"]: r.headers for r in stub.received}
+        assert by_n[1]["traceparent"].split("-")[1] == trace_id
+        assert "traceparent" not in by_n[2]
