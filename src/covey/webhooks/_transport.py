@@ -41,6 +41,8 @@ from covey.webhooks._targets import Resolver, ip_literal, is_public, system_reso
 
 #: how much of a receiver's answer is read (the rest is dropped with its connection)
 MAX_READ = 64 * 1024
+#: URLs kept parsed and checked (the endpoints'); beyond, the cache starts over
+MAX_URLS = 10_000
 
 
 def refused(host: str, address: str) -> WebhookError:
@@ -114,6 +116,7 @@ class WebhookClient:
         self._keepalive = keepalive
         self._verify = verify
         self._session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, yarl.URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -137,12 +140,18 @@ class WebhookClient:
             TimeoutError: no full answer within ``timeout`` seconds.
             aiohttp.ClientError, OSError: the connection failed.
         """
-        host = yarl.URL(url).raw_host or ""  # what aiohttp connects to (normalised)
-        literal = ip_literal(host)
-        if literal is not None and not self._allow_private and not is_public(literal):
-            raise refused(host, str(literal))
+        target = self._urls.get(url)
+        if target is None:
+            target = yarl.URL(url)
+            host = target.raw_host or ""  # what aiohttp connects to (normalised)
+            literal = ip_literal(host)
+            if literal is not None and not self._allow_private and not is_public(literal):
+                raise refused(host, str(literal))
+            if len(self._urls) >= MAX_URLS:
+                self._urls.clear()
+            self._urls[url] = target  # checked: parsed and checked once per URL
         async with asyncio.timeout(timeout):
-            async with self._open().post(url, data=body, headers=dict(headers),
+            async with self._open().post(target, data=body, headers=headers,
                                          allow_redirects=False) as response:
                 chunks: list[bytes] = []
                 size = 0
