@@ -104,12 +104,15 @@ async def test_runners_lists_states_and_splits_the_shards(env: dict[str, str]) -
         # a runner that dies without leaving shows as stale once it misses
         # heartbeats for longer than the TTL the operator's command uses
         await b.abort()
-        short_ttl = {**env, "COVEY_SHARDING_RUNNER_TTL": "1"}
-        deadline = time.monotonic() + 5
+        # 3 s: three heartbeats of the live runner (one a second), so a busy machine
+        # does not make it look stale too
+        short_ttl = {**env, "COVEY_SHARDING_RUNNER_TTL": "3"}
+        deadline = time.monotonic() + 10
         while True:
             rows = {r["address"]: r for r in
                     (await asyncio.to_thread(runners_json, short_ttl))["runners"]}
-            if rows.get(str(b.address), {}).get("state") == "stale":
+            if rows.get(str(b.address), {}).get("state") == "stale" and \
+                    rows.get(str(a.address), {}).get("state") == "serving":
                 break
             assert time.monotonic() < deadline, rows
             await asyncio.sleep(0.2)

@@ -19,8 +19,11 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +33,8 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
 POSTGRES_MARK = re.compile(r"<!--\s*docs-test:\s*postgres\s*-->\s*\Z")
 TIMEOUT = 30  # seconds for one block; they take about one
+#: SQLite blocks running at once (each is a process of its own, in a directory of its own)
+PARALLEL = 3
 
 
 @dataclass(frozen=True)
@@ -65,20 +70,49 @@ def test_the_documents_have_python_blocks() -> None:
     assert {b.document for b in BLOCKS} >= {"README.md", "docs/entities.md", "docs/jobs.md"}
 
 
-@pytest.mark.parametrize(
-    "block", BLOCKS, ids=[f"{b.document}[{b.index}]" for b in BLOCKS]
-)
-def test_block_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
-    if block.needs_postgres:
-        env["COVEY_DATABASE_URL"] = request.getfixturevalue("fresh_pg_database")
-    program = tmp_path / "block.py"
+def _id(block: Block) -> str:
+    return f"{block.document}[{block.index}]"
+
+
+def _run(block: Block, directory: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run one block as a program in ``directory`` (``TimeoutExpired`` when it hangs)."""
+    program = directory / "block.py"
     program.write_text(block.code, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, str(program)], cwd=directory, env=env,
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def started(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Any]]]:
+    """The SQLite blocks this session selected, started at once, a few at a time.
+
+    Each block is a program of its own in a directory of its own, so they can
+    run side by side; the tests then wait for their block's outcome. (Blocks that
+    need PostgreSQL run in their test: each gets a database of its own.)
+    """
+    selected = {_id(item.callspec.params["block"]) for item in request.session.items
+                if getattr(item, "originalname", None) == "test_block_runs"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
+    pool = ThreadPoolExecutor(max_workers=PARALLEL)
+    futures = {_id(b): pool.submit(_run, b, tmp_path_factory.mktemp("block"), env)
+               for b in BLOCKS if not b.needs_postgres and _id(b) in selected}
+    yield futures
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[_id(b) for b in BLOCKS])
+def test_block_runs(block: Block, tmp_path: Path, request: pytest.FixtureRequest,
+                    started: dict[str, Future[Any]]) -> None:
     try:
-        result = subprocess.run(
-            [sys.executable, str(program)], cwd=tmp_path, env=env,
-            capture_output=True, text=True, timeout=TIMEOUT, check=False,
-        )
+        if block.needs_postgres:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
+            env["COVEY_DATABASE_URL"] = request.getfixturevalue("fresh_pg_database")
+            result = _run(block, tmp_path, env)
+        else:
+            result = started[_id(block)].result()
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{block.document}, block at line {block.line}: still running after "
                     f"{TIMEOUT} s\n{exc.stdout!r}\n{exc.stderr!r}", pytrace=False)
