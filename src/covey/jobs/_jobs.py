@@ -162,8 +162,8 @@ class Jobs:
         handles = await self.enqueue(messages, transaction=transaction)
         return handles if batch else handles[0]
 
-    async def enqueue(self, messages: Sequence[Message],
-                      transaction: Any = None) -> list[JobHandle]:
+    async def enqueue(self, messages: Sequence[Message], transaction: Any = None, *,
+                      coalesce: bool = False) -> list[JobHandle]:
         """Store job messages and push them to their owners; a handle per message.
 
         A job whose dedupe key is taken gives the first job's handle
@@ -171,6 +171,9 @@ class Jobs:
         With ``transaction`` a persisted run's context (an entity handler's
         ``self.ctx``, an event handler's ``ctx``) the jobs are stored with the handler's commit
         (a taken dedupe key is found only then: the handle has the new id).
+        ``coalesce``: wake the owners on the loop's next turn, in one frame per
+        owner with the other coalesced pushes of this turn (bursts of single
+        submits whose caller asks the owner nothing right after).
         """
         if not messages:
             return []
@@ -191,7 +194,9 @@ class Jobs:
         handles = self._handles(messages, results)
         wake = [Envelope(m, persisted=True) for m, h in zip(messages, handles, strict=True)
                 if not h.duplicate]
-        if wake:
+        if wake and coalesce:
+            self._messenger.push_soon(wake)
+        elif wake:
             await self._messenger.push_many(wake)
         return handles
 

@@ -183,6 +183,11 @@ class Messenger:
         """Wake the owners of stored envelopes, one notification per owner."""
         return self._outbound.push_many(envelopes)
 
+    def push_soon(self, envelopes: list[Envelope]) -> None:
+        """Wake the owners on the loop's next turn, one frame per owner for every
+        push made in this turn (:meth:`Outbound.push_soon`)."""
+        self._outbound.push_soon(envelopes)
+
     # ---- inbound ---------------------------------------------------------
 
     def handle_request(self, peer: RunnerAddress | None,

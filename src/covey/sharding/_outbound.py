@@ -12,6 +12,7 @@ the message through its storage read (:mod:`._reply_watch`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
@@ -42,6 +43,9 @@ from covey.sharding.transport import RunnerTransport
 from covey.storage import Duplicate, Message, Reply, Storage, TransactionalMessages
 
 T = TypeVar("T")
+#: wakes in one coalesced frame at most (a frame of stored messages, each already
+#: within the frame limit on its own, stays far below it)
+_SOON_FRAME = 256
 
 _RETRY_REASONS = frozenset({
     Reason.NOT_OWNER, Reason.PEER_UNAVAILABLE, Reason.SHUTTING_DOWN, Reason.STORAGE_UNAVAILABLE,
@@ -77,6 +81,7 @@ class Outbound:
         self._clock = clock
         self._completion = completion
         self._spawn = spawn
+        self._soon: dict[RunnerAddress, list[Envelope]] = {}
 
     async def call(
         self, envelope: Envelope, *, timeout: float, discard: bool, transaction: Any = None
@@ -137,6 +142,35 @@ class Outbound:
                 continue
             with contextlib.suppress(ClusterError):
                 await self._transport.notify(owner, wake_many_body(batch))
+
+    def push_soon(self, envelopes: list[Envelope]) -> None:
+        """Like :meth:`push_many`, but the notification leaves on the loop's next turn,
+        together with every other ``push_soon`` to the same owner made in this one.
+
+        A burst of concurrent single sends (their stores finish in one group commit
+        and they all push at once) then costs one frame per owner instead of one
+        per message. For callers that ask the owner nothing right after: a request
+        sent at once may reach the owner before this wake.
+        """
+        for envelope in envelopes:
+            owner = self._sharding.owner_of(envelope.shard)
+            if owner is None:
+                continue
+            if owner == self._sharding.address:
+                self._spawn(self._completion.run_quietly(envelope))
+                continue
+            queue = self._soon.setdefault(owner, [])
+            queue.append(envelope)
+            if len(queue) == 1:
+                self._spawn(self._flush_soon(owner))
+
+    async def _flush_soon(self, owner: RunnerAddress) -> None:
+        await asyncio.sleep(0)  # the other pushes of this turn join the frame
+        batch = self._soon.pop(owner, [])
+        for start in range(0, len(batch), _SOON_FRAME):
+            with contextlib.suppress(ClusterError):
+                await self._transport.notify(
+                    owner, wake_many_body(batch[start:start + _SOON_FRAME]))
 
     # ---- volatile ----------------------------------------------------------
 

@@ -249,7 +249,8 @@ class Webhooks:
             WEBHOOK_JOB, DeliveryOrder(message_id=message_id, endpoint_id=e.id,
                                        type=message_type, body=body),
             dedupe_key=f"{e.id}:{message_id}", delay=None, priority=None) for e in chosen]
-        handles = await self._jobs.enqueue(orders, transaction=transaction)
+        # a burst of sends (a web tier's requests) shares one wake frame per owner
+        handles = await self._jobs.enqueue(orders, transaction=transaction, coalesce=True)
         return WebhookSent(message_id, {e.id: h.id for e, h in zip(chosen, handles, strict=True)},
                            duplicate=bool(handles) and all(h.duplicate for h in handles))
 
