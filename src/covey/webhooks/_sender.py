@@ -29,7 +29,6 @@ from pydantic import BaseModel
 from covey.core import (
     Clock,
     ClusterError,
-    CoveyConfig,
     Reason,
     WebhookError,
     WebhookOptions,
@@ -48,6 +47,7 @@ from covey.webhooks._attempts import (
 )
 from covey.webhooks._endpoints import Endpoint, EndpointRegistry
 from covey.webhooks._signing import webhook_headers
+from covey.webhooks._targets import Resolver
 from covey.webhooks._transport import Answer, WebhookClient, make_client
 
 log = logging.getLogger("covey.webhooks")
@@ -104,7 +104,7 @@ class WebhookSender:
     """Makes the attempts of the webhook deliveries this runner owns."""
 
     def __init__(self, registry: EndpointRegistry, clock: Clock, options: WebhookOptions, *,
-                 resolver: Any = None) -> None:
+                 resolver: Resolver | None = None) -> None:
         self._registry = registry
         self._clock = clock
         self._options = options
@@ -115,11 +115,6 @@ class WebhookSender:
         # the endpoint's own slot is held, so a slow endpoint's waiting deliveries hold
         # nothing the others need
         self._in_flight = asyncio.Semaphore(options.concurrency)
-
-    @classmethod
-    def for_config(cls, registry: EndpointRegistry, clock: Clock,
-                   config: CoveyConfig) -> WebhookSender:
-        return cls(registry, clock, config.webhooks)
 
     def spec(self) -> JobSpec:
         """The ``covey.webhook`` job: no retry but the ones an attempt asks for.
