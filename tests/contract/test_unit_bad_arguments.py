@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from covey.core import ClusterError, Reason
-from covey.storage import Fence, Message, Reply, Storage, UnitOfWork, Versioned
+from covey.storage import Fence, Message, Reply, Storage, StreamEntry, UnitOfWork, Versioned
 
 from ._helpers import RUNNER_A, S1, msg
 from .test_argument_checks import EVENTS, FENCES, IDS, MESSAGES, STATE_KEYS, VERSIONS, event
@@ -63,6 +63,16 @@ def _cases() -> dict[str, list[Case]]:
     for field, label, change in EVENTS:
         case("publish", field, label,
              lambda u, m, f, s, c=change: u.publish([event(), event(**c)]))
+
+    good = StreamEntry("orders", 1, b"p")
+    for field, label, batch in [
+            ("entries", "None", None), ("entries", "str", "ab"), ("entries", "int", 5),
+            ("entry", "[None]", [good, None]),
+            ("entry.stream", "empty", [good, replace(good, stream="")]),
+            ("entry.id", "0", [good, replace(good, id=0)]),
+            ("entry.payload", "str", [good, replace(good, payload="p")]),  # type: ignore[arg-type]
+            ("entry.headers", "int value", [good, replace(good, headers={"h": 1})])]:  # type: ignore[dict-item]
+        case("append_stream", field, label, lambda u, m, f, s, v=batch: u.append_stream(v))
 
     for label, value in [("None", None), ("tuple", (1, b"r")), ("str", "r")]:
         case("commit", "reply", label, lambda u, m, f, s, v=value: u.commit(v))

@@ -42,6 +42,9 @@ DOCUMENTED: dict[str, tuple[int, int | None]] = {
     "webhook_endpoint_not_found": (404, None), "webhook_delivery_not_found": (404, None),
     "webhook_signature_invalid": (401, None), "webhook_timestamp_invalid": (401, None),
     "webhook_target_refused": (400, None),
+    "stream_forbidden": (403, None), "unauthenticated": (401, None), "forbidden": (403, None),
+    "cursor_invalid": (400, None), "frame_invalid": (400, None), "rate_limited": (429, 1),
+    "slow_consumer": (503, 1),
 }
 BIG_ID = 2**62 + 12345  # a snowflake-sized id: not exact in a JavaScript number
 
@@ -108,7 +111,7 @@ def test_retryable_reasons_say_when_to_retry() -> None:
     for reason in Reason:
         error = ClusterError("x", reason=reason)
         if error.retryable:
-            assert status_of(reason).status in (503, 504), reason
+            assert status_of(reason).status in (429, 503, 504), reason
             assert status_of(reason).retry_after is not None, reason
 
 

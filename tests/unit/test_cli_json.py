@@ -102,7 +102,8 @@ def test_status_and_migrate(env: dict[str, str]) -> None:
     backend = env["COVEY_DATABASE_URL"].split(":")[0].replace("postgresql", "postgres")
     assert status == {"backend": backend, "location": status["location"],
                       "schema_version": status["schema_version"], "shards": 8, "runners": 0,
-                      "messages_total": 0, "messages_unprocessed": 0, "event_groups": []}
+                      "messages_total": 0, "messages_unprocessed": 0, "event_groups": [],
+                      "connections": []}
 
 
 def test_every_printing_command_takes_json() -> None:

@@ -73,6 +73,14 @@ STATUS: dict[Reason, HttpStatus] = {
     Reason.WEBHOOK_SIGNATURE_INVALID: HttpStatus(401),
     Reason.WEBHOOK_TIMESTAMP_INVALID: HttpStatus(401),
     Reason.WEBHOOK_TARGET_REFUSED: HttpStatus(400),
+    # real-time: a refused stream or connection, a malformed cursor or frame
+    Reason.STREAM_FORBIDDEN: HttpStatus(403),
+    Reason.FORBIDDEN: HttpStatus(403),
+    Reason.UNAUTHENTICATED: HttpStatus(401),
+    Reason.CURSOR_INVALID: HttpStatus(400),
+    Reason.FRAME_INVALID: HttpStatus(400),
+    Reason.RATE_LIMITED: HttpStatus(429, _RETRY),
+    Reason.SLOW_CONSUMER: HttpStatus(503, _RETRY),
     # the request conflicts with the current state
     Reason.IDEMPOTENCY_CONFLICT: HttpStatus(409),
     Reason.INVALID_TRANSITION: HttpStatus(409),

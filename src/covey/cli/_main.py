@@ -8,6 +8,7 @@ keys, ids as strings; see :mod:`covey.cli._output` and ``docs/cli.md``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import os
 import sys
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from covey.cli._events import events, group_lags, lag_table, status_group_document
 from covey.cli._jobs import jobs
-from covey.cli._output import console, emit, fail, guarded, json_option
+from covey.cli._output import cell, console, emit, fail, guarded, json_option
 from covey.cli._runners import runners
 from covey.cli._webhooks import webhooks
 from covey.cli._worker_http import WorkerEndpoint
@@ -27,6 +28,7 @@ from covey.cli._workflows import workflows
 from covey.cluster import Cluster
 from covey.core import ClusterError, CoveyConfig, configure_logging
 from covey.events import GroupStats
+from covey.realtime.runtime import ConnectionCounts, read_connections
 from covey.storage import StorageInfo, open_storage
 
 T = TypeVar("T")
@@ -39,13 +41,17 @@ async def _info(config: CoveyConfig) -> StorageInfo:
         return await storage.info()
 
 
-async def _status(config: CoveyConfig) -> tuple[StorageInfo, list[GroupStats]]:
-    """What the store holds, and the lag of every event group (if there are any:
-    only then does it join as a client-only member to measure it)."""
+async def _status(config: CoveyConfig
+                  ) -> tuple[StorageInfo, list[GroupStats], list[ConnectionCounts]]:
+    """What the store holds, the real-time connections of each live runner, and the
+    lag of every event group (if there are any: only then does it join as a
+    client-only member to measure it)."""
     async with open_storage(config) as storage:
         info = await storage.info()
         has_groups = bool(await storage.events.groups())
-    return info, (await group_lags(config) if has_groups else [])
+        live = await storage.runners.live_runners(config.sharding.runner_ttl)
+        connections = await read_connections(storage.state, sorted(str(r.address) for r in live))
+    return info, (await group_lags(config) if has_groups else []), connections
 
 
 def info_table(info: StorageInfo, title: str = "covey storage") -> Table:
@@ -94,15 +100,31 @@ main.add_command(workflows)
 def status(as_json: bool) -> None:
     """Connect, apply pending migrations and show what the store holds.
 
-    With event groups, also each group's lag (events and seconds) and dead letters.
+    Also the open real-time connections (SSE, WebSocket, users, streams) of each
+    live runner, and with event groups each group's lag (events and seconds) and
+    dead letters.
     """
-    info, lags = _run(_status, as_json=as_json)
+    info, lags, connections = _run(_status, as_json=as_json)
     if as_json:
-        emit(info_document(info, lags))
+        emit({**info_document(info, lags),
+              "connections": [dataclasses.asdict(c) for c in connections]})
     else:
         console().print(info_table(info))
+        if connections:
+            console().print(connections_table(connections))
         if lags:
             console().print(lag_table(lags, title="event groups"))
+
+
+def connections_table(found: list[ConnectionCounts]) -> Table:
+    """The real-time connections of each live runner (as it last reported them)."""
+    table = Table(title="real-time connections")
+    for column in ("runner", "sse", "websocket", "users", "streams", "reported"):
+        table.add_column(column, justify="left" if column in ("runner", "reported") else "right")
+    for c in found:
+        table.add_row(c.runner, str(c.sse), str(c.websocket), str(c.users), str(c.streams),
+                      cell(c.at))
+    return table
 
 
 @main.command()

@@ -38,6 +38,17 @@ from covey.jobs.runtime import (
     RunnerJobHost,
     sample_job_metrics,
 )
+from covey.realtime.runtime import (
+    ITEMS_KIND,
+    MAIL_KIND,
+    POKE_KIND,
+    USER_KIND,
+    ConnectionReport,
+    Presence,
+    StreamHub,
+    Streams,
+    StreamTrimmer,
+)
 from covey.sharding import RunnerTransport
 from covey.sharding.runtime import Body, DeliveryRegistry, Messenger, RetentionPurger, Sharding
 from covey.singletons import SingletonContext
@@ -98,6 +109,9 @@ class Runner:
         self.workflow_runner: WorkflowRunner | None = None
         self.webhooks: Webhooks | None = None
         self.webhook_sender: WebhookSender | None = None
+        self.streams: Streams | None = None
+        self.presence: Presence | None = None
+        self.connection_report: ConnectionReport | None = None
 
     # ---- building --------------------------------------------------------
 
@@ -127,6 +141,7 @@ class Runner:
                                 WEBHOOK_JOB: sender.spec()})
         self.webhooks = Webhooks(registry, self.jobs, storage, sharding.snowflake, clock,
                                  config.webhooks, types=declared.webhook_types)
+        self._realtime(address)
         publisher = self.publisher = EventPublisher(storage, messenger, sharding.snowflake,
                                                     clock, config.shards)
         self.events = Events(storage, messenger, publisher, sharding.snowflake, clock)
@@ -178,6 +193,37 @@ class Runner:
             self._loop("covey-retention").spawn(purger.run(), name="covey-retention")
         if self.health is not None:
             self._watch(self.health, address)
+        if self.streams is not None:
+            loops = self._loop("covey-realtime")
+            hub = self.streams.hub
+            loops.spawn(hub.poll_loop(), name="covey-stream-poll")
+            if address is not None:
+                loops.spawn(hub.route_loop(), name="covey-realtime-routes")
+                trimmer = StreamTrimmer(storage.streams, clock, config.realtime)
+                loops.spawn(trimmer.run(), name="covey-stream-retention")
+                assert self.presence is not None
+                presence = self.presence
+                self.connection_report = ConnectionReport(
+                    storage.state, clock, str(address), lambda: presence.connections,
+                    lambda: len(hub.streams_served))
+                loops.spawn(self.connection_report.run(), name="covey-realtime-report")
+
+    def _realtime(self, address: RunnerAddress | None) -> None:
+        """Streams and presence (every member may publish and send to users; a
+        runner also receives the pushes for the subscribers it holds)."""
+        assert self.messenger is not None and self.sharding is not None
+        store, options = self.storage.streams, self.config.realtime
+        runner = None if address is None else str(address)
+        spawn = self._child("covey-realtime-pushes")
+        hub = StreamHub(store, self.clock, options, runner=runner)
+        self.streams = Streams(store, hub, self.transport, self.sharding.snowflake, self.clock,
+                               options, lambda coro: spawn.spawn(coro, name="covey-stream-push"))
+        self.presence = Presence(store, self.transport, self.sharding.snowflake, self.clock,
+                                 options, runner=runner)
+        self.messenger.add_handler(ITEMS_KIND, self.streams.handle)
+        self.messenger.add_handler(POKE_KIND, self.streams.handle)
+        self.messenger.add_handler(USER_KIND, self.presence.handle)
+        self.messenger.add_handler(MAIL_KIND, self.presence.handle)
 
     def _watch(self, health: Health, address: RunnerAddress | None) -> None:
         """Start the health checks: a client-only member has the storage check only."""
@@ -297,6 +343,10 @@ class Runner:
         happened before); the first failure is raised at the end.
         """
         steps: list[tuple[str, Callable[[], Awaitable[object]]]] = []
+        if self.streams is not None:
+            steps.append(("real-time routes", self.streams.hub.leave))
+        if self.connection_report is not None:
+            steps.append(("real-time report", self.connection_report.forget))
         if self.sharding is not None:
             steps.append(("membership", self._leave))
         if self.entities is not None:
@@ -347,6 +397,8 @@ class Runner:
     async def drain(self) -> None:
         """Hand the shards over now, staying registered until :meth:`close`
         (:meth:`~covey.sharding.Sharding.drain`); tell the peers so."""
+        if self.streams is not None:
+            self.streams.hub.stop_all()  # SSE clients get retry: and reconnect elsewhere
         if self.sharding is not None:
             await self._telling_peers(self.sharding.drain)
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Self, TypeVar, cast, overload
+from typing import Any, Literal, Self, TypeVar, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
 from covey.cluster._assembly import Runner
@@ -37,6 +37,8 @@ from covey.events import Event, Events
 from covey.health import Health
 from covey.jobs import Jobs
 from covey.jobs.runtime import JobRunner
+from covey.realtime import Cursor, Handshake, Subscription, sse_app
+from covey.realtime.runtime import Contract, Presence, Streams, WebSocketApp, cluster_websocket
 from covey.sharding import RunnerTransport, TcpTransport
 from covey.sharding.runtime import Envelope, Messenger, Sharding, raise_error_reply
 from covey.singletons import SingletonHealth
@@ -93,6 +95,8 @@ class Cluster(Declaring):
         self._serving = False  # started, and neither stopped nor aborted
         self._crashed: BaseException | None = None
         self._stop = asyncio.Event()
+        #: set when the member drains or stops: its SSE streams and WebSockets close
+        self._closing = asyncio.Event()
         self._started = False
 
     @classmethod
@@ -109,6 +113,55 @@ class Cluster(Declaring):
     def webhooks(self) -> Webhooks:
         """Outgoing webhooks: endpoints, ``send``, deliveries and their dead-letter."""
         return _part(self._started_runner().webhooks)
+
+    @property
+    def streams(self) -> Streams:
+        """Named streams: ``publish`` from any pod, ``subscribe`` (serve over SSE) on any pod."""
+        return _part(self._started_runner().streams)
+
+    @property
+    def presence(self) -> Presence:
+        """Which users have open connections where (``attach``), and ``send``."""
+        return _part(self._started_runner().presence)
+
+    async def send_to_user(self, user: str, message: Any, *, push: str = "message",
+                           id: str | None = None, store: bool = False, ttl: float | None = None,
+                           tenant: str | None = None) -> Literal["delivered", "stored", "dropped"]:
+        """Hand ``message`` to every open connection of ``user``, on whichever pods hold
+        them (:meth:`covey.realtime.Presence.send`): ``"delivered"``, ``"stored"``
+        (``store=True`` and no connection took it: kept ``ttl`` seconds and handed
+        over, in order, when the user connects) or ``"dropped"``."""
+        return await self.presence.send(user, message, push=push, id=id, store=store, ttl=ttl,
+                                        tenant=tenant)
+
+    def websocket(self, contract: type[Contract], *, authenticate: Any = None,
+                  **options: Any) -> WebSocketApp:
+        """An ASGI app serving the WebSocket contract implementation ``contract``
+        (:func:`covey.realtime.websocket_app`; ``options`` are its own), attached to
+        this member: a connection whose principal names a user receives
+        ``send_to_user`` messages (and its stored ones on connect); every connection
+        closes with 1012 when the pod drains. Build it before or after ``start()``
+        (connections are served while the member runs): ``WebSocketRoute("/rpc",
+        cluster.websocket(ChatService, authenticate=...))``."""
+        return cluster_websocket(contract, lambda: self.presence, self._closing,
+                                 authenticate=authenticate, **options)
+
+    def sse(self, *, authorize: Any = None, heartbeat: float | None = None,
+            send_timeout: float | None = None, retry_ms: int = 1000) -> Any:
+        """An ASGI app serving this cluster's streams over SSE at ``<mount>/<stream>``
+        (:func:`covey.realtime.sse_app`): resume from ``Last-Event-ID`` or
+        ``?after=``, scoped to the request context's tenant, ``authorize(handshake,
+        stream)`` deciding who reads what, every stream closed with ``retry:`` when
+        the pod drains. Build it before or after ``start()``: ``Mount("/streams",
+        app=cluster.sse(authorize=...))``."""
+        async def subscribe(name: str, cursor: Cursor | None,
+                            handshake: Handshake) -> Subscription:
+            return await self.streams.subscribe(name, after=cursor, tenant=handshake.tenant)
+
+        realtime = self.config.realtime
+        return sse_app(subscribe, authorize=authorize, heartbeat=heartbeat or realtime.heartbeat,
+                       send_timeout=send_timeout or realtime.send_timeout, retry_ms=retry_ms,
+                       closing=self._closing)
 
     @property
     def events(self) -> Events:
@@ -366,6 +419,7 @@ class Cluster(Declaring):
                 await runner.close()
             raise
         self._serving = True
+        self._closing.clear()
         sharding = _part(runner.sharding)
         if sharding.address is not None:
             note_runner(str(sharding.address))  # log lines name it (docs/logging.md)
@@ -381,6 +435,7 @@ class Cluster(Declaring):
         if not self._serving or self._runner is None:
             return  # not started, stopped, aborted, or a failed start closed itself
         self._serving = False
+        self._closing.set()
         self.health.start_draining()  # readiness fails before anything stops
         try:
             await self._runner.close()
@@ -409,6 +464,7 @@ class Cluster(Declaring):
         if not self._serving or self._runner is None:
             return
         self.health.start_draining()  # readiness fails at once
+        self._closing.set()  # SSE streams and WebSockets close: clients go to another pod
         try:
             await self._runner.drain()
         except ClusterError as exc:

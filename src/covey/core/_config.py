@@ -214,6 +214,54 @@ class WebhookOptions:
 
 
 @dataclass(frozen=True)
+class RealtimeOptions:
+    """Streams, SSE, WebSocket connections and per-user routing (:mod:`covey.realtime`).
+
+    Attributes:
+        stream_keep: items kept per stream (older ones are trimmed); a client whose
+            cursor fell behind them gets ``event: reset``.
+        stream_retention: seconds items are kept; a stream idle this long is dropped
+            (its next item starts a new epoch).
+        max_item_bytes: the largest encoded stream item or user message.
+        buffer_items: items a subscriber (one SSE client, one WebSocket) may have
+            waiting; one more closes it (it resumes from its last id).
+        buffer_bytes: the same bound in bytes.
+        heartbeat: seconds of silence after which an SSE stream gets a comment.
+        send_timeout: seconds a write to a client may take; a frozen client is
+            released after it.
+        route_ttl: seconds a pod's subscriptions and user connections stay
+            routable without renewal (a dead pod's expire after it).
+        poll_interval: seconds between the safety re-reads of the streams a pod
+            serves (a lost push is delivered after at most this long).
+        mail_ttl: default seconds a message for an offline user is kept.
+    """
+
+    stream_keep: int = 10_000
+    stream_retention: float = 86_400.0
+    max_item_bytes: int = 262_144
+    buffer_items: int = 1000
+    buffer_bytes: int = 1_048_576
+    heartbeat: float = 30.0
+    send_timeout: float = 10.0
+    route_ttl: float = 15.0
+    poll_interval: float = 1.0
+    mail_ttl: float = 86_400.0
+
+    def __post_init__(self) -> None:
+        for name in ("stream_retention", "heartbeat", "send_timeout", "route_ttl",
+                     "poll_interval", "mail_ttl"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ConfigError(f"realtime.{name} (COVEY_REALTIME_{name.upper()}) must be a "
+                                  f"number > 0, got {value!r}", setting=f"realtime.{name}")
+        for name in ("stream_keep", "max_item_bytes", "buffer_items", "buffer_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"realtime.{name} (COVEY_REALTIME_{name.upper()}) must be at "
+                                  f"least 1, got {getattr(self, name)!r}",
+                                  setting=f"realtime.{name}")
+
+
+@dataclass(frozen=True)
 class CoveyConfig:
     """Settings of one covey process.
 
@@ -233,6 +281,7 @@ class CoveyConfig:
         sharding: membership, ownership and delivery options.
         health: the background health checks and probes.
         webhooks: outgoing webhooks (targets allowed, concurrency, breaker).
+        realtime: streams, SSE, WebSocket and per-user routing.
         log: logging set up at start (``COVEY_LOG_LEVEL``, ``COVEY_LOG_FORMAT``).
     """
 
@@ -248,6 +297,7 @@ class CoveyConfig:
     sharding: ShardingOptions = field(default_factory=ShardingOptions)
     health: HealthOptions = field(default_factory=HealthOptions)
     webhooks: WebhookOptions = field(default_factory=WebhookOptions)
+    realtime: RealtimeOptions = field(default_factory=RealtimeOptions)
     log: LogOptions = field(default_factory=LogOptions)
 
     def __post_init__(self) -> None:

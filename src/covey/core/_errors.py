@@ -83,6 +83,13 @@ class Reason(StrEnum):
     WEBHOOK_TARGET_REFUSED = "webhook_target_refused"
     WEBHOOK_SIGNATURE_INVALID = "webhook_signature_invalid"
     WEBHOOK_TIMESTAMP_INVALID = "webhook_timestamp_invalid"
+    STREAM_FORBIDDEN = "stream_forbidden"
+    CURSOR_INVALID = "cursor_invalid"
+    SLOW_CONSUMER = "slow_consumer"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    FRAME_INVALID = "frame_invalid"
 
 
 _RETRYABLE = frozenset({
@@ -93,6 +100,8 @@ _RETRYABLE = frozenset({
     Reason.NOT_OWNER,
     Reason.MAILBOX_FULL,
     Reason.SHUTTING_DOWN,
+    Reason.RATE_LIMITED,
+    Reason.SLOW_CONSUMER,
 })
 
 
@@ -240,3 +249,22 @@ class WebhookError(ClusterError):
     """
 
     default_reason = Reason.WEBHOOK_ENDPOINT_NOT_FOUND
+
+
+class RealtimeError(ClusterError):
+    """A stream, SSE or WebSocket request is refused, or a client fell behind.
+
+    ``stream_forbidden``: the authorization hook refused the stream (HTTP 403,
+    WebSocket close 4403). ``cursor_invalid``: a ``Last-Event-ID`` / ``after``
+    cursor is malformed. ``slow_consumer``: a subscriber's bounded buffer
+    overflowed; it was closed and resumes from its last id. ``unauthenticated``
+    (HTTP 401, close 4401) / ``forbidden`` (HTTP 403, close 4403): the auth
+    middleware refused the connection. ``rate_limited``: a connection sent more
+    than its rate limit. ``frame_invalid``: a WebSocket frame could not be decoded
+    or does not match the contract (an error frame; the socket stays open).
+    ``unknown_rpc``: the frame names no method of the contract. ``frame_too_large``:
+    a frame exceeds the size limit. ``invalid_argument``: a stream name or option is
+    malformed.
+    """
+
+    default_reason = Reason.INVALID_ARGUMENT

@@ -131,6 +131,33 @@ WEBHOOK_DEAD_LETTER = Gauge(
 WEBHOOK_ENDPOINTS_DISABLED = Gauge(
     "covey_webhook_endpoints_disabled", "Webhook endpoints that are disabled (cluster-wide)",
 )
+REALTIME_CONNECTIONS = Gauge(
+    "covey_realtime_connections", "Open real-time connections on this pod by kind (sse, websocket)",
+    ["kind"],
+)
+REALTIME_ITEMS_SENT = Counter(
+    "covey_realtime_items_sent_total", "Stream items and messages written to real-time clients "
+    "by kind (sse, websocket)", ["kind"],
+)
+REALTIME_OVERFLOWS = Counter(
+    "covey_realtime_buffer_overflows_total", "Real-time clients closed because their bounded "
+    "buffer overflowed (they resume from their last id)", ["kind"],
+)
+REALTIME_SLOW_DISCONNECTS = Counter(
+    "covey_realtime_slow_disconnects_total", "Real-time clients released because a write did not "
+    "complete within the send timeout (frozen or half-open clients)", ["kind"],
+)
+REALTIME_RECONNECTS = Counter(
+    "covey_realtime_reconnects_total", "Real-time clients that came back with a cursor (a resume) "
+    "by kind", ["kind"],
+)
+REALTIME_PUBLISHED = Counter(
+    "covey_stream_items_published_total", "Stream items published from this process",
+)
+REALTIME_USER_MESSAGES = Counter(
+    "covey_user_messages_total", "send_to_user results by outcome (delivered, stored, dropped)",
+    ["outcome"],
+)
 
 __all__ = [
     "JOBS_BACKLOG",
@@ -159,6 +186,13 @@ __all__ = [
     "SINGLETON_LAST_BEAT",
     "TRANSPORT_REJECTED",
     "WAKEUP_LISTENER_UP",
+    "REALTIME_CONNECTIONS",
+    "REALTIME_ITEMS_SENT",
+    "REALTIME_OVERFLOWS",
+    "REALTIME_PUBLISHED",
+    "REALTIME_RECONNECTS",
+    "REALTIME_SLOW_DISCONNECTS",
+    "REALTIME_USER_MESSAGES",
     "WEBHOOK_ATTEMPTS",
     "WEBHOOK_DEAD",
     "WEBHOOK_DEAD_LETTER",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from covey.core import Clock, CoveyConfig, RunnerAddress, ShardId
@@ -189,6 +189,12 @@ class Messenger:
         self._outbound.push_soon(envelopes)
 
     # ---- inbound ---------------------------------------------------------
+
+    def add_handler(self, kind: str,
+                    handler: Callable[[RunnerAddress | None, Body], Awaitable[Body]]) -> None:
+        """Answer peers' requests and notifications of ``kind`` with ``handler``
+        (:meth:`~._wire.Inbound.add`)."""
+        self._inbound.add(kind, handler)
 
     def handle_request(self, peer: RunnerAddress | None,
                        body: Body) -> Coroutine[Any, Any, Body]:

@@ -12,6 +12,7 @@ kind           sent as       meaning
 ``wake``       note          a persisted message was stored: run it
 ``wake_many``  note          the same for a list of envelopes (``e``)
 ``leaving``    note          the sender is leaving: re-read membership now
+(others)       either        a handler the layers above added (:meth:`Inbound.add`)
 =============  ============  ===================================================
 
 An answer is ``{"ok": True, "p": payload, "x": is_error}`` or, when the request
@@ -25,7 +26,7 @@ True``: a runner of this version reads it as "not yet", an older one as the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from covey.core import ClusterError, EntityError, Reason, RunnerAddress, TransportError
@@ -106,6 +107,17 @@ class Inbound:
         self._completion = completion
         self._sharding = sharding
         self._spawn = spawn
+        self._handlers: dict[str, Callable[[RunnerAddress | None, Body], Awaitable[Body]]] = {}
+
+    def add(self, kind: str,
+            handler: Callable[[RunnerAddress | None, Body], Awaitable[Body]]) -> None:
+        """Answer requests and notifications of ``kind`` with ``handler`` (a layer
+        above the messenger: real-time pushes). Its answer to a notification is
+        dropped; a :class:`ClusterError` it raises is answered as an error."""
+        if kind in ("call", "push", "ping", "wake", "wake_many", "leaving") or \
+                kind in self._handlers:
+            raise ValueError(f"the wire kind {kind!r} is taken")
+        self._handlers[kind] = handler
 
     async def handle_request(self, peer: RunnerAddress | None, body: Body) -> Body:
         """The transport's request handler."""
@@ -120,6 +132,8 @@ class Inbound:
                 reply = result
             elif kind == "ping":
                 return {"ok": True}
+            elif isinstance(kind, str) and (handler := self._handlers.get(kind)) is not None:
+                return await handler(peer, body)
             else:
                 raise EntityError(f"unknown request kind {kind!r}", reason=Reason.INVALID_ARGUMENT)
         except ClusterError as exc:
@@ -147,5 +161,7 @@ class Inbound:
                     await self._completion.run_quietly(envelopes[0])
             elif kind == "leaving":
                 self._sharding.wake()
+            elif isinstance(kind, str) and (handler := self._handlers.get(kind)) is not None:
+                await handler(peer, body)
         except ClusterError as exc:
             log.info("dropped a notification (%s): %s", kind, exc)

@@ -1,10 +1,11 @@
 """Layer 1: where covey keeps its state.
 
 The contracts (:class:`RunnerStorage`, :class:`MessageStorage`,
-:class:`StateStore`, :class:`EventStore`, bundled as a :class:`Storage`) and three interchangeable
-backends: ``memory`` (tests, one process), ``sqlite`` (the embedded default; WAL,
-several processes on one host) and ``postgres`` (the distributed engine: advisory
-shard locks, group commit). :func:`open_storage` picks one from a database URL.
+:class:`StateStore`, :class:`EventStore`, :class:`StreamStore`, bundled as a
+:class:`Storage`) and three interchangeable backends: ``memory`` (tests, one
+process), ``sqlite`` (the embedded default; WAL, several processes on one host)
+and ``postgres`` (the distributed engine: advisory shard locks, group commit).
+:func:`open_storage` picks one from a database URL.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ from covey.storage._model import (
     SaveResult,
     StorageInfo,
     Versioned,
+)
+from covey.storage._streams_contract import (
+    MAX_STREAM_KEY_BYTES,
+    Mail,
+    Route,
+    StreamEntry,
+    StreamHead,
+    StreamItem,
+    StreamStore,
+    TransactionalStreams,
 )
 from covey.storage._unit_contract import UnitOfWork
 
@@ -86,10 +97,13 @@ __all__ = [
     "Fence",
     "GroupStart",
     "MAX_DEDUPE_KEY",
+    "MAX_STREAM_KEY_BYTES",
+    "Mail",
     "Message",
     "MessageRecord",
     "MessageStorage",
     "Reply",
+    "Route",
     "RunnerInfo",
     "RunnerStorage",
     "SaveResult",
@@ -97,9 +111,14 @@ __all__ = [
     "StateStore",
     "Storage",
     "StorageInfo",
+    "StreamEntry",
+    "StreamHead",
+    "StreamItem",
+    "StreamStore",
     "TopicInfo",
     "TransactionalEvents",
     "TransactionalMessages",
+    "TransactionalStreams",
     "UnitOfWork",
     "Versioned",
     "WakeupSource",

@@ -37,6 +37,7 @@ from covey.core import EntityAddress, RunnerAddress, ShardId
 from covey.storage._events_contract import EventStore
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Fence, Reply, RunnerInfo, SaveResult, StorageInfo, Versioned
+from covey.storage._streams_contract import StreamStore
 from covey.storage._unit_contract import UnitOfWork
 
 
@@ -357,6 +358,11 @@ class Storage(Protocol):
     @property
     def events(self) -> EventStore:
         """The event log and its subscriber groups."""
+        ...
+
+    @property
+    def streams(self) -> StreamStore:
+        """Stream items, routes and mailboxes (``covey.realtime``)."""
         ...
 
     async def start(self) -> None:

@@ -29,6 +29,8 @@ from covey.storage._event_checks import check_events
 from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message, check_messages
 from covey.storage._model import Fence, Reply
+from covey.storage._streams_checked import check_entries
+from covey.storage._streams_contract import StreamEntry
 
 log = logging.getLogger("covey.storage")
 
@@ -77,7 +79,7 @@ class CheckedUnitOfWork(ABC):
     """
 
     __slots__ = ("_done", "_events", "_on_commit", "_on_discard", "_opened", "_plain",
-                 "_sent", "_states", "fence", "request_id")
+                 "_sent", "_states", "_streams", "fence", "request_id")
 
     def __init__(self, fence: Fence, request_id: int, plain: PlainCompletion) -> None:
         self.fence = fence
@@ -89,6 +91,7 @@ class CheckedUnitOfWork(ABC):
         self._states: dict[str, StateWrite] | None = None
         self._sent: list[Message] | None = None
         self._events: list[EventRecord] | None = None
+        self._streams: list[StreamEntry] | None = None
         self._on_commit: list[Callable[[], Any]] | None = None
         self._on_discard: list[Callable[[], Any]] | None = None
 
@@ -100,7 +103,7 @@ class CheckedUnitOfWork(ABC):
     def used(self) -> bool:
         """Whether anything was staged or the transaction opened."""
         return (self._opened or bool(self._states) or bool(self._sent)
-                or bool(self._events))
+                or bool(self._events) or bool(self._streams))
 
     @final
     @property
@@ -155,6 +158,16 @@ class CheckedUnitOfWork(ABC):
             self._events.extend(batch)
 
     @final
+    def append_stream(self, entries: Sequence[StreamEntry]) -> None:
+        """Stage stream items, appended at commit as ``StreamStore.append`` would."""
+        batch = check_entries(entries)
+        self._check_open()
+        if batch:
+            if self._streams is None:
+                self._streams = []
+            self._streams.extend(batch)
+
+    @final
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the unit committed."""
         check_callback(callback)
@@ -187,7 +200,8 @@ class CheckedUnitOfWork(ABC):
         try:
             if self.used:
                 await self._commit(reply, list((self._states or {}).values()),
-                                   list(self._sent or ()), list(self._events or ()))
+                                   list(self._sent or ()), list(self._events or ()),
+                                   list(self._streams or ()))
             else:
                 await self._plain(reply, self.fence)
         except BaseException:
@@ -216,11 +230,12 @@ class CheckedUnitOfWork(ABC):
         """Open (first call) or return the application's handle."""
 
     @abstractmethod
-    async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message], events: list[EventRecord]) -> None:
-        """Write ``states``, ``sent``, ``events``, the application's writes and ``reply`` in one
-        transaction fenced by :attr:`fence`; nothing at all if any of it is refused.
-        Release whatever :meth:`_transaction` opened, whatever happens."""
+    async def _commit(self, reply: Reply, states: list[StateWrite], sent: list[Message],
+                      events: list[EventRecord], streams: list[StreamEntry]) -> None:
+        """Write ``states``, ``sent``, ``events``, ``streams`` (appended with the commit
+        time as ``now``), the application's writes and ``reply`` in one transaction
+        fenced by :attr:`fence`; nothing at all if any of it is refused. Release
+        whatever :meth:`_transaction` opened, whatever happens."""
 
     @abstractmethod
     async def _discard(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message
 from covey.storage._model import Reply
+from covey.storage._streams_contract import StreamEntry
 
 
 @runtime_checkable
@@ -24,9 +25,10 @@ class UnitOfWork(Protocol):
     stages effects on it; the owner then either commits it with the reply or
     discards it. :meth:`commit` is **one transaction fenced by the shard's
     epoch**: the state writes, the application's writes made through
-    :meth:`transaction`, the outgoing messages, the reply and the processed flag
-    are all kept, or none of them. A handler that runs twice (its runner died
-    before the commit) therefore has its effects applied once.
+    :meth:`transaction`, the outgoing messages, the published events, the stream
+    items, the reply and the processed flag are all kept, or none of them. A
+    handler that runs twice (its runner died before the commit) therefore has its
+    effects applied once.
 
     A unit nobody used (:attr:`used` is false) is completed the plain way
     (``save_reply``, group-committed); using one costs a transaction of its own.
@@ -81,6 +83,23 @@ class UnitOfWork(Protocol):
         :attr:`used`."""
         ...
 
+    def append_stream(self, entries: Sequence[StreamEntry]) -> None:
+        """Stage stream items: appended at commit, in the same fenced transaction,
+        exactly as ``storage.streams.append(entries, now=<commit time>)`` would
+        (positions in commit order per stream; an id the stream holds already
+        stores nothing; heads created with a new epoch or moved, locked in key
+        order on PostgreSQL), never if the unit is discarded or its commit
+        refused. Staged in order: the entries of several calls are appended as
+        one batch. Makes the unit :attr:`used`. Nothing is pushed to subscribers:
+        the caller does that in :meth:`on_commit`.
+
+        Raises:
+            ClusterError: ``invalid_argument`` (``details["field"]`` names it, as
+                for ``StreamStore.append``) for a malformed entry; nothing of the
+                batch is staged.
+        """
+        ...
+
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the unit committed."""
         ...
@@ -97,7 +116,8 @@ class UnitOfWork(Protocol):
         included): the fenced-completion rule of :meth:`MessageStorage.save_reply`
         (not found, another shard, a stale epoch, already processed), the state
         versions, the application's writes; the outgoing messages are then
-        stored (a duplicate is no error) and the reply written. A unit that was
+        stored (a duplicate is no error), the events and stream items appended
+        and the reply written. A unit that was
         never used commits as a plain ``save_reply``.
 
         Raises:

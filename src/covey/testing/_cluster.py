@@ -187,6 +187,7 @@ class _Unowned:
         self.messages = storage.messages
         self.state = storage.state
         self.events = storage.events
+        self.streams = storage.streams
 
     async def start(self) -> None:
         return None

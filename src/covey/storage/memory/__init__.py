@@ -14,11 +14,12 @@ from covey.storage.memory._events import InMemoryEventStore
 from covey.storage.memory._messages import InMemoryMessageStorage
 from covey.storage.memory._runners import InMemoryRunnerStorage
 from covey.storage.memory._state import InMemoryStateStore
+from covey.storage.memory._streams import InMemoryStreamStore
 from covey.storage.memory._unit import MemoryTransaction
 
 
 class InMemoryStorage(StorageLifecycle):
-    """All three stores in memory. ``start``/``close`` only check the shard count.
+    """Every store in memory. ``start``/``close`` only check the shard count.
 
     Args:
         shards: shards per group (recorded on first start, like the SQL backends).
@@ -41,7 +42,9 @@ class InMemoryStorage(StorageLifecycle):
         self._recorded_shards: int | None = None
         self.runners = InMemoryRunnerStorage(clock, options)
         self.state = InMemoryStateStore(self.runners)
-        self.messages = InMemoryMessageStorage(clock, options, self.runners, self.state)
+        self.streams = InMemoryStreamStore()
+        self.messages = InMemoryMessageStorage(clock, options, self.runners, self.state,
+                                               self.streams)
         self.events = InMemoryEventStore(self.messages)
 
     async def start(self) -> None:
@@ -74,5 +77,6 @@ __all__ = [
     "InMemoryRunnerStorage",
     "InMemoryStateStore",
     "InMemoryStorage",
+    "InMemoryStreamStore",
     "MemoryTransaction",
 ]

@@ -10,10 +10,12 @@ from covey.storage._errors import completion_refused, message_not_found
 from covey.storage._events_contract import EVENT_ENTITY_TYPE, DeliveryStats, EventRecord
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
+from covey.storage._streams_contract import StreamEntry
 from covey.storage._unit import CheckedUnitOfWork, StateWrite
 from covey.storage.memory._events import EventLog
 from covey.storage.memory._runners import InMemoryRunnerStorage
 from covey.storage.memory._state import InMemoryStateStore
+from covey.storage.memory._streams import InMemoryStreamStore
 from covey.storage.memory._unit import InMemoryUnitOfWork, MemoryTransaction
 
 
@@ -37,14 +39,18 @@ class _Row:
 
 
 class InMemoryMessageStorage(CheckedMessageStorage):
-    """Messages and replies in a dictionary keyed by id."""
+    """Messages and replies in a dictionary keyed by id.
+
+    ``streams`` is the stream store a unit of work appends its stream items to.
+    """
 
     def __init__(self, clock: Clock, options: StorageOptions, runners: InMemoryRunnerStorage,
-                 state: InMemoryStateStore) -> None:
+                 state: InMemoryStateStore, streams: InMemoryStreamStore) -> None:
         self._clock = clock
         self._options = options
         self._runners = runners
         self._state = state
+        self._streams = streams
         self.rows: dict[int, _Row] = {}
         self._by_key: dict[str, int] = {}
         self.event_log = EventLog()
@@ -109,13 +115,14 @@ class InMemoryMessageStorage(CheckedMessageStorage):
 
     def commit_unit(self, reply: Reply, fence: Fence, states: list[StateWrite],
                     sent: list[Message], events: list[EventRecord],
-                    app: MemoryTransaction | None) -> None:
+                    streams: list[StreamEntry], app: MemoryTransaction | None) -> None:
         """A unit's commit: every check, then every write, with no ``await`` between.
 
         Checked in order (the first refusal raises, and nothing is written): the
         fenced-completion rule, the state versions, the application's callables
         (an error of theirs is ``handler_failed``); the outgoing messages are
-        deduplicated as by ``save_requests``.
+        deduplicated as by ``save_requests``, the stream items appended as by
+        ``streams.append`` (checked when staged: they cannot be refused).
         """
         row = self._completable(reply.request_id, fence)
         self._state.check_writes(states)
@@ -130,6 +137,8 @@ class InMemoryMessageStorage(CheckedMessageStorage):
         self.rows.update(staged)
         self._by_key.update(keys)
         self.event_log.apply(fresh)
+        if streams:
+            self._streams.store(streams, self._clock.now())
         self._complete(row, reply)
 
     async def _unprocessed(self, shards: list[ShardId], limit: int) -> list[Message]:

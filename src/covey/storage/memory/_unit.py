@@ -9,6 +9,7 @@ from covey.storage._errors import app_write_failed, handle_closed
 from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message
 from covey.storage._model import Fence, Reply
+from covey.storage._streams_contract import StreamEntry
 from covey.storage._unit import CheckedUnitOfWork, PlainCompletion, StateWrite, check_callback
 
 if TYPE_CHECKING:
@@ -81,12 +82,12 @@ class InMemoryUnitOfWork(CheckedUnitOfWork):
             self._app = MemoryTransaction()
         return self._app
 
-    async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message], events: list[EventRecord]) -> None:
+    async def _commit(self, reply: Reply, states: list[StateWrite], sent: list[Message],
+                      events: list[EventRecord], streams: list[StreamEntry]) -> None:
         app = self._app
         if app is not None:
             app.close()
-        self._store.commit_unit(reply, self.fence, states, sent, events, app)
+        self._store.commit_unit(reply, self.fence, states, sent, events, streams, app)
 
     async def _discard(self) -> None:
         if self._app is not None:

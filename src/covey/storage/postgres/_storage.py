@@ -23,6 +23,7 @@ from covey.storage._errors import not_started
 from covey.storage._events_contract import EventStore
 from covey.storage._group_commit import GroupCommit
 from covey.storage._model import StorageInfo
+from covey.storage._streams_contract import StreamStore
 from covey.storage.postgres._errors import is_unavailable, translated
 from covey.storage.postgres._events import PostgresEventStore
 from covey.storage.postgres._messages import PostgresMessageStorage
@@ -30,6 +31,8 @@ from covey.storage.postgres._queries import Statements
 from covey.storage.postgres._runners import PostgresRunnerStorage, int64
 from covey.storage.postgres._sessions import session_name
 from covey.storage.postgres._state import PostgresStateStore
+from covey.storage.postgres._stream_queries import StreamStatements
+from covey.storage.postgres._streams import PostgresStreamStore
 from covey.storage.postgres._wakeups import PostgresWakeups
 from covey.storage.postgres._writer import Op, Writer
 
@@ -60,6 +63,7 @@ class PostgresStorage(StorageLifecycle):
         messages: persisted requests and replies.
         state: the versioned key-value store.
         events: the event log and its subscriber groups.
+        streams: stream items, routes and mailboxes.
     """
 
     backend = "postgres"
@@ -104,6 +108,7 @@ class PostgresStorage(StorageLifecycle):
         self.messages: MessageStorage
         self.state: StateStore
         self.events: EventStore
+        self.streams: StreamStore
         self._runners: PostgresRunnerStorage
         #: NOTIFY channel of this schema: transactional saves wake runners with it
         self.channel = f"covey_{options.schema}"[:63]
@@ -112,9 +117,11 @@ class PostgresStorage(StorageLifecycle):
         self._build(_NotStarted())
 
     def _build(self, pool: Any, writer_pool: Any = None, relaxed_pool: Any = None) -> None:
-        self._writer = Writer(writer_pool or pool, self._sql, self._clock, self.channel)
+        streams = StreamStatements(quote_ident(self._options.schema))
+        self._writer = Writer(writer_pool or pool, self._sql, self._clock, self.channel,
+                              streams=streams)
         relaxed = Writer(relaxed_pool or writer_pool or pool, self._sql, self._clock,
-                         self.channel)
+                         self.channel, streams=streams)
         self.relaxed_batcher = GroupCommit(
             relaxed.flush,
             max_size=self._options.batch_max_size,
@@ -150,6 +157,7 @@ class PostgresStorage(StorageLifecycle):
         self.events = PostgresEventStore(
             pool, (quote_ident(self._options.schema), self._options.schema), self.batcher,
             self._writer)
+        self.streams = PostgresStreamStore(pool, quote_ident(self._options.schema))
         if isinstance(pool, _NotStarted):
             # Flushers only run between start() and close(); a write before
             # start() must fail at once instead of queueing forever.

@@ -18,7 +18,10 @@ the units that finish together share one transaction, which runs
 4. the outgoing messages (the dedupe rules of ``save_requests``) and a
    ``pg_notify`` per shard of theirs, delivered at commit, then the published
    events (a stored id is kept; positions are given later by the sequencer);
-5. ``COMMIT``.
+5. the stream items of every unit, in one append (the rules of
+   ``StreamStore.append``: heads locked in key order, in a savepoint), last
+   because a head stays locked until ``COMMIT`` and its other appenders wait;
+6. ``COMMIT``.
 
 If anything of one unit fails after others wrote (a statement, a state
 conflict, a deadlock), that transaction is rolled back and each unit commits in
@@ -41,6 +44,7 @@ from covey.storage._events_contract import EventRecord
 from covey.storage._group_commit import GroupCommit
 from covey.storage._message import Message
 from covey.storage._model import Fence, Reply
+from covey.storage._streams_contract import StreamEntry
 from covey.storage._unit import CheckedUnitOfWork, PlainCompletion, StateWrite
 from covey.storage.postgres._errors import translated
 from covey.storage.postgres._transaction import PostgresTransaction, StatementFailed, run_staged
@@ -145,13 +149,13 @@ class PostgresUnitOfWork(CheckedUnitOfWork):
                 raise
         return conn, tx
 
-    async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message], events: list[EventRecord]) -> None:
+    async def _commit(self, reply: Reply, states: list[StateWrite], sent: list[Message],
+                      events: list[EventRecord], streams: list[StreamEntry]) -> None:
         handle = self._handle
         staged = list(handle.staged) if handle is not None else []
         if handle is not None:
             handle.close()
-        op = UnitOp(reply, self.fence, states, sent, staged, events)
+        op = UnitOp(reply, self.fence, states, sent, staged, events, streams)
         try:
             if self.connection is None:
                 _raise(await self._host.batcher.submit(op))

@@ -29,9 +29,12 @@ from covey.storage._event_rows import event_params
 from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message, encode_headers
 from covey.storage._model import Duplicate, Fence, Reply, Saved, SaveResult
+from covey.storage._streams_contract import StreamEntry
 from covey.storage._unit import StateWrite
 from covey.storage.postgres._errors import CONNECTION_ERRORS, is_unavailable, translate
 from covey.storage.postgres._queries import Statements
+from covey.storage.postgres._stream_queries import StreamStatements
+from covey.storage.postgres._streams import store_in
 from covey.storage.postgres._transaction import (
     Staged,
     StatementFailed,
@@ -72,9 +75,9 @@ class StateOp:
 
 @dataclass(frozen=True, slots=True)
 class UnitOp:
-    """A unit of work that holds no connection: its reply, its state writes, its
-    outgoing messages, the application's staged statements and its published
-    events, all or nothing."""
+    """A unit of work: its reply, its state writes, its outgoing messages, the
+    application's staged statements, its published events and its stream items,
+    all or nothing."""
 
     reply: Reply
     fence: Fence
@@ -82,6 +85,7 @@ class UnitOp:
     sent: Sequence[Message]
     staged: Sequence[Staged]
     events: Sequence[EventRecord] = ()
+    streams: Sequence[StreamEntry] = ()
 
 
 Op = SaveOp | CompleteOp | StateOp | UnitOp
@@ -93,13 +97,19 @@ class _Split(Exception):
 
 
 class Writer:
-    """Runs one batch of ops (the ``GroupCommit`` flush)."""
+    """Runs one batch of ops (the ``GroupCommit`` flush).
 
-    def __init__(self, pool: Any, sql: Statements, clock: Clock, channel: str) -> None:
+    ``streams``: the stream statements of the same schema (units append their
+    stream items with them).
+    """
+
+    def __init__(self, pool: Any, sql: Statements, clock: Clock, channel: str, *,
+                 streams: StreamStatements) -> None:
         self._pool = pool
         self._sql = sql
         self._clock = clock
         self._channel = channel
+        self._streams = streams
 
     async def flush(self, ops: Sequence[Op]) -> list[object]:
         """One outcome per op: its result or the exception for that op alone."""
@@ -344,6 +354,8 @@ class Writer:
                 raise _Split("an outgoing message was refused")
             await self.notify(conn, [m for op in passed for m in op.sent])
         await insert_events(conn, self._sql, [e for op in passed for e in op.events])
+        # last: a stream's head stays locked until COMMIT (its appenders queue on it)
+        await self._append_streams(conn, [e for op in passed for e in op.streams])
         if not conn.is_in_transaction():
             raise _Split("a staged statement ended the transaction")
 
@@ -395,7 +407,13 @@ class Writer:
                 return out[0]
             await self.notify(conn, op.sent)
         await insert_events(conn, self._sql, op.events)
+        await self._append_streams(conn, op.streams)
         return None
+
+    async def _append_streams(self, conn: Any, entries: Sequence[StreamEntry]) -> None:
+        """Append the units' stream items (in unit order) at the commit time."""
+        if entries:
+            await store_in(conn, self._streams, list(entries), self._clock.now())
 
     async def notify(self, conn: Any, sent: Sequence[Message]) -> None:
         """Wake the owners of ``sent``'s shards when the transaction commits."""

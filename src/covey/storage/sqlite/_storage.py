@@ -15,6 +15,7 @@ from covey.storage.sqlite._events import SqliteEventStore
 from covey.storage.sqlite._messages import SqliteMessageStorage
 from covey.storage.sqlite._runners import SqliteRunnerStorage
 from covey.storage.sqlite._state import SqliteStateStore
+from covey.storage.sqlite._streams import SqliteStreamStore
 from covey.storage.sqlite._transaction import execute_script
 from covey.storage.sqlite._writer import SqliteGroupWriter
 
@@ -44,6 +45,7 @@ class SqliteStorage(StorageLifecycle):
         messages: persisted requests and replies.
         state: the versioned key-value store.
         events: the event log and its subscriber groups.
+        streams: stream items, routes and mailboxes.
     """
 
     backend = "sqlite"
@@ -66,6 +68,7 @@ class SqliteStorage(StorageLifecycle):
         self.messages = SqliteMessageStorage(self._db, self._writer, options, clock)
         self.state = SqliteStateStore(self._db, self._writer)
         self.events = SqliteEventStore(self._db, self._writer, clock)
+        self.streams = SqliteStreamStore(self._db, self._writer)
         self._clock = clock
 
     async def start(self) -> None:

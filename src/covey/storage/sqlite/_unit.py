@@ -8,9 +8,11 @@ from covey.core import Clock
 from covey.storage._events_contract import EventRecord
 from covey.storage._message import Message
 from covey.storage._model import Fence, Reply
+from covey.storage._streams_contract import StreamEntry
 from covey.storage._unit import CheckedUnitOfWork, PlainCompletion, StateWrite
 from covey.storage.sqlite import _queries as q
 from covey.storage.sqlite._connection import SqliteDatabase
+from covey.storage.sqlite._streams import store_entries
 from covey.storage.sqlite._transaction import SqliteTransaction, Staged, run_staged
 from covey.storage.sqlite._writes import (
     check_completable,
@@ -26,8 +28,9 @@ class SqliteUnitOfWork(CheckedUnitOfWork):
 
     Its order: the fenced-completion rule (the message exists, lives in the fenced
     shard, the epoch is current, no reply yet), the state compare-and-sets, the
-    application's staged statements, the outgoing messages, the reply. The first
-    refusal rolls everything back.
+    application's staged statements, the outgoing messages, the events, the stream
+    items (numbered in this transaction: SQLite has one writer, so positions
+    follow commit order), the reply. The first refusal rolls everything back.
     """
 
     __slots__ = ("_app", "_clock", "_db")
@@ -44,8 +47,8 @@ class SqliteUnitOfWork(CheckedUnitOfWork):
             self._app = SqliteTransaction(self._db)
         return self._app
 
-    async def _commit(self, reply: Reply, states: list[StateWrite],
-                      sent: list[Message], events: list[EventRecord]) -> None:
+    async def _commit(self, reply: Reply, states: list[StateWrite], sent: list[Message],
+                      events: list[EventRecord], streams: list[StreamEntry]) -> None:
         staged: list[Staged] = []
         if self._app is not None:
             self._app.close()
@@ -61,6 +64,8 @@ class SqliteUnitOfWork(CheckedUnitOfWork):
                 insert_message(conn, message, now)
             for event in events:
                 insert_event(conn, event)
+            if streams:
+                store_entries(conn, streams, now)
             conn.execute(q.COMPLETE, (now, reply.payload, int(reply.is_error), reply.request_id))
 
         await self._db.write(work)
