@@ -194,3 +194,18 @@ async def test_a_stream_trimmed_down_to_its_newest_item_keeps_numbering(
     assert await streams.trim(keep=0, before=0.0) == 2
     [next_] = await streams.append([entry()], now=11.0)
     assert (next_.epoch, next_.position) == (first[0].epoch, 4)
+
+
+async def test_an_append_without_waiting_for_the_flush_is_visible_at_once(
+        streams: StreamStore) -> None:
+    # sync=False: PostgreSQL commits without waiting for the WAL flush; the others
+    # ignore it. Either way the items are stored, numbered and readable at once.
+    one = await streams.append([StreamEntry("s", 1, b"a")], now=1.0, sync=False)
+    two = await streams.append([StreamEntry("s", 2, b"b"), StreamEntry("s", 3, b"c")],
+                               now=2.0, sync=False)
+    again = await streams.append([StreamEntry("s", 1, b"a")], now=3.0, sync=False)
+    assert [i.position for i in one + two] == [1, 2, 3]
+    assert again == one
+    head, items = await streams.read("s", 0)
+    assert head is not None and head.last == 3
+    assert [i.payload for i in items] == [b"a", b"b", b"c"]

@@ -151,7 +151,8 @@ class Streams:
             return None
         routes = asyncio.ensure_future(self._runners_of(entry.stream))
         try:
-            items = await self._store.append([entry], now=entry.published_at)
+            items = await self._store.append([entry], now=entry.published_at,
+                                             sync=self.options.sync_publish)
         except BaseException:
             routes.cancel()
             raise

@@ -164,8 +164,12 @@ class LocalSubscription:
             self._reset(Cursor(head.epoch, head.last))  # restarted, or out of retention
             return
         for item in items:
-            if item.epoch == head.epoch:
-                self._take(item)
+            # the store is the authority: what it has after the cursor is next, in
+            # order (positions have no gaps; were one ever missing, taking the
+            # store's next item keeps this from re-reading for ever)
+            if item.epoch == head.epoch and item.position > self._cursor.position:
+                self._cursor = Cursor(item.epoch, item.position)
+                self._ready.append(message_of(self._name, item))
         if len(items) == READ_BATCH:
             self._must_read = True
 

@@ -122,11 +122,11 @@ class CheckedStreamStore(ABC):
     # ---- stream items --------------------------------------------------
 
     @final
-    async def append(self, entries: Sequence[StreamEntry], *,
-                     now: float) -> list[StreamItem]:
+    async def append(self, entries: Sequence[StreamEntry], *, now: float,
+                     sync: bool = True) -> list[StreamItem]:
         checked = check_entries(entries)
         seconds = check_time("now", now)
-        return await self._append(checked, seconds) if checked else []
+        return await self._append(checked, seconds, bool(sync)) if checked else []
 
     @final
     async def read(self, stream: str, after: int, *,
@@ -232,7 +232,8 @@ class CheckedStreamStore(ABC):
     # ---- what backends implement ---------------------------------------
 
     @abstractmethod
-    async def _append(self, entries: list[StreamEntry], now: float) -> list[StreamItem]:
+    async def _append(self, entries: list[StreamEntry], now: float,
+                      sync: bool) -> list[StreamItem]:
         """``entries`` is not empty."""
 
     @abstractmethod

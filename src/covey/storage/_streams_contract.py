@@ -119,9 +119,15 @@ class StreamStore(Protocol):
 
     # ---- stream items --------------------------------------------------
 
-    async def append(self, entries: Sequence[StreamEntry], *,
-                     now: float) -> list[StreamItem]:
+    async def append(self, entries: Sequence[StreamEntry], *, now: float,
+                     sync: bool = True) -> list[StreamItem]:
         """Store ``entries`` in one transaction; one item per entry, in order.
+
+        ``sync=False`` (PostgreSQL): commit without waiting for the WAL flush
+        (``synchronous_commit = off`` for this transaction): visible at once and
+        kept through any crash of covey's processes; a crash of the database
+        server itself may lose the last moments of such appends. SQLite and
+        memory ignore it.
 
         Entries of one stream get consecutive positions in argument order (an
         entry whose id the stream holds already, or that repeats an earlier

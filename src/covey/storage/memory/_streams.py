@@ -49,7 +49,8 @@ class InMemoryStreamStore(CheckedStreamStore):
 
     # ---- stream items --------------------------------------------------
 
-    async def _append(self, entries: list[StreamEntry], now: float) -> list[StreamItem]:
+    async def _append(self, entries: list[StreamEntry], now: float,
+                      sync: bool) -> list[StreamItem]:
         return self.store(entries, now)
 
     def store(self, entries: list[StreamEntry], now: float) -> list[StreamItem]:

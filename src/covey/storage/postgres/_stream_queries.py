@@ -46,6 +46,20 @@ class StreamStatements:
         " SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[], $5::text[],"
         " $6::float8[]) ON CONFLICT (stream, id) DO NOTHING"
     )
+    #: one item, one statement, one round trip (its own transaction): nothing when
+    #: the stream holds the id already; a concurrent retry of the id that commits
+    #: in between makes the insert fail, which undoes the head's move too (no
+    #: position is ever burned: positions have no gaps)
+    APPEND_ONE = (
+        "WITH fresh AS (SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM {s}.stream_items"
+        " WHERE stream = $1 AND id = $3)),"
+        " head AS (INSERT INTO {s}.stream_heads AS h (stream, epoch, last, updated_at)"
+        " SELECT $1, $2::int8, 1, $7::float8 FROM fresh ON CONFLICT (stream) DO UPDATE"
+        " SET last = h.last + 1, updated_at = excluded.updated_at RETURNING h.epoch, h.last)"
+        f" INSERT INTO {{s}}.stream_items ({ITEM_COLUMNS})"
+        " SELECT $1, head.last, $3, $4, $5, $6 FROM head"
+        " RETURNING (SELECT epoch FROM head), position"
+    )
     #: one statement, one snapshot: the head and the items agree; one row with
     #: NULL item columns when no item is after $2, none when there is no head
     READ = (

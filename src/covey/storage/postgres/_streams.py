@@ -21,6 +21,7 @@ import asyncpg
 
 from covey.core import Reason, StorageError
 from covey.storage._errors import invalid
+from covey.storage._message import encode_headers
 from covey.storage._stream_rows import (
     ItemKey,
     answer,
@@ -48,6 +49,8 @@ _SAVEPOINT = "SAVEPOINT covey_stream_append"
 _ROLLBACK_TO = ("ROLLBACK TO SAVEPOINT covey_stream_append;"
                 " RELEASE SAVEPOINT covey_stream_append")
 _RELEASE = "RELEASE SAVEPOINT covey_stream_append"
+#: this transaction's commit does not wait for the WAL flush (``sync=False``)
+_ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 
 
 class _Raced(Exception):
@@ -87,13 +90,42 @@ class PostgresStreamStore(CheckedTransactionalStreams):
 
     # ---- stream items --------------------------------------------------
 
-    async def _append(self, entries: list[StreamEntry], now: float) -> list[StreamItem]:
+    async def _append(self, entries: list[StreamEntry], now: float,
+                      sync: bool) -> list[StreamItem]:
+        if len(entries) == 1:  # the common publish: one statement
+            with translated("appending to a stream"):
+                one = await self._append_one(entries[0], now, sync)
+            if one is not None:
+                return [one]
+
         async def attempt() -> list[StreamItem]:
             async with self._pool.acquire() as conn, conn.transaction():
+                if not sync:
+                    await conn.execute(_ASYNC_COMMIT)
                 return await _store(conn, self._sql, entries, now)
 
         with translated("appending to streams"):
             return await _retried(attempt)
+
+    async def _append_one(self, entry: StreamEntry, now: float,
+                          sync: bool) -> StreamItem | None:
+        """:data:`StreamStatements.APPEND_ONE`; ``None`` when the stream holds the id
+        (or a concurrent retry of it won the race): the full append answers then."""
+        args = (entry.stream, new_epoch(), entry.id, entry.payload,
+                encode_headers(entry.headers), entry.published_at, now)
+        try:
+            if sync:  # its own transaction: one round trip
+                row = await self._pool.fetchrow(self._sql.APPEND_ONE, *args)
+            else:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute(_ASYNC_COMMIT)
+                    row = await conn.fetchrow(self._sql.APPEND_ONE, *args)
+        except asyncpg.UniqueViolationError:
+            return None
+        if row is None:
+            return None
+        return StreamItem(entry.stream, int(row[0]), int(row[1]), entry.id, entry.payload,
+                          dict(entry.headers), entry.published_at)
 
     async def _append_in(self, connection: Any, entries: list[StreamEntry],
                          now: float) -> list[StreamItem]:

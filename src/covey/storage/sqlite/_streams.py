@@ -82,7 +82,8 @@ class SqliteStreamStore(CheckedTransactionalStreams):
 
     # ---- stream items --------------------------------------------------
 
-    async def _append(self, entries: list[StreamEntry], now: float) -> list[StreamItem]:
+    async def _append(self, entries: list[StreamEntry], now: float,
+                      sync: bool) -> list[StreamItem]:
         return await self._writer.submit(lambda conn: store_entries(conn, entries, now))
 
     async def _append_in(self, connection: Any, entries: list[StreamEntry],
