@@ -143,6 +143,10 @@ class Cluster(Declaring):
         closes with 1012 when the pod drains. Build it before or after ``start()``
         (connections are served while the member runs): ``WebSocketRoute("/rpc",
         cluster.websocket(ChatService, authenticate=...))``."""
+        realtime = self.config.realtime
+        options.setdefault("send_timeout", realtime.send_timeout)
+        options.setdefault("queue_frames", realtime.buffer_items)
+        options.setdefault("queue_bytes", realtime.buffer_bytes)
         return cluster_websocket(contract, lambda: self.presence, self._closing,
                                  authenticate=authenticate, **options)
 

@@ -248,7 +248,7 @@ class RealtimeOptions:
     buffer_items: int = 1000
     buffer_bytes: int = 1_048_576
     heartbeat: float = 30.0
-    send_timeout: float = 10.0
+    send_timeout: float = 5.0
     route_ttl: float = 15.0
     poll_interval: float = 1.0
     mail_ttl: float = 86_400.0

@@ -101,7 +101,7 @@ class EventStreamResponse:
     """
 
     def __init__(self, subscription: Subscription, *, heartbeat: float = 30.0,
-                 send_timeout: float = 10.0, retry_ms: int = 1000,
+                 send_timeout: float = 5.0, retry_ms: int = 1000,
                  closing: asyncio.Event | None = None,
                  headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None) -> None:
         self.subscription = subscription
@@ -261,7 +261,7 @@ def _check_retry(retry_ms: object) -> int:
 
 
 def sse_app(subscribe: Subscribe, *, authorize: Authorize | None = None,
-            heartbeat: float = 30.0, send_timeout: float = 10.0, retry_ms: int = 1000,
+            heartbeat: float = 30.0, send_timeout: float = 5.0, retry_ms: int = 1000,
             closing: asyncio.Event | None = None) -> ASGIApp:
     """An ASGI app serving ``GET <mount>/<stream name>`` as server-sent events.
 

@@ -52,7 +52,7 @@ class WebSocketOptions:
     max_in_flight: int = 64
     auth_timeout: float = 10.0
     ping_interval: float = 20.0
-    send_timeout: float = 10.0
+    send_timeout: float = 5.0
     queue_frames: int = 1000
     queue_bytes: int = MiB
 

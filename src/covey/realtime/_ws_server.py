@@ -152,7 +152,7 @@ def websocket_app(impl: type[Contract], *, authenticate: Authenticate | None = N
                   on_connect: Hook | None = None, on_disconnect: Hook | None = None,
                   max_frame: int = MiB, rate: float | None = 100.0, max_in_flight: int = 64,
                   auth_timeout: float = 10.0, ping_interval: float = 20.0,
-                  send_timeout: float = 10.0, closing: asyncio.Event | None = None,
+                  send_timeout: float = 5.0, closing: asyncio.Event | None = None,
                   queue_frames: int = 1000, queue_bytes: int = MiB,
                   clock: Clock | None = None) -> WebSocketApp:
     """An ASGI app serving the contract implementation ``impl`` over WebSocket.
