@@ -28,7 +28,8 @@ lint: $(STAMP)
 
 SCENARIOS := storage volatile-rpc persisted-rpc failover handoff singleton-failover cron-accuracy \
              jobs-throughput jobs-latency store-growth entity-state transport \
-             events-latency events-throughput webhooks
+             events-latency events-throughput webhooks \
+             sse-latency sse-scale ws-rpc ws-reconnect
 
 bench: $(STAMP)
 	for s in $(SCENARIOS); do $(PY) bench/run.py $$s --quick | tail -n 1; done

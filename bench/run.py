@@ -36,6 +36,10 @@ SCENARIOS: dict[str, str] = {
     "workflow-signal": "scenarios.workflow_signal",
     "workflow-sleep": "scenarios.workflow_sleep",
     "webhooks": "scenarios.webhooks",
+    "sse-latency": "scenarios.sse_latency",
+    "sse-scale": "scenarios.sse_scale",
+    "ws-rpc": "scenarios.ws_rpc",
+    "ws-reconnect": "scenarios.ws_reconnect",
 }
 
 
