@@ -98,7 +98,11 @@ class LocalSubscription:
             self._wake.clear()
             if self._must_read:
                 self._must_read = False
-                await self._catch_up()
+                try:
+                    await self._catch_up()
+                except BaseException:
+                    self._must_read = True  # cancelled or failed: read again next time
+                    raise
                 continue
             if self._queue:
                 item = self._queue.popleft()
@@ -109,6 +113,22 @@ class LocalSubscription:
 
     async def aclose(self) -> None:
         self._close()
+
+    def take_ready(self, limit: int) -> list[StreamMessage | Reset]:
+        """Up to ``limit`` more items that are here already (no store read, no
+        wait): a writer sends a burst in one write. Stops at a gap (the next
+        ``__anext__`` reads the store) and when it overflowed or closed."""
+        out: list[StreamMessage | Reset] = []
+        while len(out) < limit and not (self._overflowed or self._closed or self._must_read):
+            if self._ready:
+                out.append(self._ready.popleft())
+            elif self._queue:
+                item = self._queue.popleft()
+                self._bytes -= len(item.payload)
+                self._take(item)
+            else:
+                break
+        return out
 
     # ---- fed by the hub -------------------------------------------------
 
