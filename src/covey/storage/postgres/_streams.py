@@ -176,26 +176,38 @@ class PostgresStreamStore(CheckedTransactionalStreams):
 
     # ---- routes --------------------------------------------------------
 
+    # Routes are soft state (each pod renews its own every few seconds, and they
+    # expire), and so is the deletion of delivered or expired mail (lost, it is
+    # delivered again: clients drop a repeated id): these writes commit without
+    # waiting for the WAL flush, so a storm of reconnecting clients does not
+    # queue behind the disk. Storing mail waits for it.
+
     async def _put_routes(self, routes: list[Route]) -> None:
-        with translated("storing routes"):
-            await self._pool.execute(self._sql.PUT_ROUTES,
-                                     *_columns([route_params(route) for route in routes]))
+        await self._soft("storing routes", self._sql.PUT_ROUTES,
+                         *_columns([route_params(route) for route in routes]))
+
+    async def _soft(self, what: str, query: str, *args: Any) -> int:
+        """``query`` in a transaction that commits without waiting for the flush."""
+        with translated(what):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(_ASYNC_COMMIT)
+                return _count(await conn.execute(query, *args))
 
     async def _execute(self, what: str, query: str, *args: Any) -> int:
         with translated(what):
             return _count(await self._pool.execute(query, *args))
 
     async def _renew_routes(self, runner: str, expires_at: float) -> int:
-        return await self._execute("renewing routes", self._sql.RENEW_ROUTES, runner,
+        return await self._soft("renewing routes", self._sql.RENEW_ROUTES, runner,
                                    expires_at)
 
     async def _delete_routes(self, kind: str, pairs: list[tuple[str, str]]) -> int:
         keys, conns = _columns(list(pairs))
-        return await self._execute("deleting routes", self._sql.DELETE_ROUTES, kind, keys,
+        return await self._soft("deleting routes", self._sql.DELETE_ROUTES, kind, keys,
                                    conns)
 
     async def _delete_runner_routes(self, runner: str) -> int:
-        return await self._execute("deleting a runner's routes",
+        return await self._soft("deleting a runner's routes",
                                    self._sql.DELETE_RUNNER_ROUTES, runner)
 
     async def _routes(self, kind: str, keys: list[str], now: float) -> list[Route]:
@@ -209,7 +221,7 @@ class PostgresStreamStore(CheckedTransactionalStreams):
         return {(str(runner), str(kind)): int(count) for runner, kind, count in rows}
 
     async def _purge_routes(self, now: float, limit: int) -> int:
-        return await self._execute("purging routes", self._sql.PURGE_ROUTES, now, limit)
+        return await self._soft("purging routes", self._sql.PURGE_ROUTES, now, limit)
 
     # ---- mailboxes -----------------------------------------------------
 
@@ -226,10 +238,10 @@ class PostgresStreamStore(CheckedTransactionalStreams):
         return [mail_of(row) for row in rows]
 
     async def _delete_mail(self, key: str, ids: list[str]) -> int:
-        return await self._execute("deleting mail", self._sql.DELETE_MAIL, key, ids)
+        return await self._soft("deleting mail", self._sql.DELETE_MAIL, key, ids)
 
     async def _purge_mail(self, now: float, limit: int) -> int:
-        return await self._execute("purging mail", self._sql.PURGE_MAIL, now, limit)
+        return await self._soft("purging mail", self._sql.PURGE_MAIL, now, limit)
 
 
 async def _retried(attempt: Callable[[], Awaitable[list[StreamItem]]]) -> list[StreamItem]:
