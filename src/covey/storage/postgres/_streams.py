@@ -193,10 +193,6 @@ class PostgresStreamStore(CheckedTransactionalStreams):
                 await conn.execute(_ASYNC_COMMIT)
                 return _count(await conn.execute(query, *args))
 
-    async def _execute(self, what: str, query: str, *args: Any) -> int:
-        with translated(what):
-            return _count(await self._pool.execute(query, *args))
-
     async def _renew_routes(self, runner: str, expires_at: float) -> int:
         return await self._soft("renewing routes", self._sql.RENEW_ROUTES, runner,
                                    expires_at)
