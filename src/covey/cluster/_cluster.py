@@ -129,8 +129,11 @@ class Cluster(Declaring):
                            tenant: str | None = None) -> Literal["delivered", "stored", "dropped"]:
         """Hand ``message`` to every open connection of ``user``, on whichever pods hold
         them (:meth:`covey.realtime.Presence.send`): ``"delivered"``, ``"stored"``
-        (``store=True`` and no connection took it: kept ``ttl`` seconds and handed
-        over, in order, when the user connects) or ``"dropped"``."""
+        (``store=True`` and no connection took it: kept until a client acknowledges
+        it, at most ``ttl`` seconds, and handed over, in order, when the user
+        connects) or ``"dropped"``. With ``store=True`` a message is stored first
+        and kept until acknowledged, so a pod that dies with it queued loses
+        nothing."""
         return await self.presence.send(user, message, push=push, id=id, store=store, ttl=ttl,
                                         tenant=tenant)
 

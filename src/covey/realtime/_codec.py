@@ -13,6 +13,10 @@ integer in ``[0, 2**53)`` (JavaScript-safe), unique among its calls in flight::
                                             ``end`` if it was still running, else nothing
       {"t":"ping"} / {"t":"pong"}           keepalive, either way: a ping is answered
                                             with a pong
+      {"t":"ack","mids":["...",...]}        pushes received (their ``mid``): a stored
+                                            message is deleted from the user's mailbox
+                                            once acknowledged; 1 to 1000 ids of 1 to 200
+                                            characters (clients batch them)
     server -> client
       {"t":"res","id":n,"p":...}            the result (null for none)
       {"t":"chunk","id":n,"p":...}          one item of a streamed reply ...
@@ -23,7 +27,7 @@ integer in ``[0, 2**53)`` (JavaScript-safe), unique among its calls in flight::
                                             details (``fields`` of a failed validation)
       {"t":"push","n":name,"p":{...},"mid":"..."}   a push; ``mid`` (optional) identifies
                                             a message that may come twice (clients drop a
-                                            repeat)
+                                            repeat) and is acknowledged (``ack``)
 
 Codecs, chosen by the WebSocket subprotocol (the server echoes the one it
 took), else by the query parameter ``?codec=json|msgpack``, else JSON:
@@ -57,6 +61,10 @@ BEARER_PREFIX = "bearer."
 MAX_ID = 2**53 - 1
 #: the longest error message a frame carries (characters)
 MAX_MESSAGE = 1000
+#: the most ids one ``ack`` frame carries
+MAX_ACK_MIDS = 1000
+#: the longest message id (``mid``, characters)
+MAX_MID = 200
 CodecName = Literal["json", "msgpack"]
 
 # close codes (RFC 6455 section 7.4 and covey's 44xx, after HTTP's 401 and 403)
@@ -174,13 +182,14 @@ def negotiate(offered: Iterable[str], codec: str | None) -> tuple[FrameCodec, st
 @dataclass(frozen=True, slots=True)
 class Inbound:
     """A client frame that parsed: ``kind`` is ``req``, ``cancel``, ``ping``,
-    ``pong`` or ``auth``; the other fields are set as the kind has them."""
+    ``pong``, ``auth`` or ``ack``; the other fields are set as the kind has them."""
 
     kind: str
     id: int | None = None
     method: str | None = None
     params: Any = None
     token: str | None = None
+    mids: tuple[str, ...] = ()
 
 
 class FrameRefused(Exception):
@@ -231,8 +240,20 @@ def parse_frame(value: Any) -> Inbound:
         if not isinstance(token, str) or not token:
             raise FrameRefused(Reason.FRAME_INVALID, "an auth frame needs a string 'token'")
         return Inbound("auth", token=token)
+    if kind == "ack":
+        return Inbound("ack", mids=_mids_of(value.get("mids")))
     shown = repr(kind)[:40] if isinstance(kind, str) else type(kind).__name__
     raise FrameRefused(Reason.FRAME_INVALID, f"unknown frame type {shown}", call_id)
+
+
+def _mids_of(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_ACK_MIDS:
+        raise FrameRefused(Reason.FRAME_INVALID,
+                           f"an ack needs a list 'mids' of 1 to {MAX_ACK_MIDS} ids")
+    if not all(isinstance(mid, str) and 0 < len(mid) <= MAX_MID for mid in value):
+        raise FrameRefused(Reason.FRAME_INVALID,
+                           f"an acked id is a string of 1 to {MAX_MID} characters")
+    return tuple(value)
 
 
 def error_frame(call_id: int | None, reason: Reason | str, message: str,

@@ -2,13 +2,15 @@
 
 :func:`cluster_websocket` wraps :func:`~covey.realtime.websocket_app`: each
 connection whose principal names a user is attached to :class:`Presence` (so
-``send_to_user`` reaches it, and the user's stored messages are handed to it on
-connect), and every connection is closed with 1012 when the pod drains.
+``send_to_user`` reaches it, the user's stored messages are handed to it on
+connect, and its client's ``ack`` frames delete them from the mailbox), and
+every connection is closed with 1012 when the pod drains.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -35,8 +37,9 @@ def cluster_websocket(impl: type[Contract], presence_of: Callable[[], Presence],
         principal = connection.principal
         presence = presence_of()
         if principal.user is not None and presence.runner is not None:
-            attached[connection.id] = (presence, await presence.add(
-                principal.user, connection, tenant=principal.tenant))
+            key = await presence.add(principal.user, connection, tenant=principal.tenant)
+            attached[connection.id] = (presence, key)
+            connection.on_ack = functools.partial(presence.acked, key)
         if on_connect is not None:
             await on_connect(connection)
 

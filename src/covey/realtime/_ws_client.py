@@ -17,7 +17,10 @@
   was sent when the socket dropped fails with ``peer_unavailable`` (retryable):
   it may have run, so it is not resent silently.
 - **Pushes** go to the handlers of their name, in order, each once: a push
-  carrying an id (``mid``) seen among the last 10,000 is dropped.
+  carrying an id (``mid``) seen among the last 10,000 is dropped. Each id is
+  acknowledged (``ack`` frames, batched) once its handlers ran, a repeat again:
+  the server deletes a stored message then, and hands the others over again
+  on the next connect.
 - **4401 / 4403** stop it: calls fail, and ``connect`` raises, with
   ``unauthenticated`` / ``forbidden``; except 4401 "token expired" with a
   token source (a callable), which reconnects with a fresh token. 1012, 1013,
@@ -39,7 +42,7 @@ import aiohttp
 from covey.core import ClusterError, RealtimeError, Reason
 from covey.core.runtime import TaskSet, check_seconds, invalid_argument
 from covey.realtime._backoff import Backoff
-from covey.realtime._codec import CODECS, EXPIRED_REASON, FrameCodec
+from covey.realtime._codec import CODECS, EXPIRED_REASON, MAX_ACK_MIDS, FrameCodec
 from covey.realtime._contract import Contract, MethodSpec, check_contract, methods_of, pushes_of
 from covey.realtime._ws_client_calls import Call, CallTable, StreamCall, params_of, result_of
 from covey.realtime._ws_client_pushes import Pushes, PushHandler
@@ -184,6 +187,9 @@ class Client(Generic[C]):
         await self._tasks.close()
         ws, self._ws = self._ws, None
         if ws is not None:
+            acks = self._pushes.acks.take(MAX_ACK_MIDS)
+            if acks and not ws.closed:  # what was handled: not to be handed over again
+                await ws.send_quietly({"t": "ack", "mids": acks})
             await ws.close()
         if self._session is not None:
             await self._session.close()
@@ -358,14 +364,18 @@ class Client(Generic[C]):
             self._first.set_result(None)
         elif self._on_reconnect is not None:
             self._tasks.spawn(self._reconnected(), name="covey-ws-on-reconnect")
-        pinger = self._tasks.spawn(self._ping(ws), name="covey-ws-client-ping")
+        helpers = [self._tasks.spawn(self._ping(ws), name="covey-ws-client-ping"),
+                   self._tasks.spawn(self._pushes.acks.send(ws),
+                                     name="covey-ws-client-acks")]
         try:
             while True:
                 await self._receive(ws)
         finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _reconnected(self) -> None:
         assert self._on_reconnect is not None

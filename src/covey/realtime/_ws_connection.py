@@ -51,6 +51,8 @@ log = logging.getLogger("covey.realtime")
 
 KIND = "websocket"
 Hook = Callable[["Connection"], Awaitable[None]]
+#: what receives the ids of an ``ack`` frame (the pushes the client received)
+AckHook = Callable[[tuple[str, ...]], Awaitable[None]]
 _MAX_FIELDS = 20
 
 
@@ -76,6 +78,9 @@ class Connection:
         codec: ``"json"`` or ``"msgpack"``.
         close_code: the code of the close frame sent (``None``: none sent, e.g.
             the peer went away first).
+        on_ack: awaited with the ids of each ``ack`` frame, in the reader (set by
+            whoever hands the connection messages that wait for an ack: presence);
+            ``None``: acks are taken and ignored.
     """
 
     def __init__(self, contract: type[Contract], *, codec: FrameCodec, principal: Principal,
@@ -97,6 +102,7 @@ class Connection:
         self._ended = asyncio.Event()
         self._last_sent = clock.monotonic()
         self.close_code: int | None = None
+        self.on_ack: AckHook | None = None
 
     # ---- what handlers and hooks use -------------------------------------
 
@@ -322,6 +328,11 @@ class Connection:
                 await self._answer({"t": "end", "id": frame.id})
         elif frame.kind == "auth":
             await self._refuse(None, Reason.FRAME_INVALID, "the connection is authenticated")
+        elif frame.kind == "ack" and self.on_ack is not None:
+            try:
+                await self.on_ack(frame.mids)
+            except Exception:  # an ack that could not be applied: the mail expires
+                log.warning("WebSocket %s: applying an ack failed", self.id, exc_info=True)
 
     async def _request(self, frame: Inbound) -> None:
         call_id = frame.id

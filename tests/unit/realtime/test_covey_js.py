@@ -1,7 +1,8 @@
 """The browser client covey.js: served by ``client_js_app``, valid JavaScript, and (run by
 Node's WebSocket and EventSource, which follow the browser specifications: a subprotocol
 must be echoed) calling, streaming, receiving pushes once, reconnecting with its buffered
-calls to a restarted server, stopping on 4401, and resuming SSE after its last id."""
+calls to a restarted server, stopping on 4401, acknowledging pushes (the mailbox empties),
+and resuming SSE after its last id."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import aiohttp
 import pytest
 
 from covey.realtime._client_js import client_js, client_js_app
+from covey.realtime._naming import scoped
 from covey.realtime._types import Handshake, Principal
 from covey.realtime._ws_connection import Connection
 from covey.realtime._ws_server import websocket_app
+from covey.testing import TestCluster
 
 from .. import _waiting
 from . import _ws_serving
@@ -247,3 +250,49 @@ async def test_subscribe_resumes_after_its_last_id() -> None:
                         ("2:1", 6, "message")]
     assert resets == ["2:0"]
     assert feed.requests[:3] == [(None, ""), ("1:3", ""), (None, "after=1%3A3")]
+
+
+@needs_node
+async def test_pushes_are_acknowledged_once_handled_and_the_mailbox_empties() -> None:
+    _ws_serving.ROOM = Room()
+    key = scoped("", "ann")
+    async with TestCluster(runners=1) as tc:
+        member = tc.runners[0]
+        connections: list[Connection] = []
+        acks: list[list[str]] = []
+
+        async def on_connect(connection: Connection) -> None:
+            connections.append(connection)
+            presence_ack = connection.on_ack
+            assert presence_ack is not None
+
+            async def on_ack(mids: tuple[str, ...]) -> None:
+                acks.append(list(mids))
+                await presence_ack(mids)
+
+            connection.on_ack = on_ack
+
+        async def stored() -> list[str]:
+            return [mail.id for mail in await tc.storage.streams.mail(key, now=tc.clock.now())]
+
+        for seq in range(150):  # stored while offline: handed over on connect
+            assert await member.send_to_user("ann", {"text": f"n{seq}"}, push="notice",
+                                             id=f"m-{seq}", store=True) == "stored"
+        app = member.websocket(ChatImpl, authenticate=authenticate, on_connect=on_connect)
+        async with serving(app) as served, driving("ws", served.url(), token="good") as js:
+            await js.expect(lambda e: e.get("event") == "push" and e["mid"] == "m-149")
+            await _waiting.until(lambda: sum(len(frame) for frame in acks) >= 150, timeout=20)
+            assert await stored() == []
+            connections[0].deliver("notice", Notice(text="again"), mid="m-0")  # a repeat
+            await _waiting.until(lambda: acks[-1] == ["m-0"], timeout=20)
+            assert await member.send_to_user("ann", {"text": "live"}, push="notice",
+                                             id="m-live", store=True) == "delivered"
+            await js.expect(lambda e: e.get("event") == "push" and e["mid"] == "m-live")
+            await _waiting.until(lambda: acks[-1] == ["m-live"], timeout=20)
+            assert await stored() == []
+        pushes = [e["mid"] for e in js.log if e.get("event") == "push"]
+    assert pushes == [f"m-{seq}" for seq in range(150)] + ["m-live"]  # the repeat: not shown
+    assert sorted(mid for frame in acks[:-2] for mid in frame) == sorted(
+        f"m-{seq}" for seq in range(150))
+    assert all(0 < len(frame) <= 100 for frame in acks)
+    assert len(acks) - 2 < 150  # batched: some frames carry several ids

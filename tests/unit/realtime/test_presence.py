@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from covey import RealtimeError, Reason
+from covey.realtime._naming import scoped
 from covey.testing import TestCluster
 
 _ids = itertools.count(1)
@@ -57,10 +58,15 @@ async def test_messages_for_an_offline_user_are_stored_and_handed_over_in_order(
         conn = FakeConnection()
         async with a.presence.attach("u1", conn):
             assert [mid for _, _, mid in conn.got] == [f"m-{i}" for i in range(5)]
-        # handed over once: a second connection gets nothing stored
+        # not acknowledged: the next connection gets them again
         again = FakeConnection()
         async with a.presence.attach("u1", again):
-            assert again.got == []
+            assert [mid for _, _, mid in again.got] == [f"m-{i}" for i in range(5)]
+            await a.presence.acked(scoped("", "u1"), [f"m-{i}" for i in range(5)])
+        # acknowledged: deleted
+        last = FakeConnection()
+        async with a.presence.attach("u1", last):
+            assert last.got == []
 
 
 async def test_expired_mail_is_not_handed_over() -> None:

@@ -25,6 +25,10 @@
  *   in flight when the socket dropped fails with `peer_unavailable`: it may have run, so it
  *   is not sent again.
  * - A push with an id (`mid`) seen among the last 10,000 is dropped (it came twice).
+ * - Each push id is acknowledged once its handlers ran (a Promise they return settled), a
+ *   repeat again: `{t: "ack", mids: [...]}`, batched (100 ids or 50 ms), kept across a
+ *   reconnect. The server deletes an acknowledged message from the user's mailbox; one not
+ *   acknowledged is handed over again on the next connect.
  * - Close 4401 / 4403 stops the client (errors `unauthenticated` / `forbidden`), except 4401
  *   "token expired" with a token function: it reconnects with a fresh token.
  * - Errors are `CoveyError`s: `error.reason` is covey's reason (`"forbidden"`, `"timeout"`...).
@@ -48,6 +52,10 @@
 const PROTOCOL = "covey.v1.json";
 const BASE_DELAY = 0.25;
 const REMEMBERED_MIDS = 10000;
+const ACK_DELAY_MS = 50;      // an ack waits this long for more to share its frame
+const ACK_BATCH = 100;        // ids in one ack frame at most (sent at once when that many wait)
+const ACK_LIMIT = 10000;      // ids kept while disconnected (the oldest go first)
+const MAX_MID = 200;          // the longest id an ack frame may carry
 const RETRYABLE = new Set(["peer_unavailable", "timeout", "rate_limited", "shutting_down",
   "slow_consumer", "storage_unavailable", "mailbox_full", "not_owner", "version_conflict"]);
 
@@ -81,6 +89,9 @@ export function connect(url, options = {}) {
   const pending = new Map();          // id -> call, request sent
   const buffered = [];                // calls waiting for a connection
   const seen = new Set();             // the last mids (insertion ordered)
+  const handling = new Set();         // mids whose handlers run: acknowledged when done
+  const acks = new Set();             // mids to acknowledge (insertion ordered)
+  let ackTimer = null;
   const handlers = new Map();
   let nextId = 1, attempt = 0, ws = null, state = "connecting", opened = false;
   let pinger = null, retryTimer = null, lastReceived = 0, failure = null;
@@ -164,14 +175,26 @@ export function connect(url, options = {}) {
         send({ t: "pong" });
         break;
       case "push": {
-        if (frame.mid !== undefined && frame.mid !== null) {
-          const key = String(frame.mid);
-          if (seen.has(key)) return;
+        const key = frame.mid === undefined || frame.mid === null ? null : String(frame.mid);
+        if (key !== null) {
+          if (seen.has(key)) {
+            if (!handling.has(key)) ack(key);  // handled: the server still had it
+            return;
+          }
           seen.add(key);
           if (seen.size > REMEMBERED_MIDS) seen.delete(seen.values().next().value);
         }
-        for (const fn of handlers.get(frame.n) || []) safely(() => fn(frame.p, frame.mid));
-        if (typeof onPush === "function") safely(() => onPush(frame.n, frame.p, frame.mid));
+        const results = [];
+        for (const fn of handlers.get(frame.n) || []) {
+          results.push(safely(() => fn(frame.p, frame.mid)));
+        }
+        if (typeof onPush === "function") {
+          results.push(safely(() => onPush(frame.n, frame.p, frame.mid)));
+        }
+        if (key !== null) {
+          handling.add(key);
+          Promise.allSettled(results).then(() => { handling.delete(key); ack(key); });
+        }
         break;
       }
       case "res":
@@ -189,12 +212,38 @@ export function connect(url, options = {}) {
     }
   }
 
-  function safely(fn) {
+  function safely(fn) {  // what fn returned (a Promise is awaited by the ack, its error logged)
     try {
       const result = fn();
       if (result && typeof result.catch === "function") result.catch((e) => console.error(e));
+      return result;
     } catch (error) {
       console.error(error);
+      return undefined;
+    }
+  }
+
+  function ack(mid) {
+    if (mid.length === 0 || mid.length > MAX_MID) return;  // not an id the wire carries
+    acks.delete(mid);
+    acks.add(mid);
+    if (acks.size > ACK_LIMIT) acks.delete(acks.values().next().value);
+    if (acks.size >= ACK_BATCH) sendAcks();
+    else if (ackTimer === null) ackTimer = setTimeout(sendAcks, ACK_DELAY_MS);
+  }
+
+  function sendAcks() {  // what cannot be sent now is sent once open again
+    clearTimeout(ackTimer);
+    ackTimer = null;
+    if (state !== "open" || !ws || ws.readyState !== WebSocket.OPEN) return;
+    while (acks.size > 0) {
+      const mids = [];
+      for (const mid of acks) {
+        mids.push(mid);
+        if (mids.length === ACK_BATCH) break;
+      }
+      for (const mid of mids) acks.delete(mid);
+      send({ t: "ack", mids });
     }
   }
 
@@ -204,6 +253,7 @@ export function connect(url, options = {}) {
     opened = true;
     for (const call of buffered.splice(0)) dispatch(call);
     setState("open");
+    sendAcks();
     if (first) readyResolve();
     else if (options.onReconnect) safely(() => options.onReconnect());
   }
@@ -282,6 +332,7 @@ export function connect(url, options = {}) {
   function stop(error) {
     setState("closed");
     clearTimeout(retryTimer);
+    clearTimeout(ackTimer);
     clearInterval(pinger);
     for (const call of [...pending.values(), ...buffered]) finish(call, error);
     readyReject(error);
@@ -309,6 +360,7 @@ export function connect(url, options = {}) {
     close() {
       if (state === "closed") return;
       const socket = ws;
+      sendAcks();  // what was handled: not to be handed over again
       stop(failure || new CoveyError("the client is closed", "shutting_down"));
       if (socket) {
         socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
