@@ -321,17 +321,26 @@ class Presence:
             self._more.discard(key)
         else:
             self._more.add(key)  # more may wait behind: look again as acks make room
+        # at most half a connection's send queue per flush: a mailbox bigger than the
+        # queue would overflow it (the connection closes, the client reconnects and
+        # the same flush overflows it again); the rest follows as acks make room
+        budget = self._options.buffer_bytes // 2
         for conn in tuple(self._local[key].values()):
             handed = self._handed.get(conn.id)
             if handed is None:
                 continue
+            spent = 0
             for mail in mails:
                 if mail.id in handed:
                     continue
+                if spent and spent + len(mail.payload) > budget:
+                    self._more.add(key)
+                    break
                 if not conn.deliver(mail.headers.get("push", "message"), mail.payload,
                                     mid=mail.id):
                     break  # closed, or full (then closed): the rest stay stored
                 handed.add(mail.id)
+                spent += len(mail.payload)
 
     # ---- the mesh -------------------------------------------------------
 

@@ -163,3 +163,26 @@ async def test_a_bad_message_id_is_refused(mid: object) -> None:
             await tc.client_member.send_to_user("u1", "hi", id=mid, store=True)  # type: ignore[arg-type]
         assert caught.value.reason is Reason.INVALID_ARGUMENT
         assert caught.value.details["field"] == "id"
+
+
+async def test_a_mailbox_bigger_than_a_send_queue_follows_in_halves_as_acks_come() -> None:
+    # 20 messages of 100 kB: twice a connection's 1 MiB queue. A flush that handed them
+    # all would overflow it (closed, reconnected, overflowed again, for ever).
+    async with TestCluster(runners=1) as tc:
+        member = tc.runners[0]
+        big = "x" * 100_000
+        for n in range(20):
+            assert await tc.client_member.send_to_user("u1", big, id=f"m-{n}",
+                                                       store=True) == "stored"
+        conn = AckingConnection()
+        async with member.presence.attach("u1", conn):
+            budget = member.config.realtime.buffer_bytes // 2
+            first = list(conn.got)
+            assert 1 <= len(first) <= budget // 100_000 + 1 < 20
+            for _ in range(40):  # each ack makes room for the next half queue
+                if len(conn.got) == 20:
+                    break
+                await conn.ack(member.presence)
+            assert conn.got == [f"m-{n}" for n in range(20)]
+            await conn.ack(member.presence)
+            assert await stored(tc) == []
