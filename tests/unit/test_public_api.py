@@ -59,8 +59,8 @@ EXPECTED: dict[str, list[str]] = {
         "use_context",
     ],
     "covey.core.runtime": [
-        "SpanHandle", "TaskSet", "being_cancelled", "check_seconds", "check_text",
-        "check_upcasters", "codec_for", "configure_from_options", "consumer_span",
+        "SpanHandle", "TaskSet", "answer_lifespan", "being_cancelled", "check_seconds",
+        "check_text", "check_upcasters", "codec_for", "configure_from_options", "consumer_span",
         "extract_trace", "http_span", "inject_trace", "internal_span", "invalid_argument",
         "log_context", "note_runner", "producer_span", "shard_for", "sleep_or_wake",
         "stable_hash", "state_version", "to_plain", "traced_context", "tracing_enabled",

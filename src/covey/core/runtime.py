@@ -11,6 +11,7 @@ Everything an application writes is in :mod:`covey.core` (and :mod:`covey`).
 from covey.core._checks import check_seconds, invalid_argument
 from covey.core._clock import being_cancelled, sleep_or_wake
 from covey.core._ids import check_text, shard_for, stable_hash
+from covey.core._lifespan import answer_lifespan
 from covey.core._logs import configure_from_options, log_context, note_runner
 from covey.core._serialization import codec_for, to_plain, validate, validate_value
 from covey.core._tasks import TaskSet
@@ -31,6 +32,7 @@ from covey.core._upcasting import check_upcasters, state_version, upcast
 __all__ = [
     "SpanHandle",
     "TaskSet",
+    "answer_lifespan",
     "being_cancelled",
     "check_seconds",
     "check_text",

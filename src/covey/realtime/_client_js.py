@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 from importlib import resources
 
-from covey.realtime._ws_asgi import Receive, Scope, Send, answer_http, run_lifespan
+from covey.core.runtime import answer_lifespan
+from covey.realtime._ws_asgi import Receive, Scope, Send, answer_http
 
 CONTENT_TYPE = b"text/javascript; charset=utf-8"
 
@@ -38,7 +39,7 @@ class ClientJsApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await run_lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return

@@ -38,7 +38,7 @@ from http import HTTPStatus
 from typing import Any
 
 from covey.core import ClusterError, RealtimeError, Reason, metrics
-from covey.core.runtime import check_seconds, invalid_argument
+from covey.core.runtime import answer_lifespan, check_seconds, invalid_argument
 from covey.realtime._handshake import handshake_of
 from covey.realtime._naming import check_stream
 from covey.realtime._sse_frames import PING, message_frame, reset_frame, retry_frame
@@ -354,7 +354,7 @@ class _SseApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # run on its own: nothing to start
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # refused: HTTP 403
@@ -415,12 +415,3 @@ async def _problem(send: Send, status: int, reason: Reason, detail: str,
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

@@ -18,14 +18,3 @@ async def answer_http(send: Send, status: int, body: bytes,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
                             (b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def run_lifespan(receive: Receive, send: Send) -> None:
-    """Answer a server's lifespan events (nothing to start or stop)."""
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return

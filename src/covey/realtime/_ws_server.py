@@ -26,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from covey.core import Clock, SystemClock
+from covey.core.runtime import answer_lifespan
 from covey.realtime._codec import (
     CLOSE_POLICY,
     CLOSE_RESTART,
@@ -37,7 +38,7 @@ from covey.realtime._codec import (
 from covey.realtime._contract import Contract, check_contract
 from covey.realtime._handshake import handshake_of
 from covey.realtime._types import Handshake, Principal
-from covey.realtime._ws_asgi import Receive, Scope, Send, answer_http, run_lifespan
+from covey.realtime._ws_asgi import Receive, Scope, Send, answer_http
 from covey.realtime._ws_auth import (
     Authenticate,
     Refusal,
@@ -83,7 +84,7 @@ class WebSocketApp:
             await answer_http(send, 426, b"this endpoint speaks WebSocket (covey.v1)\n",
                               [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")])
         elif kind == "lifespan":
-            await run_lifespan(receive, send)
+            await answer_lifespan(receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":

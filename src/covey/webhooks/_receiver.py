@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from covey.core import Clock, Reason, StorageError, SystemClock, WebhookError
-from covey.core.runtime import check_seconds, invalid_argument
+from covey.core.runtime import answer_lifespan, check_seconds, invalid_argument
 from covey.webhooks._secrets import WebhookSecret, parse_secrets
 from covey.webhooks._signing import VerifiedWebhook, check_message_id, verify
 
@@ -303,7 +303,7 @@ class WebhookReceiver:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":  # run on its own: nothing to start
-            await _lifespan(receive, send)
+            await answer_lifespan(receive, send)
             return
         if scope["type"] != "http":
             return  # websockets: not ours; returning closes the connection
@@ -383,12 +383,3 @@ async def _respond(send: Send, status: int, body: dict[str, Any],
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
 
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
