@@ -283,6 +283,11 @@ class Health:
             reasons.append("stopped")
         if self._draining:
             reasons.append("draining")
+        # at once: the health loop, cancelled with the runner's other tasks, marks
+        # itself stopped only when its cancellation has gone through
+        crash = self._builtin.crashed() if self._builtin is not None else None
+        if crash is not None:
+            reasons.append(f"a covey background task crashed: {type(crash).__name__}")
         if self._builtin is not None and not self._builtin.lock_connected():
             reasons.append(f"{self._builtin.lock_key}: the lock (LISTEN) connection is down")
         failures = self.options.failures
