@@ -33,14 +33,11 @@ Importing the module has no side effect: the clients import :class:`Echo`,
 from __future__ import annotations
 
 import asyncio
-import cProfile
 import gc
-import os
-import signal
 import time
 from pathlib import Path
-from types import FrameType
 
+from bench.apps._profiling import install_profiler
 from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -51,7 +48,6 @@ import covey
 import covey.asgi
 from covey.realtime import Contract, Handshake, Principal, method, push
 
-PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR")
 #: the stream item's padding, so an item is about the size of a small real update
 PAD = "x" * 64
 
@@ -124,28 +120,9 @@ class GcClock:
             self.seconds[generation] += time.perf_counter() - self._started
 
 
-class _Profiling:
-    """Toggled by SIGUSR1: start, then stop and dump."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.profile: cProfile.Profile | None = None
-
-    def toggle(self, signum: int, frame: FrameType | None) -> None:
-        if self.profile is None:
-            self.profile = cProfile.Profile()
-            self.profile.enable()
-            return
-        self.profile.disable()
-        self.profile.dump_stats(str(self.directory / f"pod-{os.getpid()}.prof"))
-        self.profile = None
-
-
 def make_app() -> Starlette:
     """The pod: a cluster from ``COVEY_*`` variables and its routes (module docstring)."""
-    if PROFILE_DIR:
-        # uvicorn calls the factory on the main thread, the one its event loop runs on
-        signal.signal(signal.SIGUSR1, _Profiling(Path(PROFILE_DIR)).toggle)
+    install_profiler("pod")  # only with BENCH_PROFILE_DIR set
     cluster = covey.Cluster.from_env()
     gc_clock = GcClock()
     gc.callbacks.append(gc_clock)

@@ -14,38 +14,13 @@ two signals around its throughput phase.
 
 from __future__ import annotations
 
-import cProfile
-import os
-import signal
-from pathlib import Path
-from types import FrameType
+from bench.apps._profiling import install_profiler
 
 import covey
 
-PROFILE_DIR = os.environ.get("BENCH_PROFILE_DIR")
-
-
-class _Profiling:
-    """Toggled by SIGUSR1: start, then stop and dump."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.profile: cProfile.Profile | None = None
-
-    def toggle(self, signum: int, frame: FrameType | None) -> None:
-        if self.profile is None:
-            self.profile = cProfile.Profile()
-            self.profile.enable()
-            return
-        self.profile.disable()
-        self.profile.dump_stats(str(self.directory / f"runner-{os.getpid()}.prof"))
-        self.profile = None
-
 
 def make_cluster() -> covey.Cluster:
-    if PROFILE_DIR:
-        # the handler runs on the main thread, the one asyncio.run() drives
-        signal.signal(signal.SIGUSR1, _Profiling(Path(PROFILE_DIR)).toggle)
+    install_profiler("runner")  # only with BENCH_PROFILE_DIR set
     return covey.Cluster.from_env()
 
 
