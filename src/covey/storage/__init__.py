@@ -29,6 +29,7 @@ from covey.storage._events_contract import (
     TopicInfo,
     TransactionalEvents,
 )
+from covey.storage._inspection_contract import InspectionStore, ShardRow, TagCount
 from covey.storage._message import MAX_DEDUPE_KEY, Message, MessageRecord, dedupe_key
 from covey.storage._model import (
     Duplicate,
@@ -96,6 +97,7 @@ __all__ = [
     "EventStore",
     "Fence",
     "GroupStart",
+    "InspectionStore",
     "MAX_DEDUPE_KEY",
     "MAX_STREAM_KEY_BYTES",
     "Mail",
@@ -108,6 +110,7 @@ __all__ = [
     "RunnerStorage",
     "SaveResult",
     "Saved",
+    "ShardRow",
     "StateStore",
     "Storage",
     "StorageInfo",
@@ -115,6 +118,7 @@ __all__ = [
     "StreamHead",
     "StreamItem",
     "StreamStore",
+    "TagCount",
     "TopicInfo",
     "TransactionalEvents",
     "TransactionalMessages",

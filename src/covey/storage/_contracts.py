@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 from covey.core import EntityAddress, RunnerAddress, ShardId
 from covey.storage._events_contract import EventStore
+from covey.storage._inspection_contract import InspectionStore
 from covey.storage._message import Message, MessageRecord
 from covey.storage._model import Fence, Reply, RunnerInfo, SaveResult, StorageInfo, Versioned
 from covey.storage._streams_contract import StreamStore
@@ -328,7 +329,7 @@ class StateStore(Protocol):
 
 @runtime_checkable
 class Storage(Protocol):
-    """One backend: the three stores plus their lifecycle.
+    """One backend: its stores plus their lifecycle.
 
     ``start()`` connects, applies pending migrations (safe when several processes
     start at once) and records or checks the shard count. Use as
@@ -363,6 +364,11 @@ class Storage(Protocol):
     @property
     def streams(self) -> StreamStore:
         """Stream items, routes and mailboxes (``covey.realtime``)."""
+        ...
+
+    @property
+    def inspection(self) -> InspectionStore:
+        """Bounded reads for operators: shards, counts and pages by tag (the dashboard)."""
         ...
 
     async def start(self) -> None:

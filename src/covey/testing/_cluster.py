@@ -188,6 +188,7 @@ class _Unowned:
         self.state = storage.state
         self.events = storage.events
         self.streams = storage.streams
+        self.inspection = storage.inspection
 
     async def start(self) -> None:
         return None

@@ -11,6 +11,7 @@ from covey.core import Clock, StorageOptions, SystemClock
 from covey.storage._base import StorageLifecycle, check_shards
 from covey.storage._model import StorageInfo
 from covey.storage.memory._events import InMemoryEventStore
+from covey.storage.memory._inspection import InMemoryInspectionStore
 from covey.storage.memory._messages import InMemoryMessageStorage
 from covey.storage.memory._runners import InMemoryRunnerStorage
 from covey.storage.memory._state import InMemoryStateStore
@@ -46,6 +47,7 @@ class InMemoryStorage(StorageLifecycle):
         self.messages = InMemoryMessageStorage(clock, options, self.runners, self.state,
                                                self.streams)
         self.events = InMemoryEventStore(self.messages)
+        self.inspection = InMemoryInspectionStore(self.runners, self.messages)
 
     async def start(self) -> None:
         if self._recorded_shards is None:
@@ -73,6 +75,7 @@ class InMemoryStorage(StorageLifecycle):
 
 __all__ = [
     "InMemoryEventStore",
+    "InMemoryInspectionStore",
     "InMemoryMessageStorage",
     "InMemoryRunnerStorage",
     "InMemoryStateStore",

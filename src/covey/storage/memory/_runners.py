@@ -15,6 +15,7 @@ class _Lease:
     epoch: int = 0
     owner: RunnerAddress | None = None
     until: float = 0.0
+    acquired_at: float | None = None
 
 
 class InMemoryRunnerStorage(CheckedRunnerStorage):
@@ -75,6 +76,7 @@ class InMemoryRunnerStorage(CheckedRunnerStorage):
             elif lease.owner is None or lease.until <= now:
                 lease.epoch += 1
                 lease.owner = address
+                lease.acquired_at = now
                 lease.until = now + self._options.shard_lease
             else:
                 continue

@@ -57,7 +57,10 @@ class EventStatements:
         " min(created_at) FILTER (WHERE NOT processed),"
         " count(*) FILTER (WHERE processed AND reply_is_error)"
         " FROM {s}.messages WHERE entity_type = 'covey.Event'"
-        " AND (NOT processed OR reply_is_error) GROUP BY 1 ORDER BY 1"
+        # spelled as the two partial indexes' predicates (messages_pending,
+        # messages_dead), so the read is bounded by the pending and dead rows,
+        # not by every delivery ever made
+        " AND (NOT processed OR (processed AND reply_is_error)) GROUP BY 1 ORDER BY 1"
     )
     GET = f"SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE id = $1"
     LAST_POSITION = (

@@ -111,10 +111,11 @@ class Statements:
     #: completions holding FOR SHARE on the shard, so none of them can commit
     #: under the old epoch afterwards
     BUMP_EPOCHS = (
-        "INSERT INTO {s}.shards AS sh (shard_group, shard, epoch, owner)"
-        " SELECT g, n, 1, $3 FROM unnest($1::text[], $2::int4[]) AS t(g, n)"
+        "INSERT INTO {s}.shards AS sh (shard_group, shard, epoch, owner, acquired_at)"
+        " SELECT g, n, 1, $3, $4 FROM unnest($1::text[], $2::int4[]) AS t(g, n)"
         " ON CONFLICT (shard_group, shard) DO UPDATE SET epoch = sh.epoch + 1,"
-        " owner = EXCLUDED.owner RETURNING shard_group, shard, epoch"
+        " owner = EXCLUDED.owner, acquired_at = EXCLUDED.acquired_at"
+        " RETURNING shard_group, shard, epoch"
     )
     HELD_LOCKS = (
         "SELECT classid::int8, objid::int8 FROM pg_locks WHERE locktype = 'advisory'"

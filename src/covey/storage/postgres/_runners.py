@@ -235,7 +235,8 @@ class PostgresRunnerStorage(CheckedRunnerStorage):
                 got = [new[r[0] - 1] for r in rows]
                 if got:
                     bumped = await conn.fetch(self._sql.BUMP_EPOCHS, [s.group for s in got],
-                                              [s.id for s in got], str(address))
+                                              [s.id for s in got], str(address),
+                                              self._clock.now())
                     for r in bumped:
                         session.held[ShardId(r[0], r[1])] = int(r[2])
             return {s: session.held[s] for s in shards if s in session.held}

@@ -22,10 +22,12 @@ from covey.storage._contracts import MessageStorage, RunnerStorage, StateStore
 from covey.storage._errors import not_started
 from covey.storage._events_contract import EventStore
 from covey.storage._group_commit import GroupCommit
+from covey.storage._inspection_contract import InspectionStore
 from covey.storage._model import StorageInfo
 from covey.storage._streams_contract import StreamStore
 from covey.storage.postgres._errors import is_unavailable, translated
 from covey.storage.postgres._events import PostgresEventStore
+from covey.storage.postgres._inspection import PostgresInspectionStore
 from covey.storage.postgres._messages import PostgresMessageStorage
 from covey.storage.postgres._queries import Statements
 from covey.storage.postgres._runners import PostgresRunnerStorage, int64
@@ -64,6 +66,7 @@ class PostgresStorage(StorageLifecycle):
         state: the versioned key-value store.
         events: the event log and its subscriber groups.
         streams: stream items, routes and mailboxes.
+        inspection: bounded reads for operators (the dashboard).
     """
 
     backend = "postgres"
@@ -109,6 +112,7 @@ class PostgresStorage(StorageLifecycle):
         self.state: StateStore
         self.events: EventStore
         self.streams: StreamStore
+        self.inspection: InspectionStore
         self._runners: PostgresRunnerStorage
         #: NOTIFY channel of this schema: transactional saves wake runners with it
         self.channel = f"covey_{options.schema}"[:63]
@@ -158,6 +162,7 @@ class PostgresStorage(StorageLifecycle):
             pool, (quote_ident(self._options.schema), self._options.schema), self.batcher,
             self._writer)
         self.streams = PostgresStreamStore(pool, quote_ident(self._options.schema))
+        self.inspection = PostgresInspectionStore(pool, quote_ident(self._options.schema))
         if isinstance(pool, _NotStarted):
             # Flushers only run between start() and close(); a write before
             # start() must fail at once instead of queueing forever.

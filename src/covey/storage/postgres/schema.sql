@@ -23,7 +23,9 @@ CREATE TABLE shards (
     shard integer NOT NULL,
     epoch bigint NOT NULL,
     owner text NOT NULL,
-    PRIMARY KEY (shard_group, shard)
+    PRIMARY KEY (shard_group, shard),
+    -- when the current owner acquired it (see migration 0008)
+    acquired_at double precision
 );
 
 -- fillfactor 50: the lease update (lease_until, attempts: no indexed column)
@@ -64,6 +66,11 @@ CREATE INDEX messages_errors ON messages (entity_type, processed_at)
     WHERE processed AND reply_is_error;
 -- clear_address(): unprocessed rows of one entity.
 CREATE INDEX messages_address ON messages (entity_type, entity_id) WHERE NOT processed;
+-- list_messages of one entity type and tag, newest first (see migration 0008).
+CREATE INDEX messages_listing ON messages (entity_type, tag, id);
+-- storage.inspection (see migration 0008): a tag's backlog and its dead letters by id.
+CREATE INDEX messages_pending ON messages (entity_type, tag, id) WHERE NOT processed;
+CREATE INDEX messages_dead ON messages (entity_type, tag, id) WHERE processed AND reply_is_error;
 
 CREATE TABLE state (
     key text PRIMARY KEY,

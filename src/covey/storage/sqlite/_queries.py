@@ -60,9 +60,10 @@ INSERT_SHARD = "INSERT INTO covey_shards (shard_group, shard) VALUES (?, ?) ON C
 SHARD_LEASE = (
     "SELECT epoch, owner, lease_until FROM covey_shards WHERE shard_group = ? AND shard = ?"
 )
+#: a new epoch also records when it was acquired; a renewal keeps that time
 TAKE_SHARD = (
-    "UPDATE covey_shards SET epoch = ?, owner = ?, lease_until = ?"
-    " WHERE shard_group = ? AND shard = ?"
+    "UPDATE covey_shards SET acquired_at = CASE WHEN epoch = ?1 THEN acquired_at ELSE ?6 END,"
+    " epoch = ?1, owner = ?2, lease_until = ?3 WHERE shard_group = ?4 AND shard = ?5"
 )
 REFRESH_SHARD = (
     "UPDATE covey_shards SET lease_until = ? WHERE shard_group = ? AND shard = ?"

@@ -119,7 +119,7 @@ class SqliteRunnerStorage(CheckedRunnerStorage):
                     epoch += 1
                 else:
                     continue  # another live owner
-                conn.execute(q.TAKE_SHARD, (epoch, owner, until, shard.group, shard.id))
+                conn.execute(q.TAKE_SHARD, (epoch, owner, until, shard.group, shard.id, now))
                 held[shard] = epoch
             return held
 

@@ -12,6 +12,7 @@ from covey.storage._model import StorageInfo
 from covey.storage.sqlite import _queries as q
 from covey.storage.sqlite._connection import SqliteDatabase, is_locked, split_statements
 from covey.storage.sqlite._events import SqliteEventStore
+from covey.storage.sqlite._inspection import SqliteInspectionStore
 from covey.storage.sqlite._messages import SqliteMessageStorage
 from covey.storage.sqlite._runners import SqliteRunnerStorage
 from covey.storage.sqlite._state import SqliteStateStore
@@ -46,6 +47,7 @@ class SqliteStorage(StorageLifecycle):
         state: the versioned key-value store.
         events: the event log and its subscriber groups.
         streams: stream items, routes and mailboxes.
+        inspection: bounded reads for operators (the dashboard).
     """
 
     backend = "sqlite"
@@ -69,6 +71,7 @@ class SqliteStorage(StorageLifecycle):
         self.state = SqliteStateStore(self._db, self._writer)
         self.events = SqliteEventStore(self._db, self._writer, clock)
         self.streams = SqliteStreamStore(self._db, self._writer)
+        self.inspection = SqliteInspectionStore(self._db)
         self._clock = clock
 
     async def start(self) -> None:

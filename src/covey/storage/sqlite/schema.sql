@@ -1,5 +1,5 @@
 -- The whole covey schema for a fresh SQLite install: the result of applying
--- migrations/0001_initial.sql … 0006_streams.sql in order (a test checks it).
+-- migrations/0001_initial.sql … 0007_inspection.sql in order (a test checks it).
 
 CREATE TABLE covey_meta (
     key   TEXT PRIMARY KEY,
@@ -22,6 +22,8 @@ CREATE TABLE covey_shards (
     epoch       INTEGER NOT NULL DEFAULT 0,
     owner       TEXT,
     lease_until REAL NOT NULL DEFAULT 0,
+    -- when the current owner acquired it (see migration 0007)
+    acquired_at REAL,
     PRIMARY KEY (shard_group, shard)
 );
 
@@ -69,6 +71,17 @@ CREATE INDEX covey_messages_purge
 -- purge and count_messages: error replies (dead letters among them) by type.
 CREATE INDEX covey_messages_errors
     ON covey_messages (entity_type, processed_at)
+    WHERE processed = 1 AND reply_is_error = 1;
+
+-- list_messages of one entity type and tag, newest first (see migration 0007).
+CREATE INDEX covey_messages_listing
+    ON covey_messages (entity_type, tag, id);
+-- storage.inspection (see migration 0007): a tag's backlog and its dead letters by id.
+CREATE INDEX covey_messages_pending
+    ON covey_messages (entity_type, tag, id)
+    WHERE processed = 0;
+CREATE INDEX covey_messages_dead
+    ON covey_messages (entity_type, tag, id)
     WHERE processed = 1 AND reply_is_error = 1;
 
 CREATE TABLE covey_state (
