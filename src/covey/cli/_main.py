@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 from rich.table import Table
 
+from covey.cli._dashboard import dashboard
 from covey.cli._events import events, group_lags, lag_table, status_group_document
 from covey.cli._jobs import jobs
 from covey.cli._output import cell, console, emit, fail, guarded, json_option
@@ -88,6 +89,7 @@ def main() -> None:
     """covey: sharded entities, durable messages, singletons, cron, jobs and events."""
 
 
+main.add_command(dashboard)
 main.add_command(events)
 main.add_command(jobs)
 main.add_command(runners)

@@ -31,6 +31,7 @@ from covey.core import (
     SystemClock,
 )
 from covey.core.runtime import configure_from_options, note_runner, shard_for
+from covey.dashboard import Authorize, Dashboard
 from covey.entities import Entity, EntityContext
 from covey.entities.runtime import EntityClient, EntityRuntime, read_state, state_key
 from covey.events import Event, Events
@@ -169,6 +170,15 @@ class Cluster(Declaring):
         return sse_app(subscribe, authorize=authorize, heartbeat=heartbeat or realtime.heartbeat,
                        send_timeout=send_timeout or realtime.send_timeout, retry_ms=retry_ms,
                        closing=self._closing)
+
+    def dashboard(self, authorize: Authorize | None = None, *,
+                  development: bool = False) -> Dashboard:
+        """The operators' dashboard of this cluster, an ASGI app (``docs/dashboard.md``):
+        ``Mount("/ops", app=cluster.dashboard(authorize=fn))``, ``fn(DashboardRequest)``
+        returning the operator's name or ``None`` (403). Without ``authorize`` it
+        refuses (``invalid_argument``) unless ``development=True``."""
+        return Dashboard(self, authorize=authorize, development=development,
+                         closing=self._closing, clock=self._clock)
 
     @property
     def events(self) -> Events:

@@ -30,6 +30,7 @@ from covey.core import Clock, HealthOptions, SystemClock
 from covey.core.runtime import TaskSet, check_seconds, invalid_argument
 from covey.health._builtin import BuiltinChecks
 from covey.health._probe import CheckState, Probe, Status, worst
+from covey.health._runners_report import EntityReport
 from covey.sharding.runtime import Sharding
 from covey.singletons.runtime import SingletonManager
 from covey.storage import Storage, WakeupSource
@@ -210,6 +211,9 @@ class Health:
         for state in builtin.checks():
             self._checks[state.key] = state
         tasks.spawn(self._loop(), name=HEALTH_LOOP)
+        if parts.sharding is not None:  # a runner that hosts: its active entities (dashboard)
+            report = EntityReport(parts.storage.state, self._clock, parts.service)
+            tasks.spawn(report.run(), name="covey-entities-report")
 
     async def check_now(self) -> None:
         """Run every check once now (concurrently, each within its timeout) and
