@@ -1,4 +1,4 @@
-"""Every ```python block in ``docs/*.md`` and ``README.md`` runs.
+"""Every ```python block in ``docs/**/*.md`` and ``README.md`` runs.
 
 Each block is a program of its own: it is written to a file in a fresh temporary
 directory and run there by this interpreter, in a subprocess with a timeout and
@@ -10,10 +10,17 @@ of its own (skipped, loudly, when the test server is down).
 
 Shell, text and other fenced blocks are not run. A block that is not meant to be
 a program must not be marked ``python``.
+
+A ```python block made only of pymdownx.snippets include lines
+(``--8<-- "examples/shop/step1.py"``, also ``"path:section"``) shows a file of
+the repository on the documentation site: it is not run here. Instead the file
+must exist and some test under ``tests/`` must name it (its path, or its file
+name), so that every snippet the site shows is code a test runs.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -28,10 +35,12 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # A fence may be indented (inside a list item); its code is then dedented.
 FENCE = re.compile(r"^([ \t]*)```python[ \t]*\n(.*?)^\1```[ \t]*$", re.MULTILINE | re.DOTALL)
 POSTGRES_MARK = re.compile(r"<!--\s*docs-test:\s*postgres\s*-->\s*\Z")
+# one pymdownx.snippets include: --8<-- "path" or "path:section" / "path:start:end"
+INCLUDE = re.compile(r"""^--8<--[ \t]+(["'])(?P<path>[^"':]+)(?::[^"']*)?\1[ \t]*$""")
 TIMEOUT = 30  # seconds for one block; they take about one
 #: SQLite blocks running at once (each is a process of its own, in a directory of its own)
 PARALLEL = 3
@@ -44,6 +53,16 @@ class Block:
     line: int  # where the code starts, 1-based
     code: str
     needs_postgres: bool
+    #: the files the block includes when it is made only of snippet include lines
+    includes: tuple[str, ...] = ()
+
+
+def _includes(code: str) -> tuple[str, ...]:
+    lines = [line.strip() for line in code.splitlines() if line.strip()]
+    matches = [INCLUDE.match(line) for line in lines]
+    if not lines or not all(matches):
+        return ()
+    return tuple(m.group("path") for m in matches if m is not None)
 
 
 def blocks() -> list[Block]:
@@ -57,17 +76,48 @@ def blocks() -> list[Block]:
                 line=text.count("\n", 0, match.start(2)) + 1,
                 code=textwrap.dedent(match.group(2)),
                 needs_postgres=POSTGRES_MARK.search(text, 0, match.start()) is not None,
+                includes=_includes(textwrap.dedent(match.group(2))),
             ))
     return found
 
 
-BLOCKS = blocks()
+FOUND = blocks()
+#: the blocks that are programs (run below)
+BLOCKS = [b for b in FOUND if not b.includes]
+#: (document, included path) of every include-only block (checked below)
+INCLUDED = sorted({(b.document, path) for b in FOUND for path in b.includes})
 
 
 def test_the_documents_have_python_blocks() -> None:
     # Guards the extraction itself: a broken pattern would make every test below vanish.
     assert len(BLOCKS) >= 10
     assert {b.document for b in BLOCKS} >= {"README.md", "docs/entities.md", "docs/jobs.md"}
+
+
+def test_include_lines_are_recognized() -> None:
+    assert _includes('--8<-- "examples/shop/step1.py"\n') == ("examples/shop/step1.py",)
+    assert _includes("--8<-- 'a/b.py:cart'\n\n--8<-- \"c.py:3:9\"") == ("a/b.py", "c.py")
+    # anything else in the block makes it a program again
+    assert _includes('--8<-- "a.py"\nprint(1)\n') == ()
+    assert _includes("") == ()
+
+
+@functools.cache
+def _test_sources() -> str:
+    this = {Path(__file__).resolve(), Path(__file__).resolve().with_name("test_docs_site.py")}
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "tests").rglob("*.py"))
+                     if p.resolve() not in this)
+
+
+@pytest.mark.parametrize(("document", "path"), INCLUDED,
+                         ids=[f"{d}:{p}" for d, p in INCLUDED])
+def test_included_file_is_run_by_a_test(document: str, path: str) -> None:
+    # The site shows the file itself, so this test does not run it: a test must.
+    assert (ROOT / path).is_file(), f"{document} includes {path}, which does not exist"
+    sources = _test_sources()
+    assert path in sources or Path(path).name in sources, (
+        f"{document} includes {path}, but no test under tests/ names it: the docs would "
+        f"show code nothing runs")
 
 
 def _id(block: Block) -> str:

@@ -58,8 +58,10 @@ def install(
         cluster: the application's cluster.
         drain_delay: seconds to keep serving after SIGTERM; default
             ``cluster.config.drain_delay`` (``COVEY_DRAIN_DELAY``, 5 s).
-        require_tenant, tenant_resolver, user_resolver, exempt_paths: passed to
-            :class:`~covey.context.RequestContextMiddleware`.
+        require_tenant: passed to :class:`~covey.context.RequestContextMiddleware`.
+        tenant_resolver: passed to :class:`~covey.context.RequestContextMiddleware`.
+        user_resolver: passed to :class:`~covey.context.RequestContextMiddleware`.
+        exempt_paths: passed to :class:`~covey.context.RequestContextMiddleware`.
         metrics: serve ``/metrics``.
         expose_internal: show the message and details of 500/502 answers
             (development only).
