@@ -40,6 +40,8 @@ SCENARIOS: dict[str, str] = {
     "sse-scale": "scenarios.sse_scale",
     "ws-rpc": "scenarios.ws_rpc",
     "ws-reconnect": "scenarios.ws_reconnect",
+    "dashboard": "scenarios.dashboard",
+    "peers": "scenarios.peers",
 }
 
 
