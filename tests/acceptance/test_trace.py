@@ -56,7 +56,8 @@ def web_pod(fresh_pg_database: str, tmp_path: Path) -> Iterator[tuple[str, Path]
     """Pod A: uvicorn with the app; yields its base URL and its span file."""
     spans = tmp_path / "pod-a.jsonl"
     port = _free_port()
-    env = runner_env(fresh_pg_database, COVEY_TEST_TRACE_FILE=str(spans))
+    env = runner_env(fresh_pg_database, COVEY_TEST_TRACE_FILE=str(spans),
+                     COVEY_TRACE_DETAILS="0")
     log = open(tmp_path / "pod-a.log", "w")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", f"{APP}:app", "--host", "127.0.0.1",
@@ -101,6 +102,7 @@ async def test_one_trace_across_http_entity_and_job_on_two_pods(
         web_pod: tuple[str, Path]) -> None:
     worker_spans = tmp_path / "pod-b.jsonl"
     # pod B first: it migrates the schema
+    # pod B with covey's detailed span attributes (the default), pod A without
     worker = start_runner(fresh_pg_database, app=f"{APP}:cluster",
                           COVEY_TEST_TRACE_FILE=str(worker_spans))
     runners.append(worker)
@@ -148,11 +150,14 @@ async def test_one_trace_across_http_entity_and_job_on_two_pods(
     assert http_in["attributes"]["http.response.status_code"] == 201
     assert (send["kind"], send["trace_id"], send["parent_id"]) == (
         "PRODUCER", TRACE_ID, http_in["span_id"])
+    assert send["attributes"]["covey.tenant"] == "acme"
+    assert "covey.entity.id" not in send["attributes"]  # a detail: turned off on pod A
 
     # the persisted RPC runs on pod B in a trace of its own, linked to the send span
     assert process["kind"] == "CONSUMER" and process["parent_id"] is None
     assert process["links"] == [{"trace_id": TRACE_ID, "span_id": send["span_id"]}]
-    assert process["attributes"]["covey.runner"] == worker.address
+    assert process["attributes"]["covey.runner"] == worker.address  # a detail: on by default
+    assert process["attributes"]["covey.entity.id"] == entity
     assert process["attributes"]["covey.tenant"] == "acme"
     assert process["pid"] != http_in["pid"]
 

@@ -71,6 +71,18 @@ def spans() -> Iterator[InMemorySpanExporter]:
         provider.shutdown()
 
 
+@pytest.fixture
+def lean() -> Iterator[None]:
+    """covey's detailed span attributes off (``COVEY_TRACE_DETAILS=0``)."""
+    from covey.core import _tracing
+
+    _tracing.use_trace_details(False)
+    try:
+        yield
+    finally:
+        _tracing.use_trace_details(True)
+
+
 def named(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [s for s in exporter.get_finished_spans() if s.name == name]
 
@@ -157,7 +169,7 @@ async def test_volatile_call_process_span_is_a_child_of_the_send_span(
 
 
 async def test_persisted_call_process_span_links_to_the_send_span(
-        spans: InMemorySpanExporter) -> None:
+        spans: InMemorySpanExporter, lean: None) -> None:
     async with TestCluster(Shop, runners=2) as tc:
         assert await tc.client(Shop, "s2").place(Order(order_id="o-7")) == "o-7"
     send, process = one(spans, "send TracedShop.place"), one(spans, "process TracedShop.place")
@@ -168,7 +180,29 @@ async def test_persisted_call_process_span_links_to_the_send_span(
     assert [link.context.trace_id for link in process.links] == [send.context.trace_id]
     assert send.attributes is not None and process.attributes is not None
     assert send.attributes["messaging.message.id"] == process.attributes["messaging.message.id"]
+    # without details, the OpenTelemetry messaging attributes only
+    assert dict(send.attributes) == {
+        "messaging.system": "covey", "messaging.operation.name": "send",
+        "messaging.operation.type": "send", "messaging.destination.name": "TracedShop",
+        "messaging.message.id": send.attributes["messaging.message.id"]}
+    assert dict(process.attributes) == {
+        **send.attributes, "messaging.operation.name": "process",
+        "messaging.operation.type": "process"}
+
+
+async def test_by_default_the_spans_name_the_entity_shard_and_runner(
+        spans: InMemorySpanExporter) -> None:
+    async with TestCluster(Shop, runners=2) as tc:
+        with covey.core.use_context(covey.core.RequestContext(tenant_id="acme")):
+            await tc.client(Shop, "s4").place(Order(order_id="o-8"))
+    send, process = one(spans, "send TracedShop.place"), one(spans, "process TracedShop.place")
+    assert send.attributes is not None and process.attributes is not None
+    for span in (send, process):
+        assert span.attributes["covey.entity.id"] == "s4"
+        assert span.attributes["covey.rpc"] == "place"
+        assert span.attributes["covey.tenant"] == "acme"
     assert send.attributes["covey.shard"] == process.attributes["covey.shard"]
+    assert str(process.attributes["covey.runner"]).startswith("runner:")
 
 
 async def test_a_failing_handler_marks_both_spans_failed(spans: InMemorySpanExporter) -> None:

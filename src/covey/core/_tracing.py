@@ -33,6 +33,8 @@ are called: use them only as ``with helper(...) as span:``.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import Any, Literal
@@ -49,6 +51,16 @@ else:
     _OTEL = True
     #: an empty context: a span started in it is the root of a new trace
     _ROOT = _otel_context.Context()
+    _KINDS: dict[str, Any] = {k.name.lower(): k for k in _trace.SpanKind}
+    #: the two flags every covey pod sends, made once
+    _FLAGS = {"00": _trace.TraceFlags(0), "01": _trace.TraceFlags(_trace.TraceFlags.SAMPLED)}
+    # what every span does, bound once: these run twice per traced call
+    _attach = _otel_context.attach
+    _detach = _otel_context.detach
+    _in_context = _trace.set_span_in_context
+    _current_span = _trace.get_current_span
+    _Link = _trace.Link
+    _SpanContext = _trace.SpanContext
 
 TRACESTATE_HEADER = "tracestate"
 
@@ -59,6 +71,17 @@ LazyAttributes = Attributes | Callable[[], Attributes] | None
 
 INSTRUMENTATION_NAME = "covey"
 """The instrumentation scope of covey's spans (``otel.scope.name``)."""
+
+#: ``traceparent`` (version, trace id, parent id, flags), lower-case hex only; a
+#: later version may add fields after a ``-`` (W3C Trace Context, "versioning")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+
+DETAILS_ENV = "COVEY_TRACE_DETAILS"
+"""``0`` (``false``, ``no``, ``off``): covey's entity spans leave out their detailed
+attributes (entity id, RPC, shard, runner), which makes each span cheaper."""
+
+_details = os.environ.get(DETAILS_ENV, "").strip().lower() not in {"0", "false", "no", "off"}
 
 _override: Any = None  # a provider set with use_tracer_provider, else the global one
 _cached: tuple[Any, Any] | None = None  # (provider, tracer)
@@ -154,6 +177,14 @@ def tracing_enabled() -> bool:
     return _tracer() is not None
 
 
+def use_trace_details(enabled: bool) -> None:
+    """Add (or stop adding) covey's detailed span attributes; ``COVEY_TRACE_DETAILS=0``
+    turns them off at start-up. On by default; every attribute costs the SDK work on
+    every span (docs/tracing.md, "What it costs")."""
+    global _details
+    _details = enabled
+
+
 def inject_trace(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
     """Write the current span's W3C trace context into ``carrier`` and return it.
 
@@ -168,20 +199,22 @@ def inject_trace(carrier: MutableMapping[str, str]) -> MutableMapping[str, str]:
     """
     if _tracer() is None:
         return carrier
-    span_context = _trace.get_current_span().get_span_context()
+    span_context = _current_span().get_span_context()
     if span_context.is_valid:
         _inject(span_context, carrier)
     return carrier
 
 
 def _inject(span_context: Any, carrier: MutableMapping[str, str]) -> None:
-    carrier[TRACEPARENT_HEADER] = (
-        f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}"
-        f"-{span_context.trace_flags:02x}")
-    if span_context.trace_state:
-        state = span_context.trace_state.to_header()
-        if len(state.encode()) <= MAX_HEADER_VALUE_BYTES:  # bounded, like every header
-            carrier[TRACESTATE_HEADER] = state
+    # formatted here, not by the global propagator: W3C is covey's wire format,
+    # and this runs on every traced message
+    carrier[TRACEPARENT_HEADER] = (f"00-{span_context.trace_id:032x}-"
+                                   f"{span_context.span_id:016x}-{span_context.trace_flags:02x}")
+    state = span_context.trace_state
+    if state:
+        header = state.to_header()
+        if len(header.encode()) <= MAX_HEADER_VALUE_BYTES:  # bounded, like every header
+            carrier[TRACESTATE_HEADER] = header
 
 
 def extract_trace(carrier: Mapping[str, str]) -> Any:
@@ -193,66 +226,57 @@ def extract_trace(carrier: Mapping[str, str]) -> Any:
     remote = _remote(carrier) if _tracer() is not None else None
     if remote is None:
         return None
-    return _trace.set_span_in_context(_trace.NonRecordingSpan(remote))
+    return _in_context(_trace.NonRecordingSpan(remote))
 
 
 def _remote(carrier: Mapping[str, str]) -> Any:
     """The remote ``SpanContext`` of the carrier's ``traceparent``, or ``None``."""
     value = carrier.get(TRACEPARENT_HEADER)
-    if not value or len(value) < 55:
+    if not value:
         return None
-    parts = value[:55].split("-")
-    if (len(parts) != 4 or parts[0] == "ff" or len(parts[0]) != 2
-            or len(parts[1]) != 32 or len(parts[2]) != 16 or len(parts[3]) != 2
-            or (len(value) > 55 and (parts[0] == "00" or value[55] != "-"))):
+    match = _TRACEPARENT.match(value)
+    if match is None:
         return None
-    try:
-        trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
-        flags = int(parts[3], 16)
-        int(parts[0], 16)
-    except ValueError:
+    version, trace_hex, span_hex, flags = match.groups()
+    if (version == "ff" or trace_hex == _ZERO_TRACE or span_hex == _ZERO_SPAN
+            # version 00 has exactly these fields; a later one may add more after a "-"
+            or (len(value) != 55 and (version == "00" or value[55] != "-"))):
         return None
-    if not trace_id or not span_id or value[:55] != value[:55].lower():
-        return None
+    trace_flags = _FLAGS.get(flags)
+    if trace_flags is None:
+        trace_flags = _trace.TraceFlags(int(flags, 16))
     state = carrier.get(TRACESTATE_HEADER)
-    return _trace.SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=_trace.TraceFlags(flags & 0xFF),
-        trace_state=_trace.TraceState.from_header([state]) if state else None)
+    return _SpanContext(int(trace_hex, 16), int(span_hex, 16), True, trace_flags,
+                        _trace.TraceState.from_header([state]) if state else None)
 
 
-def _attributes(attributes: LazyAttributes) -> dict[str, AttributeValue]:
-    if attributes is None:
-        return {}
+def _attributes(attributes: LazyAttributes, details: LazyAttributes = None) -> Attributes | None:
+    """The span's attributes (and ``details`` when they are on) without ``None`` values."""
     values = attributes() if callable(attributes) else attributes
+    if details is not None and _details:
+        extra = details() if callable(details) else details
+        values = {**values, **extra} if values else extra
+    if values is None:
+        return None
+    if type(values) is dict and None not in values.values():
+        return values  # clean already (the SDK copies what it keeps)
     return {k: v for k, v in values.items() if v is not None}
-
-
-_KINDS: dict[str, Any] = {}
-
-
-def _kind(name: SpanKindName) -> Any:
-    if not _KINDS:
-        _KINDS.update({k.name.lower(): k for k in _trace.SpanKind})
-    return _KINDS[name]
 
 
 class _Scope(SpanHandle):
     """A started span, current (attached) until the ``with`` ends.
 
-    A class rather than a generator context manager: it runs on every traced
-    message, twice per call.
+    A class rather than a generator context manager, with the span started by
+    the caller: it runs on every traced message, twice per call.
     """
 
     __slots__ = ("_token",)
 
-    def __init__(self, tracer: Any, name: str, kind: SpanKindName, attributes: LazyAttributes,
-                 context: Any = None, links: list[Any] | None = None,
-                 carrier: MutableMapping[str, str] | None = None) -> None:
-        super().__init__(tracer.start_span(name, context=context, kind=_kind(kind),
-                                           attributes=_attributes(attributes), links=links))
-        self._token = _otel_context.attach(_trace.set_span_in_context(self._span))
-        if carrier is not None:
-            _inject(self._span.get_span_context(), carrier)
+    def __init__(self, span: Any) -> None:
+        self._span = span
+        self.recording = span.is_recording()
+        self.status_code = None
+        self._token = _attach(_in_context(span))
 
     def __enter__(self) -> SpanHandle:
         return self
@@ -260,17 +284,20 @@ class _Scope(SpanHandle):
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: Any) -> None:
         span = self._span
-        if isinstance(error, Exception):
+        if error is not None and isinstance(error, Exception):
             span.record_exception(error)
             span.set_status(_trace.Status(_trace.StatusCode.ERROR,
                                           f"{type(error).__name__}: {error}"))
-        _otel_context.detach(self._token)
+        _detach(self._token)
         span.end()
 
 
+_OFF: SpanScope = contextlib.nullcontext(_NO_SPAN)  # stateless: one for every untraced span
+
+
 def producer_span(name: str, carrier: MutableMapping[str, str], *,
-                  kind: SpanKindName = "producer",
-                  attributes: LazyAttributes = None) -> SpanScope:
+                  kind: SpanKindName = "producer", attributes: LazyAttributes = None,
+                  details: LazyAttributes = None) -> SpanScope:
     """A span for sending work, current inside the ``with``; its context goes into ``carrier``.
 
     Args:
@@ -279,18 +306,24 @@ def producer_span(name: str, carrier: MutableMapping[str, str], *,
         kind: ``producer`` for stored work, ``client`` for a call that is awaited.
         attributes: a mapping, or a callable that makes one (only called when
             tracing is on); ``None`` values are left out.
+        details: more attributes, like ``attributes``, added only when covey's
+            detailed attributes are on (the default; ``COVEY_TRACE_DETAILS=0``
+            leaves them out).
 
     An exception leaving the block marks the span failed and is re-raised.
     """
     tracer = _tracer()
     if tracer is None:
-        return contextlib.nullcontext(_NO_SPAN)
-    return _Scope(tracer, name, kind, attributes, carrier=carrier)
+        return _OFF
+    span = tracer.start_span(name, kind=_KINDS[kind],
+                             attributes=_attributes(attributes, details))
+    _inject(span.get_span_context(), carrier)
+    return _Scope(span)
 
 
 def consumer_span(name: str, carrier: Mapping[str, str], *, link: bool,
-                  kind: SpanKindName = "consumer",
-                  attributes: LazyAttributes = None) -> SpanScope:
+                  kind: SpanKindName = "consumer", attributes: LazyAttributes = None,
+                  details: LazyAttributes = None) -> SpanScope:
     """A span for work that arrived with ``carrier``, current inside the ``with``.
 
     Args:
@@ -302,36 +335,38 @@ def consumer_span(name: str, carrier: Mapping[str, str], *, link: bool,
             work: persisted messages, job runs, cron ticks; each attempt is a
             span of its own).
         kind: ``consumer`` (stored work) or ``server`` (synchronous).
-        attributes: as for :func:`producer_span`.
+        attributes, details: as for :func:`producer_span`.
     """
     tracer = _tracer()
     if tracer is None:
-        return contextlib.nullcontext(_NO_SPAN)
+        return _OFF
     remote = _remote(carrier)
     if link:
-        # a root span (its own trace), linked to the creator
-        links = None if remote is None else [_trace.Link(remote)]
-        return _Scope(tracer, name, kind, attributes, _ROOT, links)
+        # a root span (its own trace), linked to the creator: no remote Context needed
+        return _Scope(tracer.start_span(
+            name, context=_ROOT, kind=_KINDS[kind], attributes=_attributes(attributes, details),
+            links=None if remote is None else [_Link(remote)]))
     # without a carrier: a child of the current span, if any
-    parent = None if remote is None else _trace.set_span_in_context(
-        _trace.NonRecordingSpan(remote), _ROOT)
-    return _Scope(tracer, name, kind, attributes, parent)
+    parent = None if remote is None else _in_context(_trace.NonRecordingSpan(remote), _ROOT)
+    return _Scope(tracer.start_span(name, context=parent, kind=_KINDS[kind],
+                                    attributes=_attributes(attributes, details)))
 
 
-def internal_span(name: str, *,
-                  attributes: LazyAttributes = None) -> SpanScope:
+def internal_span(name: str, *, attributes: LazyAttributes = None,
+                  details: LazyAttributes = None) -> SpanScope:
     """A span for local work (a cron run, a singleton start), child of the current span."""
     tracer = _tracer()
     if tracer is None:
-        return contextlib.nullcontext(_NO_SPAN)
-    return _Scope(tracer, name, "internal", attributes)
+        return _OFF
+    return _Scope(tracer.start_span(name, kind=_KINDS["internal"],
+                                    attributes=_attributes(attributes, details)))
 
 
 def traced_context(context: RequestContext) -> RequestContext:
     """``context`` with the current span's trace and span id (unchanged without one)."""
     if _tracer() is None:
         return context
-    span_context = _trace.get_current_span().get_span_context()
+    span_context = _current_span().get_span_context()
     if not span_context.is_valid:
         return context
     # not dataclasses.replace: this runs on every traced message

@@ -118,8 +118,8 @@ class EntityClient:
         # the span's traceparent goes into the headers before the message exists
         with producer_span(f"send {self.address.entity_type}.{spec.name}", headers,
                            kind="producer" if spec.persisted else "client",
-                           attributes=lambda: _send_attributes(self.address, spec, message_id,
-                                                               headers)):
+                           attributes=lambda: _send_attributes(self.address, message_id, headers),
+                           details=lambda: _send_details(self.address, spec)):
             message = Message(id=message_id, address=self.address, tag=spec.name,
                               payload=payload, headers=headers, primary_key=primary_key)
             if self._outbox is not None:
@@ -146,20 +146,28 @@ class EntityClient:
         self._outbox.send([self._messenger.checked(message)])
 
 
-def _send_attributes(address: EntityAddress, spec: RpcSpec, message_id: int,
-                     headers: Mapping[str, str]) -> dict[str, str | bool | None]:
-    """The attributes of a ``send`` span (docs/tracing.md lists them)."""
-    return {
+def _send_attributes(address: EntityAddress, message_id: int,
+                     headers: Mapping[str, str]) -> dict[str, str]:
+    """The attributes of every ``send`` span (docs/tracing.md lists them)."""
+    attributes = {
         "messaging.system": "covey",
+        "messaging.operation.name": "send",
         "messaging.operation.type": "send",
         "messaging.destination.name": address.entity_type,
         "messaging.message.id": str(message_id),
-        "covey.entity.id": address.entity_id,
-        "covey.rpc": spec.name,
-        "covey.shard": str(address.shard),
-        "covey.tenant": headers.get(TENANT_HEADER),
-        "covey.request_id": headers.get(REQUEST_HEADER),
     }
+    # the request context's, when there is one (none: no attribute, no cost)
+    if (tenant := headers.get(TENANT_HEADER)) is not None:
+        attributes["covey.tenant"] = tenant
+    if (request_id := headers.get(REQUEST_HEADER)) is not None:
+        attributes["covey.request_id"] = request_id
+    return attributes
+
+
+def _send_details(address: EntityAddress, spec: RpcSpec) -> dict[str, str]:
+    """What a ``send`` span adds with covey's detailed attributes on."""
+    return {"covey.entity.id": address.entity_id, "covey.rpc": spec.name,
+            "covey.shard": str(address.shard)}
 
 
 @dataclass(frozen=True)

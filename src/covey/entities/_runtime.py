@@ -44,7 +44,7 @@ from covey.entities._call import CURRENT_RUN, EventStager, HandlerRun, OutboxFac
 from covey.entities._definition import Entity, EntityContext, RpcSpec, add_entity_type
 from covey.entities._state import DurableState, StateUnreadable
 from covey.sharding.runtime import Envelope, error_payload
-from covey.storage import Reply, StateStore, UnitOfWork
+from covey.storage import Message, Reply, StateStore, UnitOfWork
 
 log = logging.getLogger("covey.entities")
 
@@ -200,26 +200,21 @@ class EntityRuntime:
         with consumer_span(
             f"process {message.address.entity_type}.{message.tag}", message.headers,
             link=envelope.persisted, kind="consumer" if envelope.persisted else "server",
-            attributes=lambda: self._process_attributes(envelope),
+            attributes=lambda: _process_attributes(message),
+            details=lambda: self._process_details(message),
         ) as span:
             reply = await self._run(instance, spec, envelope, argument, run)
             if reply.is_error:
                 span.fail("the handler failed")
             return reply
 
-    def _process_attributes(self, envelope: Envelope) -> dict[str, str | bool | int | None]:
-        message = envelope.message
+    def _process_details(self, message: Message) -> dict[str, str | None]:
+        """What a ``process`` span adds with covey's detailed attributes on."""
         return {
-            "messaging.system": "covey",
-            "messaging.operation.type": "process",
-            "messaging.destination.name": message.address.entity_type,
-            "messaging.message.id": str(message.id),
             "covey.entity.id": message.address.entity_id,
             "covey.rpc": message.tag,
             "covey.shard": str(message.address.shard),
             "covey.runner": None if self._runner is None else str(self._runner),
-            "covey.tenant": message.headers.get(TENANT_HEADER),
-            "covey.request_id": message.headers.get(REQUEST_HEADER),
         }
 
     async def _run(self, instance: _Instance, spec: RpcSpec, envelope: Envelope,
@@ -370,6 +365,23 @@ class EntityRuntime:
             idle_times = [t.__covey_options__.max_idle for t in self.types.values()] or [60.0]
             await self._clock.sleep(min(max(min(idle_times) / 2, 1.0), 30.0))
             await self.reap()
+
+
+def _process_attributes(message: Message) -> dict[str, str]:
+    """The attributes of every ``process`` span (docs/tracing.md lists them)."""
+    attributes = {
+        "messaging.system": "covey",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": message.address.entity_type,
+        "messaging.message.id": str(message.id),
+    }
+    # the request context's, when there is one (none: no attribute, no cost)
+    if (tenant := message.headers.get(TENANT_HEADER)) is not None:
+        attributes["covey.tenant"] = tenant
+    if (request_id := message.headers.get(REQUEST_HEADER)) is not None:
+        attributes["covey.request_id"] = request_id
+    return attributes
 
 
 def _unknown(entity_type: str, tag: str, *, known_type: bool) -> EntityError:
