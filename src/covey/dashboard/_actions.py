@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 
 from covey.dashboard._source import DashboardSource
 from covey.dashboard._views import bad
+from covey.webhooks.runtime import WEBHOOK_JOB
 
 Fields = Mapping[str, Any]
 
@@ -116,12 +117,22 @@ async def _cancel_job(source: DashboardSource, f: Fields) -> str:
 
 
 async def _retry_job(source: DashboardSource, f: Fields) -> str:
+    status = await source.jobs.status(f["job_id"])
+    if status.name == WEBHOOK_JOB:
+        # a webhook delivery: replaying it through webhooks keeps its earlier attempts
+        delivery = await source.webhooks.replay(f["job_id"])
+        return f"webhook delivery {delivery.id} replayed (its earlier attempts are kept)"
     handle = await source.jobs.retry_dead(f["job_id"])
     return f"job {handle.id} ({handle.name}) requeued from the dead-letter"
 
 
 async def _purge_jobs(source: DashboardSource, f: Fields) -> str:
-    n = await source.jobs.purge_dead(name=f["name"])
+    n = 0
+    if f["name"] in (None, WEBHOOK_JOB):
+        # dead webhook deliveries go through webhooks: their attempt records go too
+        n += await source.webhooks.purge_dead()
+    if f["name"] != WEBHOOK_JOB:
+        n += await source.jobs.purge_dead(name=f["name"])
     return f"{n} dead job(s) deleted"
 
 
@@ -196,11 +207,13 @@ ACTIONS: dict[str, Action] = {a.name: a for a in (
            lambda f: f"job {f['job_id']}", _cancel_job, lambda f: f"/jobs/{f['job_id']}"),
     Action("retry-job", {"job_id": JOB},
            lambda f: f"Requeue dead job {f['job_id']} with its attempts reset "
-                     "(cluster.jobs.retry_dead).",
+                     "(cluster.jobs.retry_dead; a webhook delivery is replayed through "
+                     "cluster.webhooks.replay, which keeps its earlier attempts).",
            lambda f: f"job {f['job_id']}", _retry_job, lambda f: f"/jobs/{f['job_id']}"),
     Action("purge-jobs", {"name": _name("name", optional=True)},
            lambda f: "Delete every dead job" + (f" named {f['name']!r}" if f["name"] else "")
-                     + " for good (cluster.jobs.purge_dead).",
+                     + " for good (cluster.jobs.purge_dead; dead webhook deliveries through "
+                       "cluster.webhooks.purge_dead).",
            lambda f: f"dead jobs {f['name'] or '(all names)'}", _purge_jobs, _jobs_page),
     Action("signal-workflow", {"workflow_id": WF, "topic": _name("topic"), "payload": _json},
            lambda f: f"Send {json.dumps(f['payload'])} to workflow {f['workflow_id']!r} on "

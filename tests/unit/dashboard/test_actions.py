@@ -157,3 +157,28 @@ async def test_disable_and_enable_a_webhook_endpoint(shop: Shop,
     assert f'data-testid="enable-{endpoint.id}"' in page.text
     await post(dash, "enable-endpoint", endpoint_id=endpoint.id)
     assert (await shop.cluster.webhooks.endpoint(endpoint.id)).enabled
+
+
+async def test_a_dead_webhook_delivery_retried_from_the_jobs_view_keeps_its_attempts(
+        shop: Shop, dash: httpx.AsyncClient) -> None:
+    # webhook deliveries are jobs too: the jobs view replays them through
+    # cluster.webhooks, which keeps the record of the earlier attempts
+    from covey.core import SystemClock
+    from tests.unit.webhooks._stub import Answer, StubReceiver, serving
+
+    async with serving(StubReceiver(SystemClock().now)) as stub:
+        stub.default = Answer(500)
+        hooks = shop.cluster.webhooks
+        endpoint = await hooks.add_endpoint(stub.url(), allow_private=True, schedule=[])
+        delivery_id = (await hooks.send("invoice.paid", {"n": 1})).deliveries[endpoint.id]
+
+        async def state_is(state: str) -> bool:
+            return (await hooks.delivery(delivery_id)).state == state
+
+        await until(lambda: state_is("dead"))
+        stub.default = Answer(204)
+        done = await post(dash, "retry-job", job_id=delivery_id)
+        assert "replayed" in (await dash.get(done.headers["location"])).text
+        await until(lambda: state_is("delivered"))
+    outcomes = [a.outcome for a in (await hooks.delivery(delivery_id)).attempts]
+    assert outcomes == ["http_error", "delivered"]
