@@ -74,6 +74,16 @@ def upcaster(tp: type[Any], *, from_version: int) -> Callable[[F], F]:
 
     Example::
 
+        from typing import Any, ClassVar
+
+        from pydantic import BaseModel
+
+        import covey
+
+        class Line(BaseModel):
+            sku: str
+            qty: int
+
         class CartState(BaseModel):
             covey_version: ClassVar[int] = 2
             lines: list[Line] = []

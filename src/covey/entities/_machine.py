@@ -58,6 +58,10 @@ class StateMachine(pydantic.BaseModel, Generic[S]):
 
     Example::
 
+        from enum import StrEnum
+
+        import covey
+
         class OrderStatus(StrEnum):
             CREATED = "created"
             PAID = "paid"
@@ -74,7 +78,10 @@ class StateMachine(pydantic.BaseModel, Generic[S]):
 
         flow = OrderFlow()
         flow.to(OrderStatus.PAID, reason="card captured")
-        flow.to(OrderStatus.CREATED)  # EntityError(reason=invalid_transition)
+        try:
+            flow.to(OrderStatus.CREATED)
+        except covey.EntityError as refused:
+            assert refused.reason == "invalid_transition"
 
     Class attributes:
         transitions: each state -> the states it may move to (any iterable).
