@@ -95,8 +95,9 @@ EXPECTED: dict[str, list[str]] = {
         "PriorityName", "Retry", "RetryLater", "exponential",
     ],
     "covey.jobs.runtime": [
-        "JOBS_METRICS", "JOB_ENTITY", "JobHost", "JobRunner", "JobSpec", "PrioritySemaphore",
-        "RunnerJobHost", "job_spec", "priority_value", "progress_key", "sample_job_metrics",
+        "DeadLetterOwner", "JOBS_METRICS", "JOB_ENTITY", "JobHost", "JobRunner", "JobSpec",
+        "PrioritySemaphore", "RunnerJobHost", "job_spec", "priority_value", "progress_key",
+        "sample_job_metrics",
     ],
     "covey.sharding": ["LocalNetwork", "LocalTransport", "RunnerTransport", "TcpTransport"],
     "covey.sharding.runtime": [

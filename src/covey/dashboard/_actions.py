@@ -17,7 +17,6 @@ from urllib.parse import quote, urlencode
 
 from covey.dashboard._source import DashboardSource
 from covey.dashboard._views import bad
-from covey.webhooks.runtime import WEBHOOK_JOB
 
 Fields = Mapping[str, Any]
 
@@ -117,22 +116,12 @@ async def _cancel_job(source: DashboardSource, f: Fields) -> str:
 
 
 async def _retry_job(source: DashboardSource, f: Fields) -> str:
-    status = await source.jobs.status(f["job_id"])
-    if status.name == WEBHOOK_JOB:
-        # a webhook delivery: replaying it through webhooks keeps its earlier attempts
-        delivery = await source.webhooks.replay(f["job_id"])
-        return f"webhook delivery {delivery.id} replayed (its earlier attempts are kept)"
     handle = await source.jobs.retry_dead(f["job_id"])
     return f"job {handle.id} ({handle.name}) requeued from the dead-letter"
 
 
 async def _purge_jobs(source: DashboardSource, f: Fields) -> str:
-    n = 0
-    if f["name"] in (None, WEBHOOK_JOB):
-        # dead webhook deliveries go through webhooks: their attempt records go too
-        n += await source.webhooks.purge_dead()
-    if f["name"] != WEBHOOK_JOB:
-        n += await source.jobs.purge_dead(name=f["name"])
+    n = await source.jobs.purge_dead(name=f["name"])
     return f"{n} dead job(s) deleted"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -86,6 +86,13 @@ class Jobs:
         self._shards = shards
         self._specs: Mapping[str, JobSpec] = specs if specs is not None else {}
         self._codec = MsgpackCodec()
+        self._owners: dict[str, DeadLetterOwner] = {}
+
+    def own_dead_letters(self, name: str, owner: DeadLetterOwner) -> None:
+        """Hand the dead-letter of job ``name`` to ``owner`` (covey's own jobs:
+        webhook deliveries keep a record of their attempts beside the job, which a
+        plain requeue or delete would lose or leave behind)."""
+        self._owners[name] = owner
 
     # ---- submitting ------------------------------------------------------
 
@@ -371,22 +378,52 @@ class Jobs:
         return await self.recent(state="error", name=name, limit=limit)
 
     async def retry_dead(self, job_id: int) -> JobHandle:
-        """Requeue a dead job with its attempts reset."""
+        """Requeue a dead job with its attempts reset.
+
+        A webhook delivery (job ``covey.webhook``) is replayed through
+        ``cluster.webhooks.replay``, which keeps the record of its earlier attempts.
+        """
         status = await self.status(job_id)
         if status.state != "dead":
             raise JobError(f"job {job_id} is {status.state}, not dead",
                            reason=Reason.INVALID_ARGUMENT, job_id=job_id)
-        await self._control(await self._record(job_id), RETRY_TAG)  # the owner resets it
+        owner = self._owners.get(status.name)
+        if owner is not None:
+            await owner.retry(job_id)
+        else:
+            await self.requeue_dead(job_id)
         return JobHandle(job_id, status.name, self)
 
+    async def requeue_dead(self, job_id: int) -> None:
+        """What :meth:`retry_dead` does, for the owner of a job's dead-letter (no
+        hand-over to the owner, no state check)."""
+        await self._control(await self._record(job_id), RETRY_TAG)  # the owner resets it
+
     async def purge_dead(self, *, name: str | None = None) -> int:
-        """Delete every dead job (of ``name``); returns how many."""
+        """Delete every dead job (of ``name``); returns how many.
+
+        Dead webhook deliveries go through ``cluster.webhooks.purge_dead``, which
+        deletes the record of their attempts with them.
+        """
         total = 0
+        for owned, owner in self._owners.items():
+            if name in (None, owned):
+                total += await owner.purge()
+        if name is not None and name in self._owners:
+            return total
         while True:
             dead = await self.dead_letters(name=name, limit=500)
             if not dead:
                 return total
             total += await self._storage.messages.delete([s.id for s in dead])
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterOwner:
+    """Who retries and purges the dead-letter of one of covey's own jobs."""
+
+    retry: Callable[[int], Awaitable[object]]
+    purge: Callable[[], Awaitable[int]]
 
 
 def progress_key(job_id: int) -> str:

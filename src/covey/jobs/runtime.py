@@ -9,11 +9,12 @@ as the singleton :data:`JOBS_METRICS`). An application declares jobs with
 
 from covey.jobs._definition import JOB_ENTITY, JobSpec, job_spec, priority_value
 from covey.jobs._host import JobHost, RunnerJobHost
-from covey.jobs._jobs import progress_key
+from covey.jobs._jobs import DeadLetterOwner, progress_key
 from covey.jobs._metrics import JOBS_METRICS, sample_job_metrics
 from covey.jobs._runner import JobRunner, PrioritySemaphore
 
 __all__ = [
+    "DeadLetterOwner",
     "JOBS_METRICS",
     "JOB_ENTITY",
     "JobHost",

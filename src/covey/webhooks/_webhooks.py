@@ -28,7 +28,7 @@ from covey.core.runtime import (
     validate_value,
 )
 from covey.jobs import Jobs, JobStatus
-from covey.jobs.runtime import JOB_ENTITY
+from covey.jobs.runtime import JOB_ENTITY, DeadLetterOwner
 from covey.storage import Message, MessageRecord, Storage
 from covey.webhooks._attempts import Attempt, attempts_from
 from covey.webhooks._endpoints import (
@@ -103,6 +103,10 @@ class Webhooks:
         self._options = options
         self._types: Mapping[str, Any] = types or {}
         self._codec = MsgpackCodec()
+        # `cluster.jobs.retry_dead` / `purge_dead` of a delivery come here, so the
+        # record of its attempts is kept on a replay and deleted with it on a purge
+        jobs.own_dead_letters(WEBHOOK_JOB, DeadLetterOwner(retry=self.replay,
+                                                           purge=self.purge_dead))
 
     # ---- endpoints -------------------------------------------------------
 
@@ -325,7 +329,7 @@ class Webhooks:
         value = self._codec.encode(plain)
         await self._storage.state.set(key, value,
                                       expected_version=None if stored is None else stored.version)
-        await self._jobs.retry_dead(delivery.id)
+        await self._jobs.requeue_dead(delivery.id)
 
     async def purge_dead(self, *, endpoint: str | None = None, since: float | None = None,
                          until: float | None = None) -> int:

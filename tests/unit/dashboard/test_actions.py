@@ -161,8 +161,8 @@ async def test_disable_and_enable_a_webhook_endpoint(shop: Shop,
 
 async def test_a_dead_webhook_delivery_retried_from_the_jobs_view_keeps_its_attempts(
         shop: Shop, dash: httpx.AsyncClient) -> None:
-    # webhook deliveries are jobs too: the jobs view replays them through
-    # cluster.webhooks, which keeps the record of the earlier attempts
+    # webhook deliveries are jobs too: cluster.jobs.retry_dead hands them to
+    # cluster.webhooks.replay, which keeps the record of the earlier attempts
     from covey.core import SystemClock
     from tests.unit.webhooks._stub import Answer, StubReceiver, serving
 
@@ -178,7 +178,7 @@ async def test_a_dead_webhook_delivery_retried_from_the_jobs_view_keeps_its_atte
         await until(lambda: state_is("dead"))
         stub.default = Answer(204)
         done = await post(dash, "retry-job", job_id=delivery_id)
-        assert "replayed" in (await dash.get(done.headers["location"])).text
+        assert "requeued" in (await dash.get(done.headers["location"])).text
         await until(lambda: state_is("delivered"))
     outcomes = [a.outcome for a in (await hooks.delivery(delivery_id)).attempts]
     assert outcomes == ["http_error", "delivered"]

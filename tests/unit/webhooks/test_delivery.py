@@ -472,3 +472,24 @@ async def test_the_senders_trace_travels_with_each_attempt(stub: StubReceiver) -
         by_n = {r.json()["data"]["n"]: r.headers for r in stub.received}
         assert by_n[1]["traceparent"].split("-")[1] == trace_id
         assert "traceparent" not in by_n[2]
+
+
+async def test_the_jobs_api_hands_dead_deliveries_to_webhooks(stub: StubReceiver) -> None:
+    # a delivery is a job: cluster.jobs.retry_dead replays it keeping its earlier
+    # attempts, and cluster.jobs.purge_dead deletes their record with it
+    from covey.webhooks._webhooks import history_key
+
+    stub.default = Answer(500)
+    async with cluster() as tc:
+        member = tc.client_member
+        endpoint = await member.webhooks.add_endpoint(stub.url(), allow_private=True, schedule=[])
+        first = (await member.webhooks.send("invoice.paid", {"n": 1})).deliveries[endpoint.id]
+        assert (await finished(member, first)).state == "dead"
+        await member.jobs.retry_dead(first)
+        await until(lambda: len(stub.received) == 2)
+        dead = await finished(member, first)
+        assert [a.outcome for a in dead.attempts] == ["http_error", "http_error"]
+        assert await member.storage.state.get(history_key(first)) is not None
+        assert await member.jobs.purge_dead() == 1
+        assert await member.webhooks.dead_letters() == []
+        assert await member.storage.state.get(history_key(first)) is None
