@@ -96,8 +96,8 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "covey.jobs.runtime": [
         "DeadLetterOwner", "JOBS_METRICS", "JOB_ENTITY", "JobHost", "JobRunner", "JobSpec",
-        "PrioritySemaphore", "RunnerJobHost", "job_spec", "priority_value", "progress_key",
-        "sample_job_metrics",
+        "PrioritySemaphore", "RunnerJobHost", "error_history", "job_spec", "priority_value",
+        "progress_key", "sample_job_metrics",
     ],
     "covey.sharding": ["LocalNetwork", "LocalTransport", "RunnerTransport", "TcpTransport"],
     "covey.sharding.runtime": [
@@ -132,7 +132,7 @@ EXPECTED: dict[str, list[str]] = {
         "InMemoryStorage", "InMemoryStreamStore", "MemoryTransaction",
     ],
     "covey.storage.postgres": ["PostgresStorage", "PostgresTransaction"],
-    "covey.storage.runtime": ["GroupCommit"],
+    "covey.storage.runtime": ["GroupCommit", "overwrite"],
     "covey.storage.sqlite": ["SqliteStorage", "SqliteTransaction"],
     "covey.testing": ["ReplayReport", "TestCluster", "replay"],
     "covey.realtime": [

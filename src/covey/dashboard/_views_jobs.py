@@ -8,35 +8,23 @@ Only the page of one job asks ``cluster.jobs.status``.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from covey.core import MsgpackCodec
 from covey.dashboard._render import COUNT_CAP, PAGE
 from covey.dashboard._source import DashboardSource, inspection_of
 from covey.dashboard._views import Params, View, choice, positive, text
-from covey.jobs.runtime import JOB_ENTITY
+from covey.jobs.runtime import JOB_ENTITY, error_history
 from covey.storage import MessageRecord
 
 STATES = ("queued", "running", "dead", "done")
 _codec = MsgpackCodec()
 
 
-def _errors(stored: str | None) -> list[str]:
-    """The error history a rescheduled job carries in its ``last_error``."""
-    if not stored:
-        return []
-    try:
-        value = json.loads(stored)
-    except ValueError:
-        return [stored]
-    return [str(e) for e in value] if isinstance(value, list) else [str(value)]
-
-
 def job_row(record: MessageRecord, now: float) -> dict[str, Any]:
     """A job as the list shows it, from its stored record alone (no round trip)."""
     m = record.message
-    errors = _errors(record.last_error)
+    errors = error_history(record.last_error)
     attempts = max(m.starts, m.failures)
     if record.reply is not None:
         try:

@@ -19,8 +19,9 @@ import json
 import logging
 from dataclasses import dataclass
 
-from covey.core import Clock, VersionConflict, metrics
+from covey.core import Clock, metrics
 from covey.storage import StateStore
+from covey.storage.runtime import overwrite
 
 log = logging.getLogger("covey.health")
 
@@ -86,14 +87,7 @@ class EntityReport:
         """Write the counts once."""
         value = json.dumps({"entities": active_entities(), "started": self._started,
                             "at": self._clock.now()}).encode()
-        for _ in range(3):
-            current = await self._state.get(self._key)
-            try:
-                await self._state.set(self._key, value, expected_version=None
-                                      if current is None else current.version)
-                return
-            except VersionConflict:
-                continue
+        await overwrite(self._state, self._key, value)
 
 
 async def read_entity_counts(state: StateStore, runners: list[str]) -> list[EntityCounts]:

@@ -11,7 +11,7 @@ from covey.jobs._definition import JOB_ENTITY, JobSpec, job_spec, priority_value
 from covey.jobs._host import JobHost, RunnerJobHost
 from covey.jobs._jobs import DeadLetterOwner, progress_key
 from covey.jobs._metrics import JOBS_METRICS, sample_job_metrics
-from covey.jobs._runner import JobRunner, PrioritySemaphore
+from covey.jobs._runner import JobRunner, PrioritySemaphore, error_history
 
 __all__ = [
     "DeadLetterOwner",
@@ -22,6 +22,7 @@ __all__ = [
     "JobSpec",
     "PrioritySemaphore",
     "RunnerJobHost",
+    "error_history",
     "job_spec",
     "priority_value",
     "progress_key",

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY
 
-from covey.core import Clock, VersionConflict
+from covey.core import Clock
 from covey.storage import StateStore
+from covey.storage.runtime import overwrite
 
 log = logging.getLogger("covey.realtime")
 
@@ -68,14 +69,7 @@ class ConnectionReport:
         value = json.dumps({"sse": _gauge("sse"), "websocket": _gauge("websocket"),
                             "users": self._users(), "streams": self._streams(),
                             "at": self._clock.now()}).encode()
-        for _ in range(3):
-            current = await self._state.get(self._key)
-            try:
-                await self._state.set(self._key, value, expected_version=None
-                                      if current is None else current.version)
-                return
-            except VersionConflict:
-                continue
+        await overwrite(self._state, self._key, value)
 
     async def forget(self) -> None:
         """Delete the key (the runner leaves)."""
