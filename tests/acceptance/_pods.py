@@ -152,27 +152,38 @@ class Pod:
         self.process.wait(timeout=10)
 
 
+def pod_env(database_url: str, *, secret: str, shards: int, **extra: str) -> dict[str, str]:
+    """A pod's environment on ``database_url``: this process's minus ``COVEY_*``, plus
+    the cluster's settings and ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
+    env.update({"COVEY_DATABASE_URL": database_url, "COVEY_SHARDS": str(shards),
+                "COVEY_CLUSTER_SECRET": secret, "COVEY_RUNNER_PORT": "0",
+                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                **extra})
+    return env
+
+
+def start_uvicorn(name: str, app: str, env: dict[str, str], workdir: Path, *,
+                  graceful_shutdown: float, factory: bool = False) -> Pod:
+    """Start ``uvicorn app`` on a free port (not waiting for it: see
+    :func:`wait_ready`); its output goes to ``workdir/<name>.log``."""
+    port = free_port()
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", app, *(["--factory"] if factory else []),
+             "--host", "127.0.0.1", "--port", str(port),
+             "--timeout-graceful-shutdown", str(graceful_shutdown), "--no-access-log"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return Pod(name, port, process, log)
+
+
 def start_pod(name: str, database_url: str, workdir: Path, *,
               graceful_shutdown: float = 10, **env: str) -> Pod:
     """Start a pod (not waiting for it: see :func:`wait_ready`)."""
-    port = free_port()
-    log = workdir / f"{name}.log"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
-    environment.update({
-        "COVEY_DATABASE_URL": database_url,
-        "COVEY_SHARDS": "30",
-        "COVEY_CLUSTER_SECRET": "pods-secret",
-        "COVEY_RUNNER_PORT": "0",
-        "COVEY_SHARDING_SHUTDOWN_GRACE": "5",
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        **env,
-    })
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", APP, "--host", "127.0.0.1", "--port", str(port),
-             "--timeout-graceful-shutdown", str(graceful_shutdown), "--no-access-log"],
-            cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT)
-    return Pod(name, port, process, log)
+    environment = pod_env(database_url, secret="pods-secret", shards=30,
+                          COVEY_SHARDING_SHUTDOWN_GRACE="5", **env)
+    return start_uvicorn(name, APP, environment, workdir, graceful_shutdown=graceful_shutdown)
 
 
 async def probe(http: httpx.AsyncClient, pod: Pod, path: str) -> int:

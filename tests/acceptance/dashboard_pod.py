@@ -32,8 +32,6 @@ import base64
 import binascii
 import hmac
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -46,7 +44,7 @@ import covey
 import covey.asgi
 from covey.dashboard import DashboardRequest
 
-from ._pods import ROOT, Pod, free_port
+from ._pods import Pod, pod_env, start_uvicorn
 
 TOKEN = "dashboard-token"  # the pods' Basic auth password (DASHBOARD_TOKEN)
 #: two fast attempts: dead letters form in well under a second
@@ -193,25 +191,13 @@ POD_ENV = {
 
 def covey_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment of a pod (or of the test's client) on ``database_url``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
-    env.update({"COVEY_DATABASE_URL": database_url, "COVEY_SHARDS": "12",
-                "COVEY_CLUSTER_SECRET": SECRET, "COVEY_RUNNER_PORT": "0",
-                "COVEY_WEBHOOKS_ALLOW_PRIVATE": "true",
-                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                **extra})
-    return env
+    return pod_env(database_url, secret=SECRET, shards=12,
+                   COVEY_WEBHOOKS_ALLOW_PRIVATE="true", **extra)
 
 
 def start_pod(name: str, database_url: str, workdir: Path, gate_file: Path) -> Pod:
     """Start ``uvicorn`` with this app on a free port (not waiting for it: see
     ``_pods.wait_ready``); its output goes to ``workdir/<name>.log``."""
-    port = free_port()
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", APP, "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "3"],
-            cwd=ROOT, env=covey_env(database_url, POD_NAME=name, DASHBOARD_TOKEN=TOKEN,
-                                    DASHBOARD_GATE_FILE=str(gate_file), **POD_ENV),
-            stdout=out, stderr=subprocess.STDOUT)
-    return Pod(name, port, process, log)
+    env = covey_env(database_url, POD_NAME=name, DASHBOARD_TOKEN=TOKEN,
+                    DASHBOARD_GATE_FILE=str(gate_file), **POD_ENV)
+    return start_uvicorn(name, APP, env, workdir, graceful_shutdown=3, factory=True)

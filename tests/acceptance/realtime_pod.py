@@ -22,8 +22,6 @@ short timings).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,7 @@ import covey
 import covey.asgi
 from covey.realtime import Contract, Handshake, Principal, method, push
 
-from ._pods import ROOT, Pod, free_port
+from ._pods import Pod, pod_env, start_uvicorn
 
 
 class Notice(BaseModel):
@@ -158,23 +156,11 @@ POD_ENV = {
 
 def covey_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment of a pod or publisher process on ``database_url``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVEY_")}
-    env.update({"COVEY_DATABASE_URL": database_url, "COVEY_SHARDS": "30",
-                "COVEY_CLUSTER_SECRET": SECRET, "COVEY_RUNNER_PORT": "0",
-                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                **extra})
-    return env
+    return pod_env(database_url, secret=SECRET, shards=30, **extra)
 
 
 def start_pod(name: str, database_url: str, workdir: Path) -> Pod:
     """Start ``uvicorn`` with this app on a free port (not waiting for it: see
     ``_pods.wait_ready``); its output goes to ``workdir/<name>.log``."""
-    port = free_port()
-    log = workdir / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", APP, "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"],
-            cwd=ROOT, env=covey_env(database_url, POD_NAME=name, **POD_ENV),
-            stdout=out, stderr=subprocess.STDOUT)
-    return Pod(name, port, process, log)
+    env = covey_env(database_url, POD_NAME=name, **POD_ENV)
+    return start_uvicorn(name, APP, env, workdir, graceful_shutdown=5, factory=True)
