@@ -25,6 +25,19 @@ runners poll every 20 ms (:data:`TOGGLE_ENV` names it).
   caller's event loop used (near 1.0: the caller is the bottleneck).
 * ``spans_caller`` / ``spans_runners``: spans the exporters received (the
   runners' count proves their side was traced).
+
+``COVEY_BENCH_OTEL_VARIANT`` picks what "traced" means, to split the overhead
+into its parts (``variant`` in the result; bench/RESULTS.md has the figures):
+
+* ``sdk`` (the default, what issue 15 measures): covey's spans as shipped.
+* ``bare-sdk``: covey's entity span helpers replaced by a bare
+  ``tracer.start_span(name)`` / ``span.end()`` pair, same SDK, processor and
+  exporter: no attributes, no link, no trace context in the message, the span
+  not made current. Less than any tracing of a client and a handler span can
+  do with the SDK: a floor for what the SDK itself costs here.
+* ``no-sdk``: covey's helpers as shipped, with a tracer that makes
+  non-recording spans with fresh ids (no SDK): what covey's own part costs
+  (attributes, propagation, context), plus the id generation.
 """
 
 from __future__ import annotations
@@ -46,6 +59,8 @@ from .persisted_rpc import put_call
 from .volatile_rpc import CONCURRENCY, ENTITIES, throughput
 
 TOGGLE_ENV = "COVEY_BENCH_OTEL_TOGGLE"
+VARIANT_ENV = "COVEY_BENCH_OTEL_VARIANT"
+VARIANTS = ("sdk", "bare-sdk", "no-sdk")
 POLL_S = 0.02
 
 cluster = bench_app.cluster  # what ``covey run bench.scenarios.otel_overhead:cluster`` serves
@@ -58,6 +73,8 @@ def _traced_provider(count_file: str | None = None) -> tuple[Any, list[int]]:
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
     counted = [0]
+    if variant() == "no-sdk":
+        return _ids_only_provider(counted, count_file), counted
 
     class CountingExporter(SpanExporter):
         def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -71,12 +88,83 @@ def _traced_provider(count_file: str | None = None) -> tuple[Any, list[int]]:
     return provider, counted
 
 
+def variant() -> str:
+    """What "traced" means in this run (``COVEY_BENCH_OTEL_VARIANT``, see the module doc)."""
+    chosen = os.environ.get(VARIANT_ENV) or "sdk"
+    if chosen not in VARIANTS:
+        raise SystemExit(f"{VARIANT_ENV} must be one of {', '.join(VARIANTS)}, got {chosen!r}")
+    return chosen
+
+
+def _ids_only_provider(counted: list[int], count_file: str | None) -> Any:
+    """``no-sdk``: a provider whose spans record nothing but have fresh, valid ids."""
+    import random
+
+    from opentelemetry import trace
+
+    sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+
+    class IdsOnlyTracer:
+        def start_span(self, name: str, context: Any = None, **_: Any) -> Any:
+            counted[0] += 1
+            if count_file is not None and counted[0] % 1000 == 0:
+                Path(count_file).write_text(str(counted[0]))
+            parent = trace.get_current_span(context).get_span_context()
+            trace_id = parent.trace_id if parent.is_valid else random.getrandbits(128)
+            return trace.NonRecordingSpan(trace.SpanContext(
+                trace_id, random.getrandbits(64), False, sampled))
+
+    class IdsOnlyProvider:
+        def get_tracer(self, *_: Any, **__: Any) -> IdsOnlyTracer:
+            return IdsOnlyTracer()
+
+        def force_flush(self) -> bool:
+            return True
+
+        def shutdown(self) -> None:
+            pass
+
+    return IdsOnlyProvider()
+
+
+class _BareSpan:
+    """``bare-sdk``: ends its span on exit; nothing else (see the module doc)."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def __enter__(self) -> Any:
+        from covey.core.runtime import SpanHandle
+
+        return SpanHandle()  # a handle that records nothing
+
+    def __exit__(self, *_: object) -> None:
+        self._span.end()
+
+
+def _use_bare_spans() -> None:
+    """``bare-sdk``: swap covey's entity span helpers for a bare start/end pair."""
+    from covey.core import _tracing
+    from covey.entities import _client, _runtime
+
+    def bare(name: str, carrier: Any, **_: Any) -> Any:
+        tracer = _tracing._tracer()
+        return _tracing._OFF if tracer is None else _BareSpan(tracer.start_span(name))
+
+    setattr(_client, "producer_span", bare)  # noqa: B010 - swapped on purpose
+    setattr(_runtime, "consumer_span", bare)  # noqa: B010 - swapped on purpose
+
+
 def _follow_toggle(toggle: str) -> None:
     """In a runner process: trace while the toggle file exists."""
     from opentelemetry.trace import NoOpTracerProvider
 
     from covey.core.runtime import use_tracer_provider
 
+    if variant() == "bare-sdk":
+        _use_bare_spans()
     provider, _ = _traced_provider(f"{toggle}.spans.{os.getpid()}")
     off = NoOpTracerProvider()
 
@@ -105,6 +193,8 @@ async def measure(quick: bool) -> dict[str, Any]:
     from covey.core.runtime import use_tracer_provider
 
     rounds, warmup, window = shape(quick)
+    if variant() == "bare-sdk":
+        _use_bare_spans()
     began = time.monotonic()
     scratch = tempfile.mkdtemp(prefix="covey-otel-")
     toggle = os.path.join(scratch, "traced")
@@ -203,6 +293,6 @@ def _runner_spans(scratch: str) -> int:
 async def run(quick: bool) -> dict[str, Any]:
     settings = await server_settings()
     result = await measure(quick)
-    result.update(scenario="otel-overhead", quick=quick, concurrency=CONCURRENCY,
+    result.update(scenario="otel-overhead", variant=variant(), quick=quick, concurrency=CONCURRENCY,
                   entities=ENTITIES, cpus=os.cpu_count(), postgres=settings)
     return result
