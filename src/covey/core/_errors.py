@@ -25,9 +25,12 @@ exist so ``except`` clauses can be narrow where that reads better::
     ├── WorkflowError                workflow_not_found, workflow_failed,
     │                                workflow_cancelled, workflow_finished,
     │                                unknown_workflow, nondeterminism, token_invalid
-    └── WebhookError                 webhook_endpoint_not_found, webhook_delivery_not_found,
-                                     webhook_target_refused, webhook_signature_invalid,
-                                     webhook_timestamp_invalid
+    ├── WebhookError                 webhook_endpoint_not_found, webhook_delivery_not_found,
+    │                                webhook_target_refused, webhook_signature_invalid,
+    │                                webhook_timestamp_invalid
+    └── RealtimeError                stream_forbidden, cursor_invalid, slow_consumer,
+                                     unauthenticated, forbidden, rate_limited, frame_invalid
+                                     (and unknown_rpc, frame_too_large, invalid_argument)
 
 ``retryable`` tells a caller whether trying the same call again later may succeed.
 """
